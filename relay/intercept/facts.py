@@ -1,0 +1,48 @@
+"""What an interception learned from the upstream response.
+
+Accumulators (one per API, sans-io) fill a ``Facts``; the interception shell
+turns it into recorder events. Nothing here knows about HTTP or SQL.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Token counts of one upstream response, as the provider reported them.
+
+    ``input_tokens`` is normalised to mean *input tokens not read from cache*:
+    Anthropic already reports it so; for OpenAI (whose prompt_tokens include
+    cached tokens) the accumulator subtracts the cached count. ``raw`` keeps
+    the provider's own usage object untouched.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # Extra token types: cache_creation_5m/1h, web_search_requests, reasoning,
+    # audio, accepted_prediction, rejected_prediction, ...
+    extra: dict[str, int] = msgspec.field(default_factory=dict)
+    raw: dict[str, object] = msgspec.field(default_factory=dict)
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    """A tool call the model made, accumulated across stream fragments."""
+
+    id: str
+    name: str
+    arguments: str = ""  # the full input, as the JSON text the model produced
+    index: int = 0
+
+
+class Facts(msgspec.Struct, kw_only=True):
+    response_id: str | None = None
+    model: str | None = None  # the model the provider says answered
+    usage: Usage | None = None
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    thoughts: list[str] = msgspec.field(default_factory=list)
+    stop_reason: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None

@@ -1,0 +1,431 @@
+"""Every option of the relay, declared once.
+
+Each option has a new name (env ``CODER_AI_GATEWAY_<X>``, flag
+``--ai-gateway-<x>``) and a deprecated alias (env ``CODER_AIBRIDGE_<X>``, flag
+``--aibridge-<x>``) that works exactly like it and prints one deprecation line.
+Where both are given the new name wins. Flags win over the environment.
+
+``docs/configuration.md`` is generated from this registry
+(``python -m relay.options --markdown``) and a test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NEW_ENV_PREFIX = "CODER_AI_GATEWAY_"
+OLD_ENV_PREFIX = "CODER_AIBRIDGE_"
+NEW_FLAG_PREFIX = "--ai-gateway-"
+OLD_FLAG_PREFIX = "--aibridge-"
+
+
+class OptionError(ValueError):
+    """An option has a value that cannot be used; the message names it."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kib|kb|mib|mb|gib|gb)?\s*$", re.I)
+_SIZE_UNITS = {
+    None: 1,
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``15s``, ``250ms``, ``30m``, ``2h``, ``60d`` (bare numbers are seconds)."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 250ms, 15s, 30m, 2h, 60d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Parse ``33554432``, ``32MiB``, ``512KB``."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 32MiB)")
+    unit = m.group(2).lower() if m.group(2) else None
+    return int(m.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def parse_int(text: str) -> int:
+    return int(text.strip())
+
+
+def parse_str(text: str) -> str:
+    return text
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. ``key`` is the suffix after the prefix, e.g. ``HTTP_ADDRESS``."""
+
+    key: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    group: str = "General"
+    secret: bool = False
+    # Options that are not under the AI Gateway prefix (CODER_PG_CONNECTION_URL).
+    env_override: str | None = None
+    flag_override: str | None = None
+    has_alias: bool = True
+
+    @property
+    def attr(self) -> str:
+        return self.key.lower()
+
+    @property
+    def env(self) -> str:
+        return self.env_override or NEW_ENV_PREFIX + self.key
+
+    @property
+    def alias_env(self) -> str | None:
+        return OLD_ENV_PREFIX + self.key if self.has_alias else None
+
+    @property
+    def flag(self) -> str:
+        return self.flag_override or NEW_FLAG_PREFIX + self.key.lower().replace("_", "-")
+
+    @property
+    def alias_flag(self) -> str | None:
+        return OLD_FLAG_PREFIX + self.key.lower().replace("_", "-") if self.has_alias else None
+
+
+def _opt(*args: Any, **kwargs: Any) -> Option:
+    return Option(*args, **kwargs)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # General
+    _opt(
+        "PG_CONNECTION_URL",
+        parse_str,
+        "",
+        "PostgreSQL URL. Empty: a private PostgreSQL cluster is started inside the "
+        "data directory (embedded mode).",
+        env_override="CODER_PG_CONNECTION_URL",
+        flag_override="--postgres-url",
+        has_alias=False,
+        secret=True,
+    ),
+    _opt("HTTP_ADDRESS", parse_str, "127.0.0.1:4001", "Address the relay listens on (host:port)."),
+    _opt(
+        "DATA_DIR",
+        parse_str,
+        "",
+        "Data directory: the embedded PostgreSQL cluster and the recorder's spool. "
+        "Empty: a per-user data directory (~/.local/share/relay).",
+    ),
+    _opt(
+        "DUMP_DIR",
+        parse_str,
+        "",
+        "Base directory for request/response dumps. Each provider dumps to "
+        "<base>/<provider name>. Empty: no dumps.",
+    ),
+    _opt("ACCESS_URL", parse_str, "", "The URL clients use to reach the relay (shown in output)."),
+    _opt(
+        "ALLOW_BYOK",
+        parse_bool,
+        "true",
+        "Allow people to bring their own provider key (BYOK) with their relay token in "
+        "the X-Coder-AI-Governance-Token header.",
+        group="Access",
+    ),
+    _opt(
+        "MAX_REQUEST_BODY",
+        parse_size,
+        "32MiB",
+        "Largest request body accepted; larger bodies get 413.",
+        group="Requests",
+    ),
+    _opt(
+        "KEEPALIVE_INTERVAL",
+        parse_duration,
+        "15s",
+        "Idle gap on a stream after which an SSE comment (': keepalive') is sent.",
+        group="Requests",
+    ),
+    _opt(
+        "SHUTDOWN_GRACE",
+        parse_duration,
+        "30s",
+        "On SIGTERM/SIGINT, how long open streams may run before they are cancelled.",
+        group="Requests",
+    ),
+    _opt(
+        "UPSTREAM_CONNECT_TIMEOUT",
+        parse_duration,
+        "10s",
+        "Timeout for connecting to a provider (504 when exceeded).",
+        group="Requests",
+    ),
+    _opt(
+        "UPSTREAM_READ_TIMEOUT",
+        parse_duration,
+        "10m",
+        "Longest silence from a provider before the request fails.",
+        group="Requests",
+    ),
+    # Legacy single-provider options.
+    _opt("OPENAI_KEY", parse_str, "", "Key of the provider named 'openai'.", "Providers", True),
+    _opt(
+        "OPENAI_BASE_URL",
+        parse_str,
+        "https://api.openai.com/v1/",
+        "Base URL of the provider named 'openai'.",
+        "Providers",
+    ),
+    _opt(
+        "ANTHROPIC_KEY", parse_str, "", "Key of the provider named 'anthropic'.", "Providers", True
+    ),
+    _opt(
+        "ANTHROPIC_BASE_URL",
+        parse_str,
+        "https://api.anthropic.com/",
+        "Base URL of the provider named 'anthropic'.",
+        "Providers",
+    ),
+    _opt("BEDROCK_REGION", parse_str, "", "Region of the provider named 'bedrock'.", "Providers"),
+    _opt(
+        "BEDROCK_ACCESS_KEY",
+        parse_str,
+        "",
+        "AWS access key id of the provider named 'bedrock'.",
+        "Providers",
+        True,
+    ),
+    _opt(
+        "BEDROCK_ACCESS_KEY_SECRET",
+        parse_str,
+        "",
+        "AWS secret access key of the provider named 'bedrock'.",
+        "Providers",
+        True,
+    ),
+    _opt(
+        "BEDROCK_MODEL",
+        parse_str,
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "Bedrock model for requests of the provider named 'bedrock'.",
+        "Providers",
+    ),
+    _opt(
+        "BEDROCK_SMALL_FAST_MODEL",
+        parse_str,
+        "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "Bedrock model for 'haiku' requests of the provider named 'bedrock'.",
+        "Providers",
+    ),
+    _opt(
+        "BEDROCK_BASE_URL",
+        parse_str,
+        "",
+        "Replaces https://bedrock-runtime.<region>.amazonaws.com for the provider named "
+        "'bedrock'.",
+        "Providers",
+    ),
+)
+
+OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
+
+# Keys of indexed providers: CODER_AI_GATEWAY_PROVIDER_<N>_<KEY>.
+PROVIDER_KEYS: tuple[tuple[str, str], ...] = (
+    ("TYPE", "Provider type: openai, anthropic or bedrock."),
+    ("NAME", "Instance name used in the route (defaults to TYPE); ^[a-z0-9]+(-[a-z0-9]+)*$."),
+    ("KEY", "The provider's API key (for bedrock: a Bedrock API key)."),
+    ("KEYS", "Comma-separated key pool, at most 5, tried in order (not with KEY)."),
+    ("BASE_URL", "Upstream base URL."),
+    ("BEDROCK_REGION", "AWS region."),
+    ("BEDROCK_ACCESS_KEY", "AWS access key id (not with KEY)."),
+    ("BEDROCK_ACCESS_KEY_SECRET", "AWS secret access key."),
+    ("BEDROCK_MODEL", "Bedrock model for ordinary requests."),
+    ("BEDROCK_SMALL_FAST_MODEL", "Bedrock model for requests naming a 'haiku' model."),
+    ("BEDROCK_BASE_URL", "Replaces the Bedrock runtime endpoint."),
+)
+
+
+class Options:
+    """Resolved option values, as attributes named after the keys in lower case."""
+
+    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+        self._values = dict(values)
+        self._sources = dict(sources)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def source(self, attr: str) -> str:
+        """Where a value came from: 'default', an env var name or a flag."""
+        return self._sources.get(attr, "default")
+
+    def replace(self, **changes: Any) -> Options:
+        values = dict(self._values)
+        values.update(changes)
+        return Options(values, self._sources)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+@dataclass
+class Warnings:
+    lines: list[str] = field(default_factory=list)
+
+    def __call__(self, line: str) -> None:
+        if line not in self.lines:
+            self.lines.append(line)
+
+
+def deprecation_line(old: str, new: str) -> str:
+    return f"WARN: {old} is deprecated; use {new} instead (the old name still works)."
+
+
+def lookup_env(
+    env: Mapping[str, str], new: str, old: str | None, warn: Callable[[str], None]
+) -> tuple[str | None, str | None]:
+    """Value and source of an env option, honouring the deprecated alias."""
+    if new in env:
+        return env[new], new
+    if old is not None and old in env:
+        warn(deprecation_line(old, new))
+        return env[old], old
+    return None, None
+
+
+def add_flags(parser: argparse.ArgumentParser, options: Iterable[Option] = OPTIONS) -> None:
+    """Add each option's flag (shown in --help) and its alias (hidden)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in options:
+        group = groups.get(opt.group)
+        if group is None:
+            group = groups[opt.group] = parser.add_argument_group(opt.group)
+        default_text = "(empty)" if opt.default == "" else opt.default
+        group.add_argument(
+            opt.flag,
+            dest=f"opt_{opt.attr}",
+            default=None,
+            metavar=opt.key,
+            help=f"{opt.help} Env: {opt.env}. Default: {default_text}.",
+        )
+        if opt.alias_flag:
+            group.add_argument(
+                opt.alias_flag, dest=f"optalias_{opt.attr}", default=None, help=argparse.SUPPRESS
+            )
+
+
+def load_options(
+    env: Mapping[str, str],
+    flags: argparse.Namespace | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Options:
+    """Resolve every option: flag, alias flag, env, alias env, then default."""
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        raw: str | None = None
+        source: str | None = None
+        if flags is not None:
+            v = getattr(flags, f"opt_{opt.attr}", None)
+            if v is not None:
+                raw, source = v, opt.flag
+            else:
+                v = getattr(flags, f"optalias_{opt.attr}", None)
+                if v is not None and opt.alias_flag:
+                    warn(deprecation_line(opt.alias_flag, opt.flag))
+                    raw, source = v, opt.alias_flag
+        if raw is None:
+            raw, source = lookup_env(env, opt.env, opt.alias_env, warn)
+        if raw is None:
+            raw, source = opt.default, "default"
+        try:
+            values[opt.attr] = opt.parse(raw)
+        except ValueError as exc:
+            raise OptionError(f"{source}: {exc}") from None
+        sources[opt.attr] = source or "default"
+    return Options(values, sources)
+
+
+def markdown() -> str:
+    """docs/configuration.md, generated from the registry."""
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `python -m relay.options --markdown`; do not edit by hand. -->",
+        "",
+        "Every option can be given as an environment variable or as a flag of "
+        "`relay serve`; a flag wins over the environment. Durations take `ms`, `s`, "
+        "`m`, `h`, `d` (`15s`, `60d`); sizes take `KiB`, `MiB`, `GiB`.",
+        "",
+        "**Old names still work.** Every `CODER_AI_GATEWAY_<X>` variable has a deprecated "
+        "alias `CODER_AIBRIDGE_<X>`, and every `--ai-gateway-<x>` flag has the alias "
+        "`--aibridge-<x>`. An alias works exactly like the new name and prints one "
+        "deprecation line naming it; where both are set, the new name wins.",
+        "",
+    ]
+    groups: dict[str, list[Option]] = {}
+    for opt in OPTIONS:
+        groups.setdefault(opt.group, []).append(opt)
+    for group, opts in groups.items():
+        out += [f"## {group}", "", "| Environment | Flag | Default | Description |"]
+        out += ["|---|---|---|---|"]
+        for opt in opts:
+            default = f"`{opt.default}`" if opt.default else "(empty)"
+            out.append(f"| `{opt.env}` | `{opt.flag}` | {default} | {opt.help} |")
+        out.append("")
+    out += [
+        "## Indexed providers",
+        "",
+        "Several provider instances, of one type or several, are configured with "
+        "`CODER_AI_GATEWAY_PROVIDER_<N>_<KEY>` (alias `CODER_AIBRIDGE_PROVIDER_<N>_<KEY>`). "
+        "Indices start at 0, are contiguous and sort numerically (10 after 9). "
+        "See [providers.md](providers.md).",
+        "",
+        "| Key | Description |",
+        "|---|---|",
+    ]
+    for key, help_text in PROVIDER_KEYS:
+        out.append(f"| `{key}` | {help_text} |")
+    out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(markdown())
+    else:
+        print("usage: python -m relay.options --markdown", file=sys.stderr)
+        sys.exit(2)
