@@ -1,0 +1,309 @@
+"""The interception shell: one upstream request, relayed and accounted for.
+
+Every upstream chunk goes to the client as it arrives, unchanged, and the
+same bytes are fed to the API's sans-io decoder and accumulator. The shell is
+thin: all parsing lives in ``relay.streams`` and the accumulators.
+
+Cancellation: hypercorn does not cancel the app when the client leaves, so a
+watcher task waits on ``receive()`` for ``http.disconnect`` and cancels the
+request's scope. Leaving the upstream response's ``async with`` then closes
+the upstream connection at once (httpcore closes, never pools, a connection
+whose response was not read to the end).
+
+Backpressure: ``send`` blocks while the client is slow, so the upstream read
+waits too; the relay holds at most one chunk per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+import trio
+
+from relay.asgi import Headers, Receive, Send, forwardable_response_headers, send_response
+from relay.intercept.facts import Facts
+from relay.streams.sse import SSEDecoder, SSEEvent
+from relay.wire.common import RequestInfo
+from relay.wire.errors import error_body_for
+
+log = logging.getLogger("relay.intercept")
+
+KEEPALIVE_COMMENT = b": keepalive\n\n"
+
+
+class Accumulator(Protocol):
+    facts: Facts
+
+    def feed(self, event: SSEEvent) -> None: ...
+
+    def feed_response(self, body: bytes) -> None: ...
+
+
+ErrorStyle = Literal["anthropic", "openai"]
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    """What differs between the intercepted APIs."""
+
+    name: str  # route label: messages, chat, responses
+    error_style: ErrorStyle
+    parse_request: Callable[[bytes], RequestInfo]
+    new_accumulator: Callable[[], Accumulator]
+    # (error type, message) -> an SSE error event that the official SDK raises on.
+    stream_error: Callable[[str, str], bytes]
+    # Optional rewrite of the request: returns (body to send, drop the usage chunk it caused).
+    prepare_body: Callable[[bytes, RequestInfo], tuple[bytes, bool]] | None = None
+    # Whether an SSE event is one the relay caused and the client must not see.
+    is_injected: Callable[[SSEEvent], bool] | None = None
+
+
+@dataclass
+class Outcome:
+    """How the interception ended; filled as it goes, read by the recorder."""
+
+    status: Literal["completed", "failed", "cancelled"] = "completed"
+    error_type: str | None = None
+    error_message: str | None = None
+    upstream_status: int | None = None
+    first_byte_at: float | None = None
+    disconnect_phase: str | None = None
+    facts: Facts = field(default_factory=Facts)
+
+
+@dataclass
+class UpstreamCall:
+    client: httpx.AsyncClient
+    method: str
+    url: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class _StreamState:
+    __slots__ = ("at_boundary", "headers_sent", "last_send", "sending")
+
+    def __init__(self) -> None:
+        self.last_send = trio.current_time()
+        self.sending = False
+        self.headers_sent = False
+        self.at_boundary = True
+
+
+async def watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: Outcome) -> None:
+    """Cancel ``scope`` as soon as the client goes away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            outcome.status = "cancelled"
+            scope.cancel()
+            return
+
+
+def build_request(call: UpstreamCall) -> httpx.Request:
+    request = call.client.build_request(
+        call.method, call.url, headers=call.headers, content=call.body
+    )
+    # httpx adds its own defaults; only what the client sent goes upstream.
+    sent = {k for k, _ in call.headers}
+    for name in ("user-agent", "accept"):
+        if name.encode() not in sent and name in request.headers:
+            del request.headers[name]
+    return request
+
+
+async def relay_interception(
+    send: Send,
+    receive: Receive,
+    call: UpstreamCall,
+    spec: ApiSpec,
+    info: RequestInfo,
+    outcome: Outcome,
+    *,
+    drop_injected: bool,
+    keepalive_interval: float,
+) -> None:
+    """Send the upstream request and relay its answer; fills ``outcome``."""
+    accumulator = spec.new_accumulator()
+    state = _StreamState()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
+            try:
+                await _exchange(
+                    send,
+                    call,
+                    spec,
+                    accumulator,
+                    outcome,
+                    state,
+                    drop_injected,
+                    keepalive_interval,
+                    nursery,
+                )
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        outcome.facts = accumulator.facts
+        if outcome.status == "cancelled" and outcome.disconnect_phase is None:
+            if not state.headers_sent:
+                outcome.disconnect_phase = "before-response"
+            elif outcome.first_byte_at is None:
+                outcome.disconnect_phase = "before-first-byte"
+            else:
+                outcome.disconnect_phase = "mid-stream"
+        if outcome.status == "completed" and accumulator.facts.error_type:
+            outcome.status = "failed"
+            outcome.error_type = accumulator.facts.error_type
+            outcome.error_message = accumulator.facts.error_message
+
+
+async def _exchange(
+    send: Send,
+    call: UpstreamCall,
+    spec: ApiSpec,
+    accumulator: Accumulator,
+    outcome: Outcome,
+    state: _StreamState,
+    drop_injected: bool,
+    keepalive_interval: float,
+    nursery: trio.Nursery,
+) -> None:
+    request = build_request(call)
+    try:
+        response = await call.client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        await _fail_before_response(send, spec, outcome, 504, "upstream timed out", exc)
+        return
+    except httpx.HTTPError as exc:
+        await _fail_before_response(send, spec, outcome, 502, "upstream unreachable", exc)
+        return
+    try:
+        outcome.upstream_status = response.status_code
+        content_type = response.headers.get("content-type", "")
+        streaming = content_type.startswith("text/event-stream")
+        headers = forwardable_response_headers(response.headers.raw, streaming=streaming)
+        if response.status_code >= 400 or not streaming:
+            body = await response.aread()
+            state.headers_sent = True
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            outcome.first_byte_at = trio.current_time()
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            if response.status_code >= 400:
+                outcome.status = "failed"
+                outcome.error_type = f"upstream_{response.status_code}"
+                outcome.error_message = body[:2000].decode("utf-8", "replace")
+            else:
+                accumulator.feed_response(body)
+            return
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        state.headers_sent = True
+        state.last_send = trio.current_time()
+        decoder = SSEDecoder(keep_raw=drop_injected)
+        if keepalive_interval > 0:
+            nursery.start_soon(_keepalive, send, state, keepalive_interval)
+        try:
+            await _pump(send, response, decoder, accumulator, spec, outcome, state, drop_injected)
+        except httpx.HTTPError as exc:
+            # Upstream failed mid-stream: end the stream with an error event the
+            # SDK raises on, never a silent truncation.
+            log.warning("upstream failed mid-stream: %s", type(exc).__name__)
+            outcome.status = "failed"
+            outcome.error_type = "upstream_stream_error"
+            outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
+            tail = b"" if state.at_boundary else b"\n\n"
+            await _send_body(
+                send, state, tail + spec.stream_error("api_error", outcome.error_message)
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await response.aclose()
+
+
+async def _pump(
+    send: Send,
+    response: httpx.Response,
+    decoder: SSEDecoder,
+    accumulator: Accumulator,
+    spec: ApiSpec,
+    outcome: Outcome,
+    state: _StreamState,
+    drop_injected: bool,
+) -> None:
+    feed = accumulator.feed
+    async for chunk in response.aiter_raw():
+        if outcome.first_byte_at is None:
+            outcome.first_byte_at = trio.current_time()
+        if drop_injected:
+            # Forward whole events so the one the relay caused can be left out.
+            out: list[bytes] = []
+            is_injected = spec.is_injected
+            for event in decoder.feed(chunk):
+                if event.dispatch:
+                    feed(event)
+                    if is_injected is not None and is_injected(event):
+                        continue
+                out.append(event.raw)
+            if out:
+                await _send_body(send, state, b"".join(out))
+        else:
+            await _send_body(send, state, chunk)
+            for event in decoder.feed(chunk):
+                feed(event)
+            state.at_boundary = decoder.pending == 0
+    for event in decoder.close():
+        if event.dispatch:
+            feed(event)
+
+
+async def _send_body(send: Send, state: _StreamState, data: bytes) -> None:
+    state.sending = True
+    try:
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    finally:
+        state.sending = False
+        state.last_send = trio.current_time()
+
+
+async def _keepalive(send: Send, state: _StreamState, interval: float) -> None:
+    """An SSE comment after ``interval`` of silence, only between events."""
+    while True:
+        await trio.sleep_until(state.last_send + interval)
+        if (
+            trio.current_time() >= state.last_send + interval
+            and not state.sending
+            and state.at_boundary
+        ):
+            await _send_body(send, state, KEEPALIVE_COMMENT)
+
+
+async def _fail_before_response(
+    send: Send, spec: ApiSpec, outcome: Outcome, status: int, message: str, exc: Exception
+) -> None:
+    outcome.status = "failed"
+    outcome.upstream_status = None
+    outcome.error_type = "upstream_timeout" if status == 504 else "upstream_unreachable"
+    outcome.error_message = f"{message} ({type(exc).__name__})"
+    await send_response(
+        send, status, error_body_for(spec.error_style, status, outcome.error_message)
+    )
+
+
+async def send_error(
+    send: Send, style: ErrorStyle, status: int, message: str, extra_headers: Headers | None = None
+) -> None:
+    await send_response(
+        send, status, error_body_for(style, status, message), extra_headers=extra_headers
+    )
+
+
+def describe(obj: Any) -> str:
+    return type(obj).__name__

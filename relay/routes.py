@@ -1,0 +1,96 @@
+"""Which routes each provider type serves, and how each is handled.
+
+Canonical prefix ``/api/v2/ai-gateway/<provider name>/``; the legacy prefix
+``/api/v2/aibridge/<provider name>/`` behaves the same. See docs/routes.md.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+GATEWAY_PREFIXES = ("/api/v2/ai-gateway/", "/api/v2/aibridge/")
+
+
+class RouteKind(Enum):
+    MESSAGES = "messages"  # Anthropic Messages, intercepted
+    CHAT = "chat"  # OpenAI Chat Completions, intercepted
+    RESPONSES = "responses"  # OpenAI Responses, intercepted
+    BEDROCK_INVOKE = "bedrock-invoke"  # native Bedrock InvokeModel, intercepted
+    BEDROCK_INVOKE_STREAM = "bedrock-invoke-stream"
+    PASSTHROUGH = "passthrough"  # forwarded unparsed, not recorded
+
+
+def split_gateway_path(path: str) -> tuple[str, str] | None:
+    """``/api/v2/ai-gateway/<name>/<rest>`` → (name, "/<rest>")."""
+    for prefix in GATEWAY_PREFIXES:
+        if path.startswith(prefix):
+            remainder = path[len(prefix) :]
+            name, sep, rest = remainder.partition("/")
+            if not name:
+                return None
+            return name, "/" + rest if sep else "/"
+    return None
+
+
+_ANTHROPIC: list[tuple[str, re.Pattern[str], RouteKind]] = [
+    ("POST", re.compile(r"^/v1/messages$"), RouteKind.MESSAGES),
+    ("POST", re.compile(r"^/v1/messages/count_tokens$"), RouteKind.PASSTHROUGH),
+    ("GET", re.compile(r"^/v1/models$"), RouteKind.PASSTHROUGH),
+    ("GET", re.compile(r"^/v1/models/[^/]+$"), RouteKind.PASSTHROUGH),
+]
+
+_OPENAI: list[tuple[str, re.Pattern[str], RouteKind]] = [
+    ("POST", re.compile(r"^/v1/chat/completions$"), RouteKind.CHAT),
+    ("POST", re.compile(r"^/v1/responses$"), RouteKind.RESPONSES),
+    ("GET", re.compile(r"^/v1/models(/.*)?$"), RouteKind.PASSTHROUGH),
+    ("GET", re.compile(r"^/v1/responses/[^/]+$"), RouteKind.PASSTHROUGH),
+    ("DELETE", re.compile(r"^/v1/responses/[^/]+$"), RouteKind.PASSTHROUGH),
+    ("POST", re.compile(r"^/v1/responses/[^/]+/cancel$"), RouteKind.PASSTHROUGH),
+    ("GET", re.compile(r"^/v1/responses/[^/]+/input_items$"), RouteKind.PASSTHROUGH),
+    ("*", re.compile(r"^/v1/conversations(/.*)?$"), RouteKind.PASSTHROUGH),
+]
+
+_BEDROCK: list[tuple[str, re.Pattern[str], RouteKind]] = [
+    ("POST", re.compile(r"^/v1/messages$"), RouteKind.MESSAGES),
+    ("POST", re.compile(r"^/model/[^/]+/invoke$"), RouteKind.BEDROCK_INVOKE),
+    ("POST", re.compile(r"^/model/[^/]+/invoke-with-response-stream$"), RouteKind.BEDROCK_INVOKE_STREAM),
+]
+
+_TABLES = {"anthropic": _ANTHROPIC, "openai": _OPENAI, "bedrock": _BEDROCK}
+
+
+def match_route(provider_type: str, method: str, api_path: str) -> RouteKind | None:
+    for m, pattern, kind in _TABLES.get(provider_type, ()):
+        if (m == "*" or m == method) and pattern.match(api_path):
+            return kind
+    return None
+
+
+def error_style_for(provider_type: str | None, api_path: str) -> str:
+    """'anthropic' or 'openai': the error body shape a client of this route expects."""
+    if provider_type in ("anthropic", "bedrock"):
+        return "anthropic"
+    if provider_type == "openai":
+        return "openai"
+    return "anthropic" if api_path.startswith("/v1/messages") else "openai"
+
+
+def upstream_path(provider_type: str, api_path: str) -> str:
+    """Path to append to the provider's base URL.
+
+    OpenAI base URLs include ``/v1`` (https://api.openai.com/v1/), so the
+    client's ``/v1/chat/completions`` becomes ``chat/completions``; Anthropic
+    base URLs do not (https://api.anthropic.com/), so ``v1/messages`` is kept.
+    """
+    path = api_path.lstrip("/")
+    if provider_type == "openai" and path.startswith("v1/"):
+        return path[3:]
+    return path
+
+
+def join_url(base_url: str, path: str, query_string: bytes = b"") -> str:
+    url = base_url.rstrip("/") + "/" + path
+    if query_string:
+        url += "?" + query_string.decode("latin-1")
+    return url

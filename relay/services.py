@@ -1,0 +1,94 @@
+"""The long-lived services of one relay process, opened and closed together."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import trio
+
+from relay.auth import TokenCache
+from relay.db.bridge import Database
+from relay.db.embedded import EmbeddedPostgres
+from relay.db.migrate import migrate
+from relay.options import Options
+from relay.providers.env import providers_from_env
+from relay.providers.registry import ConfigListener, ProviderRegistry
+from relay.providers.store import seed_providers_from_env
+from relay.record.recorder import Recorder
+from relay.upstream.clients import UpstreamClients
+
+log = logging.getLogger("relay.services")
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def data_dir(options: Options) -> Path:
+    """The data directory: option, else the per-user default (~/.local/share/relay)."""
+    if options.data_dir:
+        return Path(options.data_dir).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("relay", appauthor=False))
+
+
+@dataclass
+class Services:
+    options: Options
+    db: Database
+    providers: ProviderRegistry
+    tokens: TokenCache
+    recorder: Recorder
+    upstreams: UpstreamClients
+    dsn_description: str
+
+
+@asynccontextmanager
+async def open_database(options: Options) -> AsyncIterator[tuple[Database, str]]:
+    """The configured PostgreSQL, or the embedded cluster in the data directory."""
+    embedded: EmbeddedPostgres | None = None
+    dsn = options.pg_connection_url
+    description = "external PostgreSQL (CODER_PG_CONNECTION_URL)"
+    if not dsn:
+        directory = data_dir(options)
+        embedded = EmbeddedPostgres(directory)
+        dsn = await trio.to_thread.run_sync(embedded.start)
+        description = f"embedded PostgreSQL in {directory / 'postgres'}"
+    try:
+        async with Database.open(dsn) as db:
+            yield db, description
+    finally:
+        if embedded is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(embedded.stop)
+
+
+@asynccontextmanager
+async def open_services(
+    options: Options, nursery: trio.Nursery, env: Mapping[str, str]
+) -> AsyncIterator[Services]:
+    async with open_database(options) as (db, description):
+        await migrate(db)
+        providers = providers_from_env(env, _warn, options)
+        await seed_providers_from_env(db, providers)
+        registry = ProviderRegistry()
+        tokens = TokenCache(db)
+        listener = ConfigListener(db, registry, tokens)
+        await nursery.start(listener.run)
+        recorder = Recorder(db, data_dir(options) / "spool", options=options)
+        await nursery.start(recorder.run)
+        upstreams = UpstreamClients(
+            connect_timeout=options.upstream_connect_timeout,
+            read_timeout=options.upstream_read_timeout,
+        )
+        try:
+            yield Services(options, db, registry, tokens, recorder, upstreams, description)
+        finally:
+            with trio.CancelScope(shield=True):
+                await upstreams.aclose()
+                await recorder.aclose()
