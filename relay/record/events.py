@@ -1,0 +1,396 @@
+"""What the recorder stores: one msgspec Struct per table row, and the pure
+functions that turn an interception's request side and its ``Facts`` into them.
+
+Every record carries its own UUID ``id``: writes are ``ON CONFLICT (id) DO
+NOTHING``, so a retried batch or a replayed spool never duplicates a row. The
+field names are the column names of ``schemas/sql/0003_recording.sql``.
+
+Nothing here does I/O. ``python -m relay.record.events --write-schemas``
+regenerates ``schemas/json/*.json`` from these types (a test checks drift).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+
+from relay.intercept.facts import Facts
+
+Status: TypeAlias = Literal["completed", "failed", "cancelled"]
+CredentialKind: TypeAlias = Literal["centralized", "byok"]
+Headers: TypeAlias = Iterable[tuple[bytes, bytes]]
+# Timestamps are timezone-aware (UTC); the schema says date-time.
+Timestamp: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InterceptionMeta(msgspec.Struct, kw_only=True):
+    """The request side of one interception, known before the upstream answers.
+
+    The shell builds it when a request is accepted (``id`` and ``started_at``
+    default to now, so dumps and logs can name the interception early) and
+    hands it to ``records_for`` at the end.
+    """
+
+    provider_name: str
+    provider_type: str
+    model: str  # the model the client asked for
+    route: str  # the API path after the provider prefix, e.g. /v1/messages
+    initiator_id: uuid.UUID | None = None  # users.id
+    api_key_id: str | None = None  # api_keys.id of the relay token
+    client: str = "unknown"  # detect_client(headers)
+    client_session_id: str | None = None  # client_session_id(headers, ...)
+    user_agent: str | None = None
+    credential_kind: CredentialKind = "centralized"
+    credential_hint: str | None = None  # masked, e.g. sk-…abcd; never the key
+    id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    started_at: Timestamp = msgspec.field(default_factory=utc_now)
+
+
+class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_field="kind"):
+    """One intercepted request, written once, when it has ended."""
+
+    id: uuid.UUID
+    initiator_id: uuid.UUID | None
+    api_key_id: str | None
+    provider_name: str
+    provider_type: str
+    model: str
+    route: str
+    started_at: Timestamp
+    ended_at: Timestamp
+    status: Status
+    error_type: str | None
+    error_message: str | None
+    client: str
+    client_session_id: str | None
+    user_agent: str | None
+    credential_kind: CredentialKind
+    credential_hint: str | None
+
+
+class TokenUsageRecord(msgspec.Struct, kw_only=True, tag="token_usage", tag_field="kind"):
+    """Token counts of one upstream response.
+
+    ``input_tokens`` excludes tokens read from cache (OpenAI's prompt_tokens
+    include them; the accumulator subtracts). ``raw`` is the provider's own
+    usage object, untouched.
+    """
+
+    id: uuid.UUID
+    interception_id: uuid.UUID
+    provider_response_id: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    extra: dict[str, int]
+    raw: dict[str, Any]
+    created_at: Timestamp
+
+
+class UserPromptRecord(msgspec.Struct, kw_only=True, tag="user_prompt", tag_field="kind"):
+    """The text of the last user message of the request."""
+
+    id: uuid.UUID
+    interception_id: uuid.UUID
+    provider_response_id: str | None
+    prompt: str
+    created_at: Timestamp
+
+
+class ToolUsageRecord(msgspec.Struct, kw_only=True, tag="tool_usage", tag_field="kind"):
+    """A tool call the model made, with its full accumulated input."""
+
+    id: uuid.UUID
+    interception_id: uuid.UUID
+    provider_response_id: str | None
+    tool_call_id: str
+    name: str
+    input: str  # the JSON text the model produced, as produced
+    injected: bool  # true only for tools the relay injected (MCP); none yet
+    invocation_error: str | None
+    created_at: Timestamp
+
+
+class ModelThoughtRecord(msgspec.Struct, kw_only=True, tag="model_thought", tag_field="kind"):
+    """Thinking or reasoning-summary text the model streamed."""
+
+    id: uuid.UUID
+    interception_id: uuid.UUID
+    provider_response_id: str | None
+    content: str
+    created_at: Timestamp
+
+
+Record: TypeAlias = (
+    InterceptionRecord | TokenUsageRecord | UserPromptRecord | ToolUsageRecord | ModelThoughtRecord
+)
+RECORD_TYPES: tuple[type[Record], ...] = (
+    InterceptionRecord,
+    TokenUsageRecord,
+    UserPromptRecord,
+    ToolUsageRecord,
+    ModelThoughtRecord,
+)
+
+
+def records_for(
+    interception: InterceptionMeta,
+    facts: Facts,
+    prompt: str | None,
+    status: Status,
+    error: BaseException | tuple[str, str] | None = None,
+    *,
+    ended_at: datetime | None = None,
+) -> list[Record]:
+    """Every row one finished interception produces, the interception first.
+
+    ``error`` is what ended the interception on the relay's side (an exception,
+    or an ``(error_type, message)`` pair); without it, an error the upstream
+    reported in its stream (``facts.error_type``) is recorded.
+    """
+    ended = ended_at or utc_now()
+    if isinstance(error, BaseException):
+        error_type: str | None = type(error).__name__
+        error_message: str | None = str(error) or None
+    elif error is not None:
+        error_type, error_message = error
+    else:
+        error_type, error_message = facts.error_type, facts.error_message
+    iid = interception.id
+    response_id = facts.response_id
+    records: list[Record] = [
+        InterceptionRecord(
+            id=iid,
+            initiator_id=interception.initiator_id,
+            api_key_id=interception.api_key_id,
+            provider_name=interception.provider_name,
+            provider_type=interception.provider_type,
+            model=interception.model,
+            route=interception.route,
+            started_at=interception.started_at,
+            ended_at=ended,
+            status=status,
+            error_type=error_type,
+            error_message=error_message,
+            client=interception.client,
+            client_session_id=interception.client_session_id,
+            user_agent=interception.user_agent,
+            credential_kind=interception.credential_kind,
+            credential_hint=interception.credential_hint,
+        )
+    ]
+    if facts.usage is not None:
+        usage = facts.usage
+        records.append(
+            TokenUsageRecord(
+                id=uuid.uuid4(),
+                interception_id=iid,
+                provider_response_id=response_id,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                extra=dict(usage.extra),
+                raw=dict(usage.raw),
+                created_at=ended,
+            )
+        )
+    if prompt is not None:
+        records.append(
+            UserPromptRecord(
+                id=uuid.uuid4(),
+                interception_id=iid,
+                provider_response_id=response_id,
+                prompt=prompt,
+                created_at=ended,
+            )
+        )
+    for call in facts.tool_calls:
+        records.append(
+            ToolUsageRecord(
+                id=uuid.uuid4(),
+                interception_id=iid,
+                provider_response_id=response_id,
+                tool_call_id=call.id,
+                name=call.name,
+                input=call.arguments,
+                injected=False,
+                invocation_error=None,
+                created_at=ended,
+            )
+        )
+    for thought in facts.thoughts:
+        records.append(
+            ModelThoughtRecord(
+                id=uuid.uuid4(),
+                interception_id=iid,
+                provider_response_id=response_id,
+                content=thought,
+                created_at=ended,
+            )
+        )
+    return records
+
+
+# --- Client detection -------------------------------------------------------------------------
+
+# User-Agent prefixes (lower case) of the coding agents, checked in order. The
+# same best-effort table as Coder's AI Gateway; agents built on an official SDK
+# (Claude Code on the Anthropic JS SDK) are matched before the SDK itself.
+_AGENT_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("mux/", "mux"),
+    ("xum/", "mux"),
+    ("claude", "claude-code"),  # claude-cli/2.0.14 (external, cli)
+    ("codex", "codex"),  # codex_cli_rs/0.46.0 (...)
+    ("opencode/", "opencode"),
+    ("githubcopilotchat/", "copilot"),
+    ("copilot/", "copilot"),
+    ("kilo-code/", "kilo"),
+    ("roo-code/", "roo"),
+    ("zed/", "zed"),
+    ("cursor/", "cursor"),
+    ("curl/", "curl"),
+)
+# The official SDKs send "<ClientClass>/<Language> <version>", e.g.
+# "AsyncAnthropic/Python 0.40.0", "OpenAI/JS 4.77.0".
+_SDK_RE = re.compile(r"^[a-z]*?(anthropic|openai)[a-z]*/([a-z]+)\b")
+_SDK_LANGUAGES = {"js": "node"}
+
+
+def _header_map(headers: Headers) -> dict[bytes, bytes]:
+    # ASGI gives lower-case names; the first occurrence of a name wins.
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        found.setdefault(name.lower(), value)
+    return found
+
+
+def _header_text(found: dict[bytes, bytes], name: bytes) -> str | None:
+    value = found.get(name)
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip()
+    return text or None
+
+
+def detect_client(headers: Headers) -> str:
+    """Which client sent the request: claude-code, codex, opencode, cursor, mux,
+    copilot, kilo, roo, zed, sdk-<language>-<anthropic|openai>, curl or unknown."""
+    found = _header_map(headers)
+    user_agent = (_header_text(found, b"user-agent") or "").lower()
+    originator = (_header_text(found, b"originator") or "").lower()
+    for prefix, client in _AGENT_PREFIXES:
+        if user_agent.startswith(prefix):
+            return client
+    if originator.startswith("codex"):  # codex_cli_rs, codex_vscode, codex_exec
+        return "codex"
+    if originator in ("kilo-code", "roo-code"):
+        return originator.removesuffix("-code")
+    if b"x-cursor-client-version" in found:
+        return "cursor"
+    match = _SDK_RE.match(user_agent)
+    if match:
+        vendor, language = match.groups()
+        return f"sdk-{_SDK_LANGUAGES.get(language, language)}-{vendor}"
+    return "unknown"
+
+
+# Session headers per client, in order of preference.
+_SESSION_HEADERS: dict[str, tuple[bytes, ...]] = {
+    "claude-code": (b"x-claude-code-session-id",),
+    "codex": (b"session-id", b"session_id"),  # older Codex versions send session_id
+    "mux": (b"x-mux-workspace-id",),
+    "copilot": (b"x-interaction-id", b"x-client-session-id"),
+    "kilo": (b"x-kilocode-taskid",),
+    "opencode": (b"x-opencode-session", b"x-session-affinity"),
+}
+# Claude Code's metadata.user_id: "user_<sha256>_account_<uuid>_session_<uuid>";
+# newer versions send a JSON object with a session_id field instead.
+_CLAUDE_SESSION_RE = re.compile(r"_session_([^_\s]+)$")
+
+
+def client_session_id(headers: Headers, metadata_user_id: str | None = None) -> str | None:
+    """The client's own session (conversation) id, where the client sends one.
+
+    ``metadata_user_id`` is the request body's ``metadata.user_id`` (Anthropic
+    Messages), which is where Claude Code puts its session when it sends no
+    ``X-Claude-Code-Session-Id`` header.
+    """
+    found = _header_map(headers)
+    client = detect_client(found.items())
+    for name in _SESSION_HEADERS.get(client, ()):
+        value = _header_text(found, name)
+        if value:
+            return value
+    if client == "claude-code" and metadata_user_id:
+        return _claude_session_from_user_id(metadata_user_id)
+    return None
+
+
+def _claude_session_from_user_id(user_id: str) -> str | None:
+    text = user_id.strip()
+    if text.startswith("{"):
+        try:
+            decoded = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            return None
+        session = decoded.get("session_id") if isinstance(decoded, dict) else None
+        if not isinstance(session, str):
+            return None
+        return session.strip() or None
+    match = _CLAUDE_SESSION_RE.search(text)
+    return match.group(1) if match else None
+
+
+# --- JSON Schemas -----------------------------------------------------------------------------
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "json"
+
+
+def json_schemas() -> dict[str, bytes]:
+    """File name → JSON Schema text, one per record type plus the tagged union."""
+    out: dict[str, bytes] = {}
+    for record_type in RECORD_TYPES:
+        tag = record_type.__struct_config__.tag
+        out[f"record-{tag}.json"] = _pretty(msgspec.json.schema(record_type))
+    out["record.json"] = _pretty(msgspec.json.schema(Record))
+    return out
+
+
+def _pretty(schema: object) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in json_schemas().items():
+        path = directory / name
+        path.write_bytes(text)
+        written.append(path)
+    return written
+
+
+def _main(argv: Sequence[str]) -> int:
+    if list(argv) == ["--write-schemas"]:
+        for path in write_schemas():
+            print(path)
+        return 0
+    print("usage: python -m relay.record.events --write-schemas", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,115 @@
+"""What every API's request parsing shares: the facts taken from a request body.
+
+Request parsing is lenient by design. Only a body that is not JSON, or not a
+JSON object, is refused (the provider would refuse it too, and the relay
+answers 400 without calling upstream). Any other oddity (a field of an
+unexpected type, a message that is not an object) makes the affected fact
+"unknown" (``None`` or empty), never an exception: the relay must forward
+every request the provider might accept.
+
+To stay cheap on multi-megabyte agent conversations, the top-level Structs
+keep the big parts (``messages``, ``input``, ``tools``) as ``msgspec.Raw``
+and decode them separately, each in its own ``try``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+__all__ = [
+    "CONTENT_DECODER",
+    "ContentPart",
+    "InvalidRequestBody",
+    "RequestInfo",
+    "decode_part",
+    "decode_request",
+    "get_int",
+    "text_of_content",
+]
+
+T = TypeVar("T")
+
+
+class InvalidRequestBody(Exception):
+    """The request body is not JSON, or not a JSON object. The message says which."""
+
+
+class RequestInfo(msgspec.Struct, kw_only=True):
+    """What the relay needs to know about one request body."""
+
+    model: str | None = None
+    stream: bool = False
+    # The text of the last message whose role is "user" (None when it has no text,
+    # e.g. a message holding only tool results).
+    last_user_prompt: str | None = None
+    tool_names: list[str] = msgspec.field(default_factory=list)
+    # Chat completions only: the client itself asked for stream_options.include_usage.
+    include_usage: bool = False
+    # Anthropic only: metadata.user_id (Claude Code puts its session there).
+    metadata_user_id: str | None = None
+
+
+def decode_request(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode a request body with a top-level Struct whose fields accept anything.
+
+    Because every field is ``Any`` or ``Raw``, a ``ValidationError`` can only
+    mean the top level is not an object.
+    """
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestBody(f"request body is not a JSON object: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestBody(f"request body is not valid JSON: {exc}") from None
+
+
+def decode_part(raw: msgspec.Raw, decoder: msgspec.json.Decoder[T]) -> T | None:
+    """Decode one ``Raw`` part of a body; ``None`` when absent or of an unexpected shape."""
+    if not raw:
+        return None
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError:  # ValidationError is a subclass
+        return None
+
+
+def text_of_content(content: object, text_types: frozenset[str]) -> str | None:
+    """The text of a message's content: a string, or the text parts of a list of blocks.
+
+    Several text parts are joined with a newline. ``None`` when there is no text.
+    """
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = [
+        block.text
+        for block in content
+        if block.type in text_types and isinstance(block.text, str)  # blocks are ContentPart
+    ]
+    return "\n".join(texts) if texts else None
+
+
+class ContentPart(msgspec.Struct):
+    """A content block of a message; only text blocks matter here."""
+
+    type: Any = None
+    text: Any = None
+
+
+CONTENT_DECODER = msgspec.json.Decoder(str | list[ContentPart])
+
+
+def get_int(mapping: Mapping[str, Any] | None, *path: str) -> int | None:
+    """An integer at ``path`` inside a decoded usage object; ``None`` when absent or not an int."""
+    value: Any = mapping
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
