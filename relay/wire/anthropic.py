@@ -24,7 +24,6 @@ from relay.wire.common import (
 )
 
 __all__ = [
-    "CONTENT_BLOCK_DECODER",
     "BlockDeltaEvent",
     "BlockStartEvent",
     "ContentBlock",
@@ -170,6 +169,3 @@ class MessageResponse(msgspec.Struct):
     stop_reason: Any = None
     usage: dict[str, Any] | None = None
     error: _ErrorBody | None = None
-
-
-CONTENT_BLOCK_DECODER = msgspec.json.Decoder(ContentBlock)

@@ -27,6 +27,7 @@ __all__ = [
     "decode_part",
     "decode_request",
     "get_int",
+    "openai_error_fields",
     "text_of_content",
 ]
 
@@ -113,3 +114,19 @@ def get_int(mapping: Mapping[str, Any] | None, *path: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
     return value
+
+
+def openai_error_fields(error: Any) -> tuple[str | None, str | None]:
+    """``(type, message)`` of an OpenAI-style error object.
+
+    The type is the error's ``code`` when it has one (the more specific, e.g.
+    ``context_length_exceeded``), else its ``type``. OpenAI-compatible
+    providers sometimes send the error as a bare string.
+    """
+    if isinstance(error, str):
+        return "error", error
+    if not isinstance(error, Mapping):
+        return None, None
+    code, type_, message = error.get("code"), error.get("type"), error.get("message")
+    kind = code if isinstance(code, str) and code else type_ if isinstance(type_, str) else None
+    return kind or "error", message if isinstance(message, str) else None
