@@ -155,7 +155,7 @@ class BedrockAuth:
 
     def __repr__(self) -> str:
         if self.mode is AuthMode.API_KEY:
-            who = f"api_key={mask_secret(self._api_key)}"
+            who = f"api_key={mask_secret(self._api_key or '')}"
         elif self._static_credentials is not None:
             who = f"access_key={mask_secret(self._static_credentials.access_key)}"
         else:
@@ -173,15 +173,16 @@ class BedrockAuth:
             return self._static_credentials.get_frozen_credentials()
         if self.mode is not AuthMode.AMBIENT:
             raise BedrockCredentialsError("bedrock: API key mode has no AWS credentials")
-        creds = self._ambient
-        if creds is None:
-            async with self._resolve_lock:
-                if self._ambient is None:
-                    self._ambient = await trio.to_thread.run_sync(self._resolve_chain)
-                creds = self._ambient
+        creds = self._ambient or await self._resolve_once()
         if isinstance(creds, RefreshableCredentials) and creds.refresh_needed():
             return await trio.to_thread.run_sync(_frozen, creds)
         return creds.get_frozen_credentials()
+
+    async def _resolve_once(self) -> Credentials:
+        async with self._resolve_lock:  # one resolution, however many requests wait
+            if self._ambient is None:
+                self._ambient = await trio.to_thread.run_sync(self._resolve_chain)
+            return self._ambient
 
     def _resolve_chain(self) -> Credentials:
         assert self._session is not None
@@ -233,7 +234,9 @@ def _frozen(creds: Credentials) -> ReadOnlyCredentials:
     try:
         return creds.get_frozen_credentials()
     except (BotoCoreError, RuntimeError, ValueError) as exc:
-        raise BedrockCredentialsError(f"bedrock: refreshing AWS credentials failed: {exc}") from None
+        raise BedrockCredentialsError(
+            f"bedrock: refreshing AWS credentials failed: {exc}"
+        ) from None
 
 
 def _session_region(session: Session | None) -> str:

@@ -38,7 +38,12 @@ BEDROCK_SUPPORTED_BETAS: frozenset[str] = frozenset(
 )
 
 # Top-level Anthropic Messages fields absent from Bedrock's request schema.
-BEDROCK_UNSUPPORTED_FIELDS: tuple[str, ...] = ("metadata", "service_tier", "container", "inference_geo")
+BEDROCK_UNSUPPORTED_FIELDS: tuple[str, ...] = (
+    "metadata",
+    "service_tier",
+    "container",
+    "inference_geo",
+)
 
 # Fields Bedrock accepts only when the beta flag that enables them is sent.
 BEDROCK_BETA_GATED_FIELDS: dict[str, str] = {
