@@ -196,6 +196,54 @@ OPTIONS: tuple[Option, ...] = (
         "Longest silence from a provider before the request fails.",
         group="Requests",
     ),
+    _opt(
+        "RETENTION",
+        parse_duration,
+        "60d",
+        "How long recorded interceptions, token usage, prompts, tool calls and thoughts "
+        "are kept; older rows are deleted in the background. 0: keep forever.",
+        group="Recording",
+    ),
+    _opt(
+        "RECORDER_FLUSH_INTERVAL",
+        parse_duration,
+        "50ms",
+        "Longest time a recorded event waits in memory before its batch is written.",
+        group="Recording",
+    ),
+    _opt(
+        "RECORDER_BATCH_SIZE",
+        parse_int,
+        "1000",
+        "Rows per write: a batch is written when it reaches this size or the flush "
+        "interval has passed, whichever comes first.",
+        group="Recording",
+    ),
+    _opt(
+        "RECORDER_QUEUE_SIZE",
+        parse_int,
+        "10000",
+        "Interceptions whose records may wait in memory for the writer; beyond it they "
+        "go straight to the on-disk spool (a stream never waits for the recorder).",
+        group="Recording",
+    ),
+    _opt(
+        "ADMIN_TOKEN",
+        parse_str,
+        "",
+        "Bearer token of the admin API (/api/v2/ai-gateway/admin/...). Empty: the admin "
+        "API answers 401 to everyone.",
+        group="Recording",
+        secret=True,
+    ),
+    _opt(
+        "METRICS_ADDRESS",
+        parse_str,
+        "",
+        "Where /metrics (Prometheus text format) is served. Empty: on the main listener; "
+        "host:port: on a listener of its own. See docs/metrics.md.",
+        group="Observability",
+    ),
     # Legacy single-provider options.
     _opt("OPENAI_KEY", parse_str, "", "Key of the provider named 'openai'.", "Providers", True),
     _opt(

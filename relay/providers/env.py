@@ -202,7 +202,12 @@ def _legacy_providers(options: Options, problems: list[str]) -> list[tuple[Provi
         key = str(getattr(options, key_attr)).strip()
         base_url = str(getattr(options, url_attr)).strip() or DEFAULT_BASE_URLS[ptype]
         found.append(
-            (Provider(name=ptype.value, type=ptype, base_url=base_url, keys=(key,) if key else ()), var)
+            (
+                Provider(
+                    name=ptype.value, type=ptype, base_url=base_url, keys=(key,) if key else ()
+                ),
+                var,
+            )
         )
 
     var = set_by(
@@ -269,9 +274,9 @@ def providers_from_env(
 
     named: dict[str, str] = {}  # provider name -> the variable that set it
     result: list[Provider] = []
-    for provider, var in _legacy_providers(options, problems):
-        named[provider.name] = var
-        result.append(provider)
+    for legacy_provider, var in _legacy_providers(options, problems):
+        named[legacy_provider.name] = var
+        result.append(legacy_provider)
     for index in sorted(indices):
         raw = _Indexed(index, env, warn)
         provider = _indexed_provider(raw, problems, warn)

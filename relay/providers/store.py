@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from relay.db.bridge import Database
 from relay.providers.types import Provider, ProviderType, provider_problems
 
 _FIELDS = (
@@ -142,7 +143,7 @@ _UPDATE = (
 )
 
 
-async def seed_providers_from_env(db: Any, providers: Sequence[Provider]) -> SeedResult:
+async def seed_providers_from_env(db: Database, providers: Sequence[Provider]) -> SeedResult:
     """Make the ``env`` rows match the environment's providers (see the module doc).
 
     Writes only what differs, so a boot with an unchanged environment sends no
@@ -170,19 +171,19 @@ async def seed_providers_from_env(db: Any, providers: Sequence[Provider]) -> See
     return result
 
 
-async def build_providers(db: Any) -> dict[str, Provider]:
+async def build_providers(db: Database) -> dict[str, Provider]:
     """The enabled providers by name: what every part of the relay uses."""
     rows = await db.fetch(f"SELECT {_COLUMNS} FROM providers WHERE enabled ORDER BY name")
     return {row["name"]: provider_from_row(row) for row in rows}
 
 
-async def list_providers(db: Any) -> list[Provider]:
+async def list_providers(db: Database) -> list[Provider]:
     """Every row, enabled or not (for the CLI)."""
     rows = await db.fetch(f"SELECT {_COLUMNS} FROM providers ORDER BY name")
     return [provider_from_row(row) for row in rows]
 
 
-async def get_provider(db: Any, name: str) -> Provider | None:
+async def get_provider(db: Database, name: str) -> Provider | None:
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM providers WHERE name = $1", name)
     return provider_from_row(row) if row is not None else None
 
@@ -193,7 +194,7 @@ def _check(provider: Provider) -> None:
         raise ProviderStoreError("; ".join(problems))
 
 
-async def add_provider(db: Any, provider: Provider) -> Provider:
+async def add_provider(db: Database, provider: Provider) -> Provider:
     """Insert a new provider with source 'api'; its name must be free."""
     provider = msgspec.structs.replace(provider, source="api")
     _check(provider)
@@ -205,7 +206,7 @@ async def add_provider(db: Any, provider: Provider) -> Provider:
     return provider
 
 
-async def update_provider(db: Any, name: str, **changes: Any) -> Provider:
+async def update_provider(db: Database, name: str, **changes: Any) -> Provider:
     """Change fields of a provider (not its name or type); the row becomes source 'api'."""
     bad = set(changes) - set(_CONFIG_FIELDS[2:]) - {"enabled"}
     if bad:
@@ -229,11 +230,11 @@ async def update_provider(db: Any, name: str, **changes: Any) -> Provider:
     return provider
 
 
-async def set_provider_enabled(db: Any, name: str, enabled: bool) -> Provider:
+async def set_provider_enabled(db: Database, name: str, enabled: bool) -> Provider:
     return await update_provider(db, name, enabled=enabled)
 
 
-async def remove_provider(db: Any, name: str) -> Provider:
+async def remove_provider(db: Database, name: str) -> Provider:
     row = await db.fetchrow(f"DELETE FROM providers WHERE name = $1 RETURNING {_COLUMNS}", name)
     if row is None:
         raise ProviderStoreError(f"no provider named {name!r}")

@@ -1,0 +1,377 @@
+"""The ``relay`` command: ``serve`` and the admin commands.
+
+Admin commands (providers, users, tokens) connect with the same options as
+``relay serve`` (``CODER_PG_CONNECTION_URL``, or the embedded cluster in the
+data directory, shared with a relay already running on it) and migrate
+first. Their changes reach running relays through LISTEN/NOTIFY. Provider
+keys are only ever shown masked; a token is printed once, when created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import inspect
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import trio
+
+from relay import auth
+from relay.db.bridge import Database
+from relay.options import (
+    OPTIONS,
+    OPTIONS_BY_KEY,
+    OptionError,
+    Options,
+    add_flags,
+    load_options,
+    parse_duration,
+)
+from relay.providers import store
+from relay.providers.env import ProviderConfigError, providers_from_env
+from relay.providers.types import (
+    DEFAULT_BASE_URLS,
+    DEFAULT_BEDROCK_MODEL,
+    DEFAULT_BEDROCK_SMALL_FAST_MODEL,
+    Provider,
+    ProviderType,
+)
+
+OLD_NAMES_NOTE = (
+    "Old names still work: each --ai-gateway-<x> flag also answers to --aibridge-<x>, and each "
+    "CODER_AI_GATEWAY_<X> variable to CODER_AIBRIDGE_<X> (deprecated; a warning names the new one)."
+)
+_DB_OPTIONS = [OPTIONS_BY_KEY["PG_CONNECTION_URL"], OPTIONS_BY_KEY["DATA_DIR"]]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+class CommandError(Exception):
+    """A failure to report in one line, with exit status 1."""
+
+
+# -- database -------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_admin_database(options: Options) -> AsyncIterator[Database]:
+    """The database ``relay serve`` would use (embedded when no URL is set), migrated."""
+    from relay.db.migrate import migrate
+    from relay.services import open_database
+
+    async with open_database(options) as (db, _description):
+        await migrate(db)
+        yield db
+
+
+# -- output -----------------------------------------------------------------------
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+        )
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
+
+
+def _provider_rows(providers: Sequence[Provider]) -> list[list[str]]:
+    rows = [["NAME", "TYPE", "SOURCE", "ENABLED", "ENDPOINT", "CREDENTIALS"]]
+    for p in providers:
+        enabled = "yes" if p.enabled else "no"
+        endpoint = p.endpoint or "(AWS region from the environment)"
+        rows.append([p.name, p.type.value, p.source, enabled, endpoint, p.credential_hint()])
+    return rows
+
+
+# -- providers ----------------------------------------------------------------------
+
+
+def _provider_changes(args: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    keys: list[str] = list(args.key or [])
+    if args.keys_stdin:
+        keys += [line.strip() for line in sys.stdin if line.strip()]
+    if keys or args.clear_keys:
+        changes["keys"] = tuple(keys)
+    for field in (
+        "base_url",
+        "bedrock_region",
+        "bedrock_access_key",
+        "bedrock_access_key_secret",
+        "bedrock_model",
+        "bedrock_small_fast_model",
+        "bedrock_base_url",
+    ):
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = value
+    return changes
+
+
+async def _providers(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    action = args.providers_action
+    if action == "list":
+        providers = await store.list_providers(db)
+        if not providers:
+            print("no providers", file=out)
+        else:
+            _table(_provider_rows(providers), out)
+        return
+    if action == "add":
+        ptype = ProviderType(args.type)
+        is_bedrock = ptype is ProviderType.BEDROCK
+        fields = _provider_changes(args)
+        fields.setdefault("base_url", DEFAULT_BASE_URLS[ptype])
+        if is_bedrock:
+            fields.setdefault("bedrock_model", DEFAULT_BEDROCK_MODEL)
+            fields.setdefault("bedrock_small_fast_model", DEFAULT_BEDROCK_SMALL_FAST_MODEL)
+        provider = await store.add_provider(db, Provider(name=args.name, type=ptype, **fields))
+        print(f"added provider {provider.describe()}", file=out)
+        return
+    before = await store.get_provider(db, args.name)
+    if before is None:
+        raise CommandError(f"no provider named {args.name!r}")
+    if action == "remove":
+        await store.remove_provider(db, args.name)
+        print(f"removed provider {args.name}", file=out)
+        if before.source == "env":
+            print(
+                "note: it came from the environment; the next relay start adds it again "
+                "unless its variables are removed",
+                file=out,
+            )
+        return
+    if action == "update":
+        changes = _provider_changes(args)
+        if not changes:
+            raise CommandError("nothing to update: give at least one option")
+        provider = await store.update_provider(db, args.name, **changes)
+        print(f"updated provider {provider.describe()}", file=out)
+    else:
+        provider = await store.set_provider_enabled(db, args.name, action == "enable")
+        print(f"{action}d provider {provider.name}", file=out)
+    if before.source == "env":
+        print(
+            "note: this provider came from the environment and is now managed by the CLI "
+            "(source api): relay starts no longer change it",
+            file=out,
+        )
+
+
+# -- users and tokens ------------------------------------------------------------------
+
+
+async def _users(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    if args.users_action == "create":
+        user = await auth.create_user(db, args.name)
+        print(f"created user {user.name} (id {user.id})", file=out)
+        return
+    users = await auth.list_users(db)
+    if not users:
+        print("no users", file=out)
+        return
+    _table([["NAME", "ID", "CREATED"], *([u.name, u.id, _when(u.created_at)] for u in users)], out)
+
+
+async def _tokens(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    action = args.tokens_action
+    if action == "create":
+        token, row = await auth.create_token(db, args.user, args.expires_in)
+        expiry = f"expires {_when(row.expires_at)}" if row.expires_at else "does not expire"
+        # The token alone on stdout, so `TOKEN=$(relay tokens create ...)` works.
+        _stderr(f"token {row.id} for user {row.user_name}, {expiry}; it is shown only this once:")
+        print(token, file=out)
+        return
+    if action == "revoke":
+        row = await auth.revoke_token(db, args.id)
+        print(
+            f"revoked token {row.id} of user {row.user_name} at {_when(row.revoked_at)}", file=out
+        )
+        return
+    rows = await auth.list_tokens(db, args.user)
+    if not rows:
+        print("no tokens", file=out)
+        return
+    now = datetime.now(UTC)
+    table = [["ID", "USER", "STATUS", "CREATED", "EXPIRES", "LAST USED"]]
+    for r in rows:
+        table.append(
+            [
+                r.id,
+                r.user_name,
+                r.status(now),
+                _when(r.created_at),
+                _when(r.expires_at),
+                _when(r.last_used_at),
+            ]
+        )
+    _table(table, out)
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def _add_provider_fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", help="upstream base URL (default: the type's)")
+    parser.add_argument(
+        "--key", action="append", metavar="KEY", help="a key of the pool (repeat for up to 5)"
+    )
+    parser.add_argument(
+        "--keys-stdin",
+        action="store_true",
+        help="read the keys from stdin, one per line (keeps them out of the process list)",
+    )
+    parser.add_argument("--bedrock-region")
+    parser.add_argument("--bedrock-access-key", metavar="ID")
+    parser.add_argument("--bedrock-access-key-secret", metavar="SECRET")
+    parser.add_argument("--bedrock-model")
+    parser.add_argument("--bedrock-small-fast-model")
+    parser.add_argument("--bedrock-base-url")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="A streaming AI gateway compatible with the Coder AI Gateway."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the relay",
+        description="Migrate the database, seed providers from the environment, and serve.",
+        epilog=OLD_NAMES_NOTE
+        + "\nProviders: CODER_AI_GATEWAY_PROVIDER_<N>_<KEY>, see docs/providers.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--demo", action="store_true", help="serve the bundled mock upstream with a demo token"
+    )
+    add_flags(serve, OPTIONS)
+
+    db_flags = argparse.ArgumentParser(add_help=False)
+    add_flags(db_flags, _DB_OPTIONS)
+
+    providers = commands.add_parser(
+        "providers", help="list and change providers (keys are shown masked)"
+    )
+    p_actions = providers.add_subparsers(dest="providers_action", required=True, metavar="ACTION")
+    p_actions.add_parser("list", parents=[db_flags], help="every provider, enabled or not")
+    add = p_actions.add_parser("add", parents=[db_flags], help="add a provider (source api)")
+    add.add_argument("name")
+    add.add_argument("--type", required=True, choices=[t.value for t in ProviderType])
+    _add_provider_fields(add)
+    add.set_defaults(clear_keys=False)
+    update = p_actions.add_parser("update", parents=[db_flags], help="change a provider")
+    update.add_argument("name")
+    _add_provider_fields(update)
+    update.add_argument("--clear-keys", action="store_true", help="remove every key")
+    for action in ("enable", "disable", "remove"):
+        sub = p_actions.add_parser(action, parents=[db_flags], help=f"{action} a provider")
+        sub.add_argument("name")
+
+    users = commands.add_parser("users", help="create and list users")
+    u_actions = users.add_subparsers(dest="users_action", required=True, metavar="ACTION")
+    create_user = u_actions.add_parser("create", parents=[db_flags], help="create a user")
+    create_user.add_argument("name")
+    u_actions.add_parser("list", parents=[db_flags], help="list users")
+
+    tokens = commands.add_parser("tokens", help="create, list and revoke API tokens")
+    t_actions = tokens.add_subparsers(dest="tokens_action", required=True, metavar="ACTION")
+    create = t_actions.add_parser(
+        "create", parents=[db_flags], help="create a token (printed once)"
+    )
+    create.add_argument("--user", required=True, help="the user's name")
+    create.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 12h, 30d")
+    listing = t_actions.add_parser("list", parents=[db_flags], help="list tokens")
+    listing.add_argument("--user", help="only this user's tokens")
+    revoke = t_actions.add_parser("revoke", parents=[db_flags], help="revoke a token")
+    revoke.add_argument("id", help="the token's id (see tokens list)")
+    return parser
+
+
+_ADMIN: dict[str, Callable[[Database, argparse.Namespace, TextIO], Awaitable[None]]] = {
+    "providers": _providers,
+    "users": _users,
+    "tokens": _tokens,
+}
+
+
+def _serve(options: Options, demo: bool) -> None:
+    from relay.server import serve  # the server pulls in much; only `serve` needs it
+
+    if inspect.iscoroutinefunction(serve):
+        trio.run(functools.partial(serve, options, demo=demo))
+    else:
+        serve(options, demo=demo)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What can be refused without a database, before starting one."""
+    if args.command == "tokens" and args.tokens_action == "create":
+        try:
+            args.expires_in = parse_duration(args.expires) if args.expires else None
+        except ValueError as exc:
+            raise CommandError(f"--expires: {exc}") from None
+    if args.command == "providers" and args.providers_action == "update":
+        if not (args.keys_stdin or _provider_changes(args)):
+            raise CommandError("nothing to update: give at least one option")
+
+
+async def _run_admin(options: Options, args: argparse.Namespace) -> None:
+    _check_arguments(args)
+    async with open_admin_database(options) as db:
+        await _ADMIN[args.command](db, args, sys.stdout)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    # Errors raised inside nurseries arrive wrapped in exception groups.
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = load_options(os.environ, args, warn=_stderr)
+        if args.command == "serve":
+            # Fail before starting anything; warnings are printed once, by the server.
+            providers_from_env(os.environ, lambda _line: None, options)
+            _serve(options, args.demo)
+        else:
+            trio.run(_run_admin, options, args)
+    except Exception as raised:
+        exc = _leaf(raised)
+        if isinstance(exc, (OptionError, ProviderConfigError)):
+            _stderr("relay: configuration error:\n  " + str(exc).replace("\n", "\n  "))
+            return 2
+        if isinstance(exc, (CommandError, auth.AuthError, store.ProviderStoreError)):
+            _stderr(f"relay: {exc}")
+            return 1
+        from relay.db.bridge import UNAVAILABLE_ERRORS
+        from relay.db.embedded import EmbeddedPostgresError
+
+        if isinstance(exc, EmbeddedPostgresError):
+            _stderr(f"relay: {exc}")
+            return 1
+        if isinstance(exc, UNAVAILABLE_ERRORS):
+            _stderr(f"relay: the database is not available: {exc}")
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
