@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -84,16 +85,12 @@ class RelayApp:
         env = self.env if self.env is not None else os.environ
         options = self.options or load_options(env)
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    async with open_services(options, nursery, env) as services:
-                        self.services = services
-                        self._ready.set()
-                        await send({"type": "lifespan.startup.complete"})
-                        message = await receive()  # lifespan.shutdown
-                        self.services = None
-                finally:
-                    nursery.cancel_scope.cancel()
+            async with open_services(options, env) as services:
+                self.services = services
+                self._ready.set()
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown: hypercorn has drained the requests
+                self.services = None
         except Exception as exc:
             log.exception("relay failed to start")
             if not self._ready.is_set():
@@ -147,7 +144,9 @@ class RelayApp:
         )
         try:
             if kind is RouteKind.PASSTHROUGH:
-                await relay_passthrough(send, receive, client, method, url, upstream_headers, style)
+                await relay_passthrough(
+                    send, receive, client, method, url, upstream_headers, headers, style
+                )
                 return
             spec = SPECS.get(kind)
             if spec is None:
@@ -219,7 +218,7 @@ class RelayApp:
         finally:
             headers = scope["headers"]
             meta = InterceptionMeta(
-                initiator_id=principal.user_id,
+                initiator_id=uuid.UUID(principal.user_id),
                 api_key_id=principal.api_key_id,
                 provider_name=provider.name,
                 provider_type=str(provider.type),

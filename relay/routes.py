@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import Literal
+
+ErrorStyle = Literal["anthropic", "openai"]
 
 GATEWAY_PREFIXES = ("/api/v2/ai-gateway/", "/api/v2/aibridge/")
 
@@ -54,7 +57,11 @@ _OPENAI: list[tuple[str, re.Pattern[str], RouteKind]] = [
 _BEDROCK: list[tuple[str, re.Pattern[str], RouteKind]] = [
     ("POST", re.compile(r"^/v1/messages$"), RouteKind.MESSAGES),
     ("POST", re.compile(r"^/model/[^/]+/invoke$"), RouteKind.BEDROCK_INVOKE),
-    ("POST", re.compile(r"^/model/[^/]+/invoke-with-response-stream$"), RouteKind.BEDROCK_INVOKE_STREAM),
+    (
+        "POST",
+        re.compile(r"^/model/[^/]+/invoke-with-response-stream$"),
+        RouteKind.BEDROCK_INVOKE_STREAM,
+    ),
 ]
 
 _TABLES = {"anthropic": _ANTHROPIC, "openai": _OPENAI, "bedrock": _BEDROCK}
@@ -67,7 +74,7 @@ def match_route(provider_type: str, method: str, api_path: str) -> RouteKind | N
     return None
 
 
-def error_style_for(provider_type: str | None, api_path: str) -> str:
+def error_style_for(provider_type: str | None, api_path: str) -> ErrorStyle:
     """'anthropic' or 'openai': the error body shape a client of this route expects."""
     if provider_type in ("anthropic", "bedrock"):
         return "anthropic"

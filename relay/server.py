@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
@@ -56,23 +58,21 @@ def describe(app: RelayApp, binds: list[str], out: Callable[[str], None]) -> Non
 async def run_server(
     options: Options,
     *,
-    shutdown_trigger: Callable[[], trio.lowlevel.Awaitable[None]] | None = None,  # type: ignore[name-defined]
+    env: Mapping[str, str] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[RelayApp] = trio.TASK_STATUS_IGNORED,
     out: Callable[[str], None] = print,
 ) -> None:
-    app = RelayApp(options)
+    """Serve until SIGINT/SIGTERM (or ``shutdown_trigger``), then shut down gracefully."""
+    app = RelayApp(options, env)
     config = hypercorn_config(options)
-
-    async def started() -> None:
-        pass
-
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
-            lambda task_status: hypercorn_serve(
-                app,
+            partial(
+                hypercorn_serve,
+                cast(Any, app),
                 config,
                 shutdown_trigger=shutdown_trigger or wait_for_signal,
-                task_status=task_status,
             )
         )
         describe(app, binds, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,9 +32,17 @@ def _warn(line: str) -> None:
 
 
 def data_dir(options: Options) -> Path:
-    """The data directory: option, else the per-user default (~/.local/share/relay)."""
+    """The data directory: the option, else a per-user default.
+
+    ``~/.local/share/relay`` for ordinary users. For root it is
+    ``/var/lib/relay``: root's home is mode 700, which the ``postgres`` user
+    that runs the embedded cluster cannot enter, and opening it up is not the
+    relay's business.
+    """
     if options.data_dir:
         return Path(options.data_dir).expanduser().resolve()
+    if os.geteuid() == 0:
+        return Path("/var/lib/relay")
     return Path(platformdirs.user_data_dir("relay", appauthor=False))
 
 
@@ -69,26 +78,50 @@ async def open_database(options: Options) -> AsyncIterator[tuple[Database, str]]
 
 
 @asynccontextmanager
-async def open_services(
-    options: Options, nursery: trio.Nursery, env: Mapping[str, str]
-) -> AsyncIterator[Services]:
+async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterator[Services]:
+    """Everything one relay process needs, in the order it needs it.
+
+    The background tasks (config listener, recorder) live in a nursery inside
+    the database's lifetime, so they are gone before the database closes.
+    """
     async with open_database(options) as (db, description):
         await migrate(db)
         providers = providers_from_env(env, _warn, options)
-        await seed_providers_from_env(db, providers)
+        seeded = await seed_providers_from_env(db, providers)
+        if seeded.disabled:
+            log.warning(
+                "providers no longer in the environment, disabled: %s", ", ".join(seeded.disabled)
+            )
+        if seeded.skipped:
+            log.warning(
+                "environment providers skipped (a provider made with the CLI holds the name): %s",
+                ", ".join(seeded.skipped),
+            )
         registry = ProviderRegistry()
         tokens = TokenCache(db)
-        listener = ConfigListener(db, registry, tokens)
-        await nursery.start(listener.run)
-        recorder = Recorder(db, data_dir(options) / "spool", options=options)
-        await nursery.start(recorder.run)
         upstreams = UpstreamClients(
             connect_timeout=options.upstream_connect_timeout,
             read_timeout=options.upstream_read_timeout,
         )
-        try:
-            yield Services(options, db, registry, tokens, recorder, upstreams, description)
-        finally:
-            with trio.CancelScope(shield=True):
-                await upstreams.aclose()
-                await recorder.aclose()
+        recorder = Recorder(
+            db,
+            data_dir(options) / "spool",
+            batch_size=options.recorder_batch_size,
+            flush_interval=options.recorder_flush_interval,
+            queue_size=options.recorder_queue_size,
+            retention=options.retention or None,
+        )
+        async with trio.open_nursery() as nursery:
+            # One LISTEN per process feeds both: provider changes and
+            # revocations reach this process within a second.
+            listener = ConfigListener(db, registry, tokens)
+            await nursery.start(listener.run)
+            await nursery.start(recorder.run)
+            try:
+                yield Services(options, db, registry, tokens, recorder, upstreams, description)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await upstreams.aclose()
+                    # Drains the channel: everything is written or spooled.
+                    await recorder.aclose()
+                nursery.cancel_scope.cancel()

@@ -26,6 +26,7 @@ import trio
 
 from relay.asgi import Headers, Receive, Send, forwardable_response_headers, send_response
 from relay.intercept.facts import Facts
+from relay.routes import ErrorStyle
 from relay.streams.sse import SSEDecoder, SSEEvent
 from relay.wire.common import RequestInfo
 from relay.wire.errors import error_body_for
@@ -36,14 +37,12 @@ KEEPALIVE_COMMENT = b": keepalive\n\n"
 
 
 class Accumulator(Protocol):
-    facts: Facts
+    @property
+    def facts(self) -> Facts: ...  # read-only: accumulators build it on access
 
     def feed(self, event: SSEEvent) -> None: ...
 
     def feed_response(self, body: bytes) -> None: ...
-
-
-ErrorStyle = Literal["anthropic", "openai"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ class Outcome:
     upstream_status: int | None = None
     first_byte_at: float | None = None
     disconnect_phase: str | None = None
+    upstream_complete: bool = False
     facts: Facts = field(default_factory=Facts)
 
 
@@ -95,12 +95,17 @@ class _StreamState:
 
 
 async def watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: Outcome) -> None:
-    """Cancel ``scope`` as soon as the client goes away."""
+    """Cancel ``scope`` as soon as the client goes away.
+
+    A client that leaves after the upstream answer was complete (SDKs close
+    on the last event, before the final empty chunk) did not cancel anything.
+    """
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            outcome.status = "cancelled"
-            scope.cancel()
+            if not outcome.upstream_complete:
+                outcome.status = "cancelled"
+                scope.cancel()
             return
 
 
@@ -189,6 +194,7 @@ async def _exchange(
         headers = forwardable_response_headers(response.headers.raw, streaming=streaming)
         if response.status_code >= 400 or not streaming:
             body = await response.aread()
+            outcome.upstream_complete = True
             state.headers_sent = True
             await send(
                 {"type": "http.response.start", "status": response.status_code, "headers": headers}
@@ -212,10 +218,12 @@ async def _exchange(
             nursery.start_soon(_keepalive, send, state, keepalive_interval)
         try:
             await _pump(send, response, decoder, accumulator, spec, outcome, state, drop_injected)
+            outcome.upstream_complete = True
         except httpx.HTTPError as exc:
             # Upstream failed mid-stream: end the stream with an error event the
             # SDK raises on, never a silent truncation.
             log.warning("upstream failed mid-stream: %s", type(exc).__name__)
+            outcome.upstream_complete = True  # a client leaving now cancels nothing
             outcome.status = "failed"
             outcome.error_type = "upstream_stream_error"
             outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
@@ -259,6 +267,10 @@ async def _pump(
             for event in decoder.feed(chunk):
                 feed(event)
             state.at_boundary = decoder.pending == 0
+    if drop_injected and decoder.pending:
+        # An unterminated tail still belongs to the client, byte for byte.
+        await _send_body(send, state, decoder.pending_raw)
+    state.at_boundary = decoder.pending == 0
     for event in decoder.close():
         if event.dispatch:
             feed(event)

@@ -14,7 +14,7 @@ import trio
 from relay.asgi import HOP_BY_HOP, ClientDisconnected, Receive, Send, forwardable_response_headers
 from relay.intercept.base import ErrorStyle, Outcome, send_error, watch_disconnect
 
-_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_DROP = HOP_BY_HOP | {b"host", b"expect", b"content-length"}
 
 
 async def relay_passthrough(
@@ -24,18 +24,24 @@ async def relay_passthrough(
     method: str,
     url: str,
     headers: list[tuple[bytes, bytes]],
+    client_headers: list[tuple[bytes, bytes]],
     style: ErrorStyle,
 ) -> int | None:
     """Forward one request; returns the upstream status (None when unreachable).
 
+    ``headers`` are the upstream headers (credentials already swapped);
+    ``client_headers`` the client's own, for its accept-encoding and
+    content-length (kept, so httpx streams the body as it is instead of
+    re-framing it as chunked).
+
     The request body streams from the client to the provider as it arrives;
     the disconnect watcher starts once it has been read.
     """
-    has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in headers)
+    has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in client_headers)
     # Passthrough keeps the client's accept-encoding and relays bytes raw.
     out_headers = [(k, v) for k, v in headers if k not in _DROP and k != b"accept-encoding"]
-    for k, v in headers:
-        if k == b"accept-encoding":
+    for k, v in client_headers:
+        if k in (b"accept-encoding", b"content-length"):
             out_headers.append((k, v))
     request = client.build_request(
         method, url, headers=out_headers, content=_request_body(receive) if has_body else None

@@ -1,0 +1,111 @@
+"""Start the real relay (hypercorn, trio worker) on a loopback port for a test.
+
+The relay runs in the test's own trio loop, on the test's own database, with
+providers given as environment variables exactly as an operator would set
+them, in front of the bundled mock upstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.trio import serve as hypercorn_serve
+
+from bench.mock_upstream.server import MockUpstream
+from relay.app import RelayApp
+from relay.auth import create_token, create_user
+from relay.options import load_options
+from relay.server import hypercorn_config
+
+
+@dataclass
+class RunningRelay:
+    url: str  # http://127.0.0.1:PORT
+    token: str  # a valid relay token of user "alice"
+    app: RelayApp
+
+    def gateway(self, provider: str) -> str:
+        return f"{self.url}/api/v2/ai-gateway/{provider}"
+
+    @property
+    def db(self):  # type: ignore[no-untyped-def]
+        assert self.app.services is not None
+        return self.app.services.db
+
+    async def wait_for_rows(self, sql: str, *args: object, count: int = 1, timeout: float = 10) -> list:
+        """Poll until ``sql`` returns at least ``count`` rows (the recorder writes in the background)."""
+        with trio.fail_after(timeout):
+            while True:
+                rows = await self.db.fetch(sql, *args)
+                if len(rows) >= count:
+                    return rows
+                await trio.sleep(0.02)
+
+
+def mock_providers_env(mock: MockUpstream, key: str = "sk-upstream-test-key-0001") -> dict[str, str]:
+    """One anthropic and one openai provider in front of ``mock``."""
+    return {
+        "CODER_AI_GATEWAY_PROVIDER_0_TYPE": "anthropic",
+        "CODER_AI_GATEWAY_PROVIDER_0_NAME": "anthropic",
+        "CODER_AI_GATEWAY_PROVIDER_0_KEY": key,
+        "CODER_AI_GATEWAY_PROVIDER_0_BASE_URL": mock.base_url,
+        "CODER_AI_GATEWAY_PROVIDER_1_TYPE": "openai",
+        "CODER_AI_GATEWAY_PROVIDER_1_NAME": "openai",
+        "CODER_AI_GATEWAY_PROVIDER_1_KEY": key,
+        "CODER_AI_GATEWAY_PROVIDER_1_BASE_URL": mock.openai_base_url + "/",
+    }
+
+
+@contextlib.asynccontextmanager
+async def running_relay(
+    pg_dsn: str,
+    data_dir: Path,
+    env: Mapping[str, str],
+    *,
+    user: str = "alice",
+) -> AsyncIterator[RunningRelay]:
+    full_env = {
+        "CODER_PG_CONNECTION_URL": pg_dsn,
+        "CODER_AI_GATEWAY_DATA_DIR": str(data_dir),
+        "CODER_AI_GATEWAY_HTTP_ADDRESS": "127.0.0.1:0",
+        **env,
+    }
+    options = load_options(full_env, warn=lambda line: None)
+    app = RelayApp(options, full_env)
+    config = hypercorn_config(options)
+    config.graceful_timeout = min(options.shutdown_grace, 2.0)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait)
+        )
+        assert app.services is not None
+        await create_user(app.services.db, user)
+        token, _ = await create_token(app.services.db, user)
+        try:
+            yield RunningRelay(url=binds[0], token=token, app=app)
+        finally:
+            stop.set()
+
+
+@contextlib.asynccontextmanager
+async def mock_and_relay(
+    pg_dsn: str,
+    data_dir: Path,
+    *,
+    chunking: str = "event",
+    extra_env: Mapping[str, str] | None = None,
+    **mock_kwargs: object,
+) -> AsyncIterator[tuple[MockUpstream, RunningRelay]]:
+    mock = MockUpstream(chunking=chunking, **mock_kwargs)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mock.serve, 0)
+        env = {**mock_providers_env(mock), **(extra_env or {})}
+        async with running_relay(pg_dsn, data_dir, env) as relay:
+            yield mock, relay
+        nursery.cancel_scope.cancel()
