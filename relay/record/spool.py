@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import struct
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -80,6 +81,11 @@ class ClaimedSegment:
     path: Path
     fd: int
 
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)  # releases the flock
+
     def read(self) -> DecodedFrames:
         os.lseek(self.fd, 0, os.SEEK_SET)
         chunks = []
@@ -102,11 +108,18 @@ class Spool:
         self._size = 0
         self._seq = 0
         self.current_frames = 0  # frames in the open segment
+        # Worker threads and, after the recorder's shutdown, the event loop's
+        # own thread may both append.
+        self._lock = threading.RLock()
 
     # --- writing ---------------------------------------------------------------------------
 
     def append(self, payload: bytes) -> None:
         """Write one frame and fsync it. Raises OSError (e.g. disk full)."""
+        with self._lock:
+            self._append(payload)
+
+    def _append(self, payload: bytes) -> None:
         if self._fd is None:
             self._open_segment()
         assert self._fd is not None
@@ -125,12 +138,13 @@ class Spool:
 
     def rotate(self) -> None:
         """Close the open segment, so that it can be replayed."""
-        if self._fd is not None:
-            os.close(self._fd)  # releases the flock
-        self._fd = None
-        self._path = None
-        self._size = 0
-        self.current_frames = 0
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)  # releases the flock
+            self._fd = None
+            self._path = None
+            self._size = 0
+            self.current_frames = 0
 
     def close(self) -> None:
         self.rotate()
@@ -170,6 +184,10 @@ class Spool:
 
     def claim(self) -> list[ClaimedSegment]:
         """Every closed segment no process holds, oldest first, now held by us."""
+        with self._lock:
+            return self._claim()
+
+    def _claim(self) -> list[ClaimedSegment]:
         if not self.directory.is_dir():
             return []
         claimed = []
@@ -197,11 +215,11 @@ class Spool:
             _unlink_quietly(segment.path)
             _fsync_directory(self.directory)
         finally:
-            os.close(segment.fd)
+            segment.close()
 
     def release(self, segment: ClaimedSegment) -> None:
         """Replay failed part-way: keep the segment for a later attempt."""
-        os.close(segment.fd)
+        segment.close()
 
     def quarantine(self, segment: ClaimedSegment) -> Path:
         """Keep a damaged segment aside (for a person to look at); never replay it again."""
@@ -209,7 +227,7 @@ class Spool:
         try:
             os.rename(segment.path, target)
         finally:
-            os.close(segment.fd)
+            segment.close()
         return target
 
     def pending_segments(self) -> int:

@@ -8,6 +8,10 @@
 -- one interception may reach the database in different batches (or from the
 -- spool, after a restart), users may be deleted while their usage stays, and a
 -- row the database refused would otherwise block the spool behind it.
+--
+-- Ids are time-ordered (UUID version 7) and rows arrive in about time order,
+-- so the child tables' timestamps, used only by retention, get BRIN indexes:
+-- a few pages each, next to nothing to maintain at 100,000 rows per second.
 
 CREATE TABLE interceptions (
     id                uuid PRIMARY KEY,
@@ -28,9 +32,9 @@ CREATE TABLE interceptions (
     credential_kind   text NOT NULL CHECK (credential_kind IN ('centralized', 'byok')),
     credential_hint   text             -- masked (sk-…abcd), never a whole key
 );
+-- Newest-first pages (admin API), time ranges (relay usage), retention.
 CREATE INDEX interceptions_started_at_idx ON interceptions (started_at, id);
 CREATE INDEX interceptions_initiator_started_idx ON interceptions (initiator_id, started_at);
-CREATE INDEX interceptions_provider_started_idx ON interceptions (provider_name, started_at);
 
 CREATE TABLE token_usages (
     id                   uuid PRIMARY KEY,
@@ -45,7 +49,7 @@ CREATE TABLE token_usages (
     created_at           timestamptz NOT NULL
 );
 CREATE INDEX token_usages_interception_idx ON token_usages (interception_id);
-CREATE INDEX token_usages_created_at_idx ON token_usages (created_at);
+CREATE INDEX token_usages_created_at_idx ON token_usages USING brin (created_at);
 
 CREATE TABLE user_prompts (
     id                   uuid PRIMARY KEY,
@@ -55,7 +59,7 @@ CREATE TABLE user_prompts (
     created_at           timestamptz NOT NULL
 );
 CREATE INDEX user_prompts_interception_idx ON user_prompts (interception_id);
-CREATE INDEX user_prompts_created_at_idx ON user_prompts (created_at);
+CREATE INDEX user_prompts_created_at_idx ON user_prompts USING brin (created_at);
 
 CREATE TABLE tool_usages (
     id                   uuid PRIMARY KEY,
@@ -69,7 +73,7 @@ CREATE TABLE tool_usages (
     created_at           timestamptz NOT NULL
 );
 CREATE INDEX tool_usages_interception_idx ON tool_usages (interception_id);
-CREATE INDEX tool_usages_created_at_idx ON tool_usages (created_at);
+CREATE INDEX tool_usages_created_at_idx ON tool_usages USING brin (created_at);
 
 CREATE TABLE model_thoughts (
     id                   uuid PRIMARY KEY,
@@ -79,4 +83,4 @@ CREATE TABLE model_thoughts (
     created_at           timestamptz NOT NULL
 );
 CREATE INDEX model_thoughts_interception_idx ON model_thoughts (interception_id);
-CREATE INDEX model_thoughts_created_at_idx ON model_thoughts (created_at);
+CREATE INDEX model_thoughts_created_at_idx ON model_thoughts USING brin (created_at);

@@ -1,0 +1,273 @@
+"""The admin HTTP API: recorded interceptions with their usage, prompt, tool
+calls and thoughts, filtered and keyset-paginated. The base for dashboards.
+
+``GET /api/v2/ai-gateway/admin/interceptions`` (also under ``/api/v2/aibridge``)
+with ``Authorization: Bearer <ADMIN_TOKEN>``. Query parameters, all optional:
+``user`` (name or id), ``provider``, ``model``, ``since``, ``until`` (RFC 3339;
+``until`` excluded), ``limit`` (1 to 1000, default 50) and ``cursor`` (the
+``next_cursor`` of the previous page). Newest first.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+
+from relay.record.writer import RecordingDatabase
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+ADMIN_PREFIXES = ("/api/v2/ai-gateway/admin/", "/api/v2/aibridge/admin/")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+
+
+class TokenUsage(msgspec.Struct):
+    id: uuid.UUID
+    provider_response_id: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    extra: msgspec.Raw
+    raw: msgspec.Raw
+    created_at: datetime
+
+
+class ToolUsage(msgspec.Struct):
+    id: uuid.UUID
+    provider_response_id: str | None
+    tool_call_id: str
+    name: str
+    input: str
+    injected: bool
+    invocation_error: str | None
+    created_at: datetime
+
+
+class Interception(msgspec.Struct):
+    id: uuid.UUID
+    initiator_id: uuid.UUID | None
+    initiator_name: str | None
+    api_key_id: str | None
+    provider_name: str
+    provider_type: str
+    model: str
+    route: str
+    started_at: datetime
+    ended_at: datetime
+    status: str
+    error_type: str | None
+    error_message: str | None
+    client: str
+    client_session_id: str | None
+    user_agent: str | None
+    credential_kind: str
+    credential_hint: str | None
+    prompt: str | None = None
+    token_usages: list[TokenUsage] = msgspec.field(default_factory=list)
+    tool_usages: list[ToolUsage] = msgspec.field(default_factory=list)
+    thoughts: list[str] = msgspec.field(default_factory=list)
+
+
+class InterceptionPage(msgspec.Struct):
+    interceptions: list[Interception]
+    next_cursor: str | None
+
+
+class Filters(msgspec.Struct, kw_only=True):
+    user: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = DEFAULT_LIMIT
+    after: tuple[datetime, uuid.UUID] | None = None  # decoded cursor
+
+
+class BadRequest(ValueError):
+    pass
+
+
+_PAGE_SQL = """
+SELECT i.id, i.initiator_id, u.name AS initiator_name, i.api_key_id, i.provider_name,
+       i.provider_type, i.model, i.route, i.started_at, i.ended_at, i.status,
+       i.error_type, i.error_message, i.client, i.client_session_id, i.user_agent,
+       i.credential_kind, i.credential_hint
+FROM interceptions i
+LEFT JOIN users u ON u.id = i.initiator_id
+WHERE ($1::text IS NULL OR u.name = $1 OR i.initiator_id::text = $1)
+  AND ($2::text IS NULL OR i.provider_name = $2)
+  AND ($3::text IS NULL OR i.model = $3)
+  AND ($4::timestamptz IS NULL OR i.started_at >= $4)
+  AND ($5::timestamptz IS NULL OR i.started_at < $5)
+  AND ($6::timestamptz IS NULL OR (i.started_at, i.id) < ($6, $7::uuid))
+ORDER BY i.started_at DESC, i.id DESC
+LIMIT $8
+"""
+_TOKENS_SQL = """
+SELECT interception_id, id, provider_response_id, input_tokens, output_tokens,
+       cache_read_tokens, cache_write_tokens, extra::text AS extra, raw::text AS raw, created_at
+FROM token_usages WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
+"""
+_TOOLS_SQL = """
+SELECT interception_id, id, provider_response_id, tool_call_id, name, input, injected,
+       invocation_error, created_at
+FROM tool_usages WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
+"""
+_PROMPTS_SQL = """
+SELECT interception_id, prompt FROM user_prompts
+WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
+"""
+_THOUGHTS_SQL = """
+SELECT interception_id, content FROM model_thoughts
+WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
+"""
+
+
+async def list_interceptions(db: RecordingDatabase, filters: Filters) -> InterceptionPage:
+    after_time, after_id = filters.after if filters.after else (None, None)
+    rows = await db.fetch(
+        _PAGE_SQL,
+        filters.user,
+        filters.provider,
+        filters.model,
+        filters.since,
+        filters.until,
+        after_time,
+        after_id,
+        filters.limit + 1,
+    )
+    more = len(rows) > filters.limit
+    interceptions = [Interception(**dict(row)) for row in rows[: filters.limit]]
+    by_id = {i.id: i for i in interceptions}
+    if by_id:
+        ids = list(by_id)
+        for row in await db.fetch(_TOKENS_SQL, ids):
+            fields = dict(row)
+            owner = by_id[fields.pop("interception_id")]
+            fields["extra"] = msgspec.Raw(fields["extra"].encode())
+            fields["raw"] = msgspec.Raw(fields["raw"].encode())
+            owner.token_usages.append(TokenUsage(**fields))
+        for row in await db.fetch(_TOOLS_SQL, ids):
+            fields = dict(row)
+            by_id[fields.pop("interception_id")].tool_usages.append(ToolUsage(**fields))
+        for row in await db.fetch(_PROMPTS_SQL, ids):
+            by_id[row["interception_id"]].prompt = row["prompt"]
+        for row in await db.fetch(_THOUGHTS_SQL, ids):
+            by_id[row["interception_id"]].thoughts.append(row["content"])
+    cursor = None
+    if more and interceptions:
+        last = interceptions[-1]
+        cursor = encode_cursor(last.started_at, last.id)
+    return InterceptionPage(interceptions, cursor)
+
+
+def encode_cursor(started_at: datetime, interception_id: uuid.UUID) -> str:
+    raw = msgspec.json.encode((started_at, interception_id))
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise BadRequest("cursor is not one this API handed out") from exc
+
+
+def parse_filters(query_string: bytes) -> Filters:
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=False)
+
+    def one(name: str) -> str | None:
+        values = query.get(name)
+        return values[-1] if values else None
+
+    limit_text = one("limit")
+    try:
+        limit = int(limit_text) if limit_text is not None else DEFAULT_LIMIT
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
+    cursor = one("cursor")
+    return Filters(
+        user=one("user"),
+        provider=one("provider"),
+        model=one("model"),
+        since=_timestamp(one("since"), "since"),
+        until=_timestamp(one("until"), "until"),
+        limit=limit,
+        after=decode_cursor(cursor) if cursor else None,
+    )
+
+
+def _timestamp(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an RFC 3339 timestamp, e.g. 2025-01-31T00:00:00Z"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def authorized(scope: Scope, admin_token: str) -> bool:
+    if not admin_token:
+        return False  # no token configured: the admin API is closed
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, given = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return hmac.compare_digest(given.strip().encode(), admin_token.encode())
+    return False
+
+
+async def handle_admin(
+    scope: Scope, receive: Receive, send: Send, db: RecordingDatabase, admin_token: str
+) -> None:
+    """Serve one admin request (an ASGI HTTP scope under ``ADMIN_PREFIXES``)."""
+    path: str = scope.get("path", "")
+    resource = next((path[len(p) :] for p in ADMIN_PREFIXES if path.startswith(p)), None)
+    if not authorized(scope, admin_token):
+        await _send_json(
+            send, 401, {"error": "unauthorized", "message": "admin token required"}, bearer=True
+        )
+        return
+    if resource != "interceptions":
+        await _send_json(send, 404, {"error": "not_found", "message": f"no admin API at {path}"})
+        return
+    if scope.get("method") != "GET":
+        await _send_json(send, 405, {"error": "method_not_allowed", "message": "use GET"})
+        return
+    try:
+        filters = parse_filters(scope.get("query_string", b""))
+    except BadRequest as exc:
+        await _send_json(send, 400, {"error": "bad_request", "message": str(exc)})
+        return
+    page = await list_interceptions(db, filters)
+    await _send_json(send, 200, page)
+
+
+async def _send_json(send: Send, status: int, body: object, *, bearer: bool = False) -> None:
+    payload = msgspec.json.encode(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if bearer:
+        headers.append((b"www-authenticate", b'Bearer realm="relay admin"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,412 @@
+"""The recorder nursery: request handlers hand it records without ever
+waiting; it batches them into PostgreSQL, or into the on-disk spool while the
+database is away, and replays the spool when the database is back.
+
+::
+
+    record() ──send_nowait──▶ channel (bounded) ──▶ collector ──COPY──▶ PostgreSQL
+       │ channel full                                 │ database down / slow
+       ▼                                              ▼
+    overflow (bounded) ──▶ overflow spooler ──────▶ spool (fsync'd frames)
+                                                      │ replayer: probe with backoff,
+                                                      ▼ replay in order, then delete
+                                                   PostgreSQL
+
+Nothing is dropped silently: a record is written, spooled, or counted in
+``stats.lost`` and logged as an error (spool unwritable, both queues full).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from relay.record.events import Record
+from relay.record.spool import ClaimedSegment, Spool
+from relay.record.writer import RecordingDatabase, write_batch_isolating
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecorderStats:
+    """Counters in rows (records); metrics read them."""
+
+    accepted: int = 0  # handed to record()
+    queued: int = 0  # accepted and not yet written, spooled or lost (in memory now)
+    written: int = 0  # committed to PostgreSQL, replays included
+    spooled: int = 0  # appended to the spool
+    replayed: int = 0  # read back from the spool and committed
+    lost: int = 0  # neither written nor spooled: spool unwritable, queues full
+    rejected: int = 0  # refused by PostgreSQL as invalid (logged one by one)
+    batches: int = 0  # committed write transactions (one COPY per table each)
+    database_up: bool = False
+
+
+class Recorder:
+    """Owns the path from ``record()`` to PostgreSQL. Start ``run()`` in the
+    server's nursery (``await nursery.start(recorder.run)``); call ``aclose()``
+    at shutdown, after the last request handler has finished."""
+
+    def __init__(
+        self,
+        db: RecordingDatabase | str,
+        spool_dir: Path,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 0.05,
+        queue_size: int = 10_000,
+        write_timeout: float = 5.0,
+        retention: float | None = None,
+        max_backoff: float = 5.0,
+        rescan_interval: float = 30.0,
+    ) -> None:
+        """``db``: an open ``relay.db.bridge.Database``, or a DSN to open (and
+        reopen) here. ``queue_size``: record() calls (one per interception)
+        that may wait in memory; as many again go straight to the spool when
+        the writer is behind. ``retention``: seconds to keep rows, or None to
+        leave deleting old rows to someone else."""
+        self._dsn = db if isinstance(db, str) else None
+        self._db: RecordingDatabase | None = None if isinstance(db, str) else db
+        self.spool_dir = Path(spool_dir)
+        self._spool = Spool(self.spool_dir)
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._queue_size = queue_size
+        self._write_timeout = write_timeout
+        self._retention = retention
+        self._max_backoff = max_backoff
+        self._rescan_interval = rescan_interval
+        self.stats = RecorderStats()
+
+        self._send, self._receive = trio.open_memory_channel[Sequence[Record]](queue_size)
+        self._overflow: list[Sequence[Record]] = []
+        self._overflow_ready = trio.Event()
+        self._replay_wanted = trio.Event()
+        self._initial_pass_done = trio.Event()
+        self._spool_lock = trio.Lock()
+        self._batch: list[Record] = []
+        self._in_flight: list[Record] | None = None
+        self._started = False
+        self._closed = False
+        self._done = trio.Event()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(list[Record])
+        self._last_loss_log = -math.inf
+        self._unlogged_losses = 0
+
+    # --- the hot path ------------------------------------------------------------------------
+
+    def record(self, records: Sequence[Record]) -> None:
+        """Accept one interception's records. Never blocks, never awaits.
+
+        Do not mutate ``records`` afterwards; it is queued as given.
+        """
+        count = len(records)
+        if not count:
+            return
+        self.stats.accepted += count
+        if self._closed:
+            # Shutdown has passed: nothing will drain the queues any more.
+            self._spool_synchronously(records)
+            return
+        try:
+            self._send.send_nowait(records)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # The writer is behind, or shutting down: the overflow goes to the
+            # spool directly (and is drained once more before the end).
+            if len(self._overflow) >= self._queue_size:
+                self._lose(count, "the recorder's queue and its overflow are full")
+                return
+            self._overflow.append(records)
+            self._overflow_ready.set()
+        self.stats.queued += count
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The recorder nursery. Returns after ``aclose()`` has drained everything;
+        if cancelled, spools whatever is still in memory before it returns."""
+        if self._started:
+            raise RuntimeError("Recorder.run() may be started once")
+        self._started = True
+        try:
+            async with trio.open_nursery() as nursery:
+                if self._dsn is not None:
+                    nursery.start_soon(self._keep_database_open, self._dsn)
+                nursery.start_soon(self._replay_loop)
+                nursery.start_soon(self._spool_overflow_loop)
+                if self._retention is not None:
+                    nursery.start_soon(self._retention_loop, self._retention)
+                task_status.started()
+                # A spool left by an earlier run is replayed before new batches
+                # are written (they wait in the channel meanwhile).
+                await self._initial_pass_done.wait()
+                await self._collect()
+                await self._spool_overflow()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._spool_leftovers()
+            self._done.set()
+            if self.stats.lost:
+                log.error("recorder: %d record(s) were lost in this run", self.stats.lost)
+
+    async def aclose(self) -> None:
+        """Graceful shutdown: stop accepting, write or spool everything queued."""
+        self._send.close()
+        if self._started:
+            await self._done.wait()
+        else:
+            with trio.CancelScope(shield=True):
+                await self._spool_leftovers()
+
+    # --- collecting and writing --------------------------------------------------------------
+
+    async def _collect(self) -> None:
+        """Batch the channel: flush at batch_size rows or flush_interval, whichever first."""
+        receive = self._receive
+        deadline = math.inf
+        while True:
+            item: Sequence[Record] | None = None
+            with trio.move_on_at(deadline):
+                try:
+                    item = await receive.receive()
+                except trio.EndOfChannel:
+                    break
+            if item is not None:
+                if not self._batch:
+                    deadline = trio.current_time() + self._flush_interval
+                self._batch.extend(item)
+                while len(self._batch) < self._batch_size:
+                    try:
+                        self._batch.extend(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if len(self._batch) < self._batch_size and trio.current_time() < deadline:
+                    continue
+            if self._batch:
+                await self._flush()
+            deadline = math.inf
+        if self._batch:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self._in_flight = batch
+        await self._store(batch)
+        self._in_flight = None
+
+    async def _store(self, batch: list[Record]) -> None:
+        if self.stats.database_up and self._db is not None:
+            try:
+                with trio.fail_after(self._write_timeout):
+                    written, rejected = await write_batch_isolating(self._db, batch)
+            except Exception as exc:
+                self._database_down(exc)
+            else:
+                self._count_written(written, rejected)
+                self.stats.queued -= len(batch)
+                return
+        await self._spool_batch(batch)
+        self.stats.queued -= len(batch)
+
+    def _count_written(self, written: int, rejected: list[Record]) -> None:
+        self.stats.written += written
+        self.stats.batches += 1
+        if rejected:
+            self.stats.rejected += len(rejected)
+            log.error("recorder: PostgreSQL rejected %d invalid record(s)", len(rejected))
+
+    def _database_down(self, exc: BaseException) -> None:
+        if self.stats.database_up:
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else repr(exc)
+            log.warning(
+                "recorder: PostgreSQL unavailable (%s); spooling records to %s",
+                reason,
+                self.spool_dir,
+            )
+        self.stats.database_up = False
+        self._replay_wanted.set()
+
+    # --- the spool ---------------------------------------------------------------------------
+
+    async def _spool_batch(self, batch: Sequence[Record]) -> None:
+        payload = self._encoder.encode(batch)
+        try:
+            async with self._spool_lock:
+                await trio.to_thread.run_sync(self._spool.append, payload)
+        except OSError as exc:
+            self._lose(len(batch), f"the spool in {self.spool_dir} cannot be written: {exc}")
+            return
+        self.stats.spooled += len(batch)
+        self._replay_wanted.set()
+
+    async def _spool_overflow_loop(self) -> None:
+        while True:
+            await self._overflow_ready.wait()
+            await self._spool_overflow()
+
+    async def _spool_overflow(self) -> None:
+        self._overflow_ready = trio.Event()
+        pending, self._overflow = self._overflow, []
+        rows = [record for records in pending for record in records]
+        for start in range(0, len(rows), self._batch_size):
+            chunk = rows[start : start + self._batch_size]
+            await self._spool_batch(chunk)
+            self.stats.queued -= len(chunk)
+
+    async def _spool_leftovers(self) -> None:
+        """Everything still in memory goes to the spool (shutdown or cancellation)."""
+        self._send.close()  # from now on record() puts records in the overflow
+        while True:
+            rows: list[Record] = []
+            if self._in_flight is not None:
+                rows.extend(self._in_flight)  # may also have committed: ids dedupe
+                self._in_flight = None
+            rows.extend(self._batch)
+            self._batch = []
+            while True:
+                try:
+                    rows.extend(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            for records in self._overflow:
+                rows.extend(records)
+            self._overflow = []
+            if not rows:
+                break
+            # record() may add to the overflow while these awaits run: loop.
+            for start in range(0, len(rows), self._batch_size):
+                await self._spool_batch(rows[start : start + self._batch_size])
+        # Nothing in memory, and no checkpoint since we looked.
+        self._closed = True
+        self.stats.queued = 0
+        async with self._spool_lock:
+            await trio.to_thread.run_sync(self._spool.close)
+
+    def _spool_synchronously(self, records: Sequence[Record]) -> None:
+        # Only after shutdown: a blocking write beats losing the records.
+        try:
+            self._spool.append(self._encoder.encode(records))
+            self._spool.rotate()  # closed at once: a later run (or process) replays it
+        except OSError as exc:
+            self._lose(len(records), f"the spool in {self.spool_dir} cannot be written: {exc}")
+            return
+        self.stats.spooled += len(records)
+
+    def _lose(self, count: int, why: str) -> None:
+        self.stats.lost += count
+        self._unlogged_losses += count
+        now = time.monotonic()
+        # Loud, but at most one line a second however many records are lost.
+        if now - self._last_loss_log >= 1.0:
+            log.error(
+                "recorder: LOST %d record(s) (%d lost since start): %s",
+                self._unlogged_losses,
+                self.stats.lost,
+                why,
+            )
+            self._last_loss_log = now
+            self._unlogged_losses = 0
+
+    # --- replaying ---------------------------------------------------------------------------
+
+    async def _replay_loop(self) -> None:
+        self._replay_wanted.set()  # a spool from an earlier run, if any
+        backoff = 0.05
+        while True:
+            with trio.move_on_after(self._rescan_interval):
+                await self._replay_wanted.wait()
+            self._replay_wanted = trio.Event()
+            while True:
+                try:
+                    await self._replay_pass()
+                except Exception as exc:
+                    self._database_down(exc)
+                    log.debug("recorder: replay attempt failed: %r", exc)
+                    self._initial_pass_done.set()  # new records go to the spool meanwhile
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, self._max_backoff)
+                    continue
+                backoff = 0.05
+                break
+
+    async def _replay_pass(self) -> None:
+        db = self._db
+        if db is None:
+            raise ConnectionError("no database connection yet")
+        with trio.fail_after(self._write_timeout):
+            await db.fetchval("SELECT 1")
+        async with self._spool_lock:
+            await trio.to_thread.run_sync(self._spool.rotate)
+            segments = await trio.to_thread.run_sync(self._spool.claim)
+        try:
+            while segments:
+                await self._replay_segment(db, segments[0])
+                segments.pop(0)
+        finally:
+            for segment in segments:
+                self._spool.release(segment)
+        if not self.stats.database_up:
+            log.info("recorder: PostgreSQL is back; writing directly again")
+        self.stats.database_up = True
+        self._initial_pass_done.set()
+
+    async def _replay_segment(self, db: RecordingDatabase, segment: ClaimedSegment) -> None:
+        decoded = await trio.to_thread.run_sync(segment.read)
+        damaged = decoded.damaged
+        for frame in decoded.frames:
+            try:
+                batch = self._decoder.decode(frame)
+            except msgspec.DecodeError as exc:
+                log.error("recorder: undecodable frame in %s: %s", segment.path, exc)
+                damaged = True
+                continue
+            with trio.fail_after(self._write_timeout):
+                written, rejected = await write_batch_isolating(db, batch)
+            self._count_written(written, rejected)
+            self.stats.replayed += written
+        if damaged:
+            kept = await trio.to_thread.run_sync(self._spool.quarantine, segment)
+            log.error(
+                "recorder: spool segment damaged (%s); replayed what was readable, kept it as %s",
+                decoded.problem or "undecodable frames",
+                kept,
+            )
+        else:
+            if decoded.problem:
+                log.warning("recorder: %s in %s (a crash mid-write)", decoded.problem, segment.path)
+            await trio.to_thread.run_sync(self._spool.remove, segment)
+            log.info("recorder: replayed spool segment %s", segment.path.name)
+
+    # --- the database connection and retention -----------------------------------------------
+
+    async def _keep_database_open(self, dsn: str) -> None:
+        from relay.db.bridge import Database
+
+        backoff = 0.05
+        while True:
+            try:
+                async with Database.open(dsn) as db:
+                    self._db = db
+                    self._replay_wanted.set()
+                    await trio.sleep_forever()
+            except Exception as exc:
+                self._db = None
+                self._database_down(exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+
+    async def _retention_loop(self, retention: float) -> None:
+        from relay.record.retention import run_retention
+
+        await run_retention(lambda: self._db, retention)

@@ -1,0 +1,142 @@
+"""usage_report (behind `relay usage`) against a real PostgreSQL, with known figures."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+
+from relay.db import Database
+from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.record.events import InterceptionMeta, Record, records_for
+from relay.record.usage import UsageRow, format_usage_table, usage_report
+from relay.record.writer import write_batch
+
+DAY1 = datetime(2025, 3, 1, 23, 59, tzinfo=UTC)
+DAY2 = datetime(2025, 3, 2, 0, 1, tzinfo=UTC)
+
+
+def one(
+    user: uuid.UUID,
+    started: datetime,
+    *,
+    provider: str = "openai",
+    model: str = "gpt-4.1",
+    tokens: tuple[int, int, int, int] | None = (0, 0, 0, 0),
+    tools: int = 0,
+) -> list[Record]:
+    meta = InterceptionMeta(
+        provider_name=provider,
+        provider_type=provider,
+        model=model,
+        route="/v1/chat/completions",
+        initiator_id=user,
+        started_at=started,
+    )
+    usage = None
+    if tokens is not None:
+        i, o, r, w = tokens
+        usage = Usage(input_tokens=i, output_tokens=o, cache_read_tokens=r, cache_write_tokens=w)
+    facts = Facts(
+        usage=usage,
+        tool_calls=[ToolCall(id=f"t{n}", name="bash", arguments="{}") for n in range(tools)],
+    )
+    return records_for(meta, facts, "hello", "completed" if usage else "failed", ended_at=started)
+
+
+async def make_user(db: Database, name: str) -> uuid.UUID:
+    return await db.fetchval("INSERT INTO users (name) VALUES ($1) RETURNING id", name)  # type: ignore[no-any-return]
+
+
+async def test_usage_per_day_user_provider_model(db: Database) -> None:
+    alice = await make_user(db, "alice")
+    bob = await make_user(db, "bob")
+    # A user deleted since: their usage stays, under their id (sorts before names).
+    gone = uuid.UUID("0000000a-0000-4000-8000-000000000000")
+    records = [
+        *one(alice, DAY1, tokens=(100, 10, 1000, 5), tools=1),
+        *one(alice, DAY1, tokens=(200, 20, 0, 0), tools=2),
+        *one(alice, DAY1, tokens=None),  # failed before any usage: a request, no tokens
+        *one(alice, DAY2, tokens=(1, 2, 3, 4)),
+        *one(bob, DAY2, provider="anthropic", model="claude-sonnet-4-5", tokens=(7, 8, 9, 10)),
+        *one(gone, DAY2, tokens=(5, 5, 5, 5), tools=3),
+    ]
+    await write_batch(db, records)
+
+    rows = await usage_report(db)
+    assert rows == [
+        UsageRow(
+            day=date(2025, 3, 1),
+            user="alice",
+            provider="openai",
+            model="gpt-4.1",
+            requests=3,
+            input_tokens=300,
+            output_tokens=30,
+            cache_read_tokens=1000,
+            cache_write_tokens=5,
+            tool_calls=3,
+        ),
+        UsageRow(
+            day=date(2025, 3, 2),
+            user=str(gone),
+            provider="openai",
+            model="gpt-4.1",
+            requests=1,
+            input_tokens=5,
+            output_tokens=5,
+            cache_read_tokens=5,
+            cache_write_tokens=5,
+            tool_calls=3,
+        ),
+        UsageRow(
+            day=date(2025, 3, 2),
+            user="alice",
+            provider="openai",
+            model="gpt-4.1",
+            requests=1,
+            input_tokens=1,
+            output_tokens=2,
+            cache_read_tokens=3,
+            cache_write_tokens=4,
+            tool_calls=0,
+        ),
+        UsageRow(
+            day=date(2025, 3, 2),
+            user="bob",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+            requests=1,
+            input_tokens=7,
+            output_tokens=8,
+            cache_read_tokens=9,
+            cache_write_tokens=10,
+            tool_calls=0,
+        ),
+    ]
+
+    assert [r.user for r in await usage_report(db, user="bob")] == ["bob"]
+    assert [r.user for r in await usage_report(db, user=str(gone))] == [str(gone)]
+    assert [r.provider for r in await usage_report(db, provider="anthropic")] == ["anthropic"]
+    since_day2 = await usage_report(db, user="alice", since=DAY2)
+    assert [(r.day, r.requests) for r in since_day2] == [(date(2025, 3, 2), 1)]
+    assert await usage_report(db, user="nobody") == []
+
+    text = format_usage_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "day",
+        "user",
+        "provider",
+        "model",
+        "requests",
+        "input",
+        "output",
+        "cache",
+        "read",
+        "cache",
+        "write",
+        "tool",
+        "calls",
+    ]
+    assert lines[-1].split() == ["total", "6", "313", "45", "1,017", "24", "6"]
+    assert format_usage_table([]) == "No recorded usage matches.\n"
