@@ -14,6 +14,7 @@ from relay.wire.openai_chat import (
     ensure_chat_include_usage,
     is_injected_usage_chunk,
     parse_chat_request,
+    strip_null_usage,
 )
 from relay.wire.openai_responses import parse_responses_request
 
@@ -53,6 +54,7 @@ CHAT = ApiSpec(
     ),
     prepare_body=_prepare_chat,
     is_injected=is_injected_usage_chunk,
+    restore_raw=strip_null_usage,
 )
 
 RESPONSES = ApiSpec(

@@ -59,6 +59,8 @@ class ApiSpec:
     prepare_body: Callable[[bytes, RequestInfo], tuple[bytes, bool]] | None = None
     # Whether an SSE event is one the relay caused and the client must not see.
     is_injected: Callable[[SSEEvent], bool] | None = None
+    # Undo what the relay's rewrite of the request added to the other events.
+    restore_raw: Callable[[bytes], bytes] | None = None
 
 
 @dataclass
@@ -72,6 +74,8 @@ class Outcome:
     first_byte_at: float | None = None
     disconnect_phase: str | None = None
     upstream_complete: bool = False
+    # The model the relay asked the upstream for, when the relay chose it (Bedrock).
+    upstream_model: str | None = None
     facts: Facts = field(default_factory=Facts)
 
 
@@ -84,7 +88,9 @@ class UpstreamCall:
     body: bytes
 
 
-class _StreamState:
+class StreamState:
+    """The client side of one stream, as ``send_body`` and ``keepalive`` share it."""
+
     __slots__ = ("at_boundary", "headers_sent", "last_send", "sending")
 
     def __init__(self) -> None:
@@ -134,7 +140,7 @@ async def relay_interception(
 ) -> None:
     """Send the upstream request and relay its answer; fills ``outcome``."""
     accumulator = spec.new_accumulator()
-    state = _StreamState()
+    state = StreamState()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
@@ -153,18 +159,23 @@ async def relay_interception(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        outcome.facts = accumulator.facts
-        if outcome.status == "cancelled" and outcome.disconnect_phase is None:
-            if not state.headers_sent:
-                outcome.disconnect_phase = "before-response"
-            elif outcome.first_byte_at is None:
-                outcome.disconnect_phase = "before-first-byte"
-            else:
-                outcome.disconnect_phase = "mid-stream"
-        if outcome.status == "completed" and accumulator.facts.error_type:
-            outcome.status = "failed"
-            outcome.error_type = accumulator.facts.error_type
-            outcome.error_message = accumulator.facts.error_message
+        settle_outcome(outcome, state, accumulator.facts)
+
+
+def settle_outcome(outcome: Outcome, state: StreamState, facts: Facts) -> None:
+    """Complete ``outcome`` once the exchange is over: facts, disconnect phase, stream errors."""
+    outcome.facts = facts
+    if outcome.status == "cancelled" and outcome.disconnect_phase is None:
+        if not state.headers_sent:
+            outcome.disconnect_phase = "before-response"
+        elif outcome.first_byte_at is None:
+            outcome.disconnect_phase = "before-first-byte"
+        else:
+            outcome.disconnect_phase = "mid-stream"
+    if outcome.status == "completed" and facts.error_type:
+        outcome.status = "failed"
+        outcome.error_type = facts.error_type
+        outcome.error_message = facts.error_message
 
 
 async def _exchange(
@@ -173,7 +184,7 @@ async def _exchange(
     spec: ApiSpec,
     accumulator: Accumulator,
     outcome: Outcome,
-    state: _StreamState,
+    state: StreamState,
     drop_injected: bool,
     keepalive_interval: float,
     nursery: trio.Nursery,
@@ -182,10 +193,10 @@ async def _exchange(
     try:
         response = await call.client.send(request, stream=True)
     except httpx.TimeoutException as exc:
-        await _fail_before_response(send, spec, outcome, 504, "upstream timed out", exc)
+        await fail_before_response(send, spec, outcome, 504, "upstream timed out", exc)
         return
     except httpx.HTTPError as exc:
-        await _fail_before_response(send, spec, outcome, 502, "upstream unreachable", exc)
+        await fail_before_response(send, spec, outcome, 502, "upstream unreachable", exc)
         return
     try:
         outcome.upstream_status = response.status_code
@@ -215,7 +226,7 @@ async def _exchange(
         state.last_send = trio.current_time()
         decoder = SSEDecoder(keep_raw=drop_injected)
         if keepalive_interval > 0:
-            nursery.start_soon(_keepalive, send, state, keepalive_interval)
+            nursery.start_soon(keepalive, send, state, keepalive_interval)
         try:
             await _pump(send, response, decoder, accumulator, spec, outcome, state, drop_injected)
             outcome.upstream_complete = True
@@ -228,7 +239,7 @@ async def _exchange(
             outcome.error_type = "upstream_stream_error"
             outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
             tail = b"" if state.at_boundary else b"\n\n"
-            await _send_body(
+            await send_body(
                 send, state, tail + spec.stream_error("api_error", outcome.error_message)
             )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -243,7 +254,7 @@ async def _pump(
     accumulator: Accumulator,
     spec: ApiSpec,
     outcome: Outcome,
-    state: _StreamState,
+    state: StreamState,
     drop_injected: bool,
 ) -> None:
     feed = accumulator.feed
@@ -254,29 +265,33 @@ async def _pump(
             # Forward whole events so the one the relay caused can be left out.
             out: list[bytes] = []
             is_injected = spec.is_injected
+            restore = spec.restore_raw
             for event in decoder.feed(chunk):
                 if event.dispatch:
                     feed(event)
                     if is_injected is not None and is_injected(event):
                         continue
+                    if restore is not None:
+                        out.append(restore(event.raw))
+                        continue
                 out.append(event.raw)
             if out:
-                await _send_body(send, state, b"".join(out))
+                await send_body(send, state, b"".join(out))
         else:
-            await _send_body(send, state, chunk)
+            await send_body(send, state, chunk)
             for event in decoder.feed(chunk):
                 feed(event)
             state.at_boundary = decoder.pending == 0
     if drop_injected and decoder.pending:
         # An unterminated tail still belongs to the client, byte for byte.
-        await _send_body(send, state, decoder.pending_raw)
+        await send_body(send, state, decoder.pending_raw)
     state.at_boundary = decoder.pending == 0
     for event in decoder.close():
         if event.dispatch:
             feed(event)
 
 
-async def _send_body(send: Send, state: _StreamState, data: bytes) -> None:
+async def send_body(send: Send, state: StreamState, data: bytes) -> None:
     state.sending = True
     try:
         await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -285,7 +300,7 @@ async def _send_body(send: Send, state: _StreamState, data: bytes) -> None:
         state.last_send = trio.current_time()
 
 
-async def _keepalive(send: Send, state: _StreamState, interval: float) -> None:
+async def keepalive(send: Send, state: StreamState, interval: float) -> None:
     """An SSE comment after ``interval`` of silence, only between events."""
     while True:
         await trio.sleep_until(state.last_send + interval)
@@ -294,10 +309,10 @@ async def _keepalive(send: Send, state: _StreamState, interval: float) -> None:
             and not state.sending
             and state.at_boundary
         ):
-            await _send_body(send, state, KEEPALIVE_COMMENT)
+            await send_body(send, state, KEEPALIVE_COMMENT)
 
 
-async def _fail_before_response(
+async def fail_before_response(
     send: Send, spec: ApiSpec, outcome: Outcome, status: int, message: str, exc: Exception
 ) -> None:
     outcome.status = "failed"

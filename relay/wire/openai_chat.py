@@ -14,6 +14,7 @@ make a whole chunk undecodable.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -150,6 +151,23 @@ def is_injected_usage_chunk(event: SSEEvent) -> bool:
     except msgspec.DecodeError:  # [DONE], an error payload of another shape, ...
         return False
     return probe.choices == [] and isinstance(probe.usage, dict)
+
+
+# With include_usage, OpenAI adds ``"usage": null`` to every other chunk. A
+# JSON string cannot hold an unescaped quote, so this pattern only matches the
+# key itself.
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+
+def strip_null_usage(raw: bytes) -> bytes:
+    """An SSE block without the ``"usage": null`` member that include_usage caused.
+
+    Used only on streams where the relay asked for usage, so the client gets
+    the bytes it would have received without asking.
+    """
+    if b'"usage"' not in raw:
+        return raw
+    return _NULL_USAGE.sub(b"", raw, count=1)
 
 
 # --- response --------------------------------------------------------------

@@ -1,0 +1,473 @@
+"""Bedrock interception: requests of a bedrock provider, relayed through AWS Bedrock.
+
+Two kinds of clients reach a bedrock provider:
+
+- Anthropic clients on ``/v1/messages``: the relay maps the model, turns the
+  body into a Bedrock body, signs, and calls InvokeModel (blocking: Bedrock's
+  JSON is the Anthropic message, relayed as is) or
+  InvokeModelWithResponseStream (each event-stream frame is re-emitted as
+  Anthropic SSE as soon as it has arrived). Errors before the stream are
+  mapped to Anthropic errors; errors inside it end it with an SSE error event.
+- Bedrock clients on ``/model/{modelId}/invoke[-with-response-stream]``: the
+  body and the answer go through byte for byte (event stream included); the
+  relay only re-signs the request, and decodes the answer for recording.
+
+Both feed the same sans-io accounting: ``BedrockStreamTranslator`` decodes
+the event stream, ``MessagesAccumulator`` reads the Anthropic events, and
+Bedrock's own counts (the stream's invocation metrics, InvokeModel's
+``x-amzn-bedrock-*-token-count`` headers) give the usage, cache tokens
+included. Cancellation, keepalive and the outcome follow the shell in
+``relay.intercept.base``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import httpx
+import trio
+
+from relay.asgi import Headers, Receive, Scope, Send, forwardable_response_headers, send_response
+from relay.intercept.apis import MESSAGES
+from relay.intercept.base import (
+    Outcome,
+    StreamState,
+    UpstreamCall,
+    build_request,
+    fail_before_response,
+    keepalive,
+    send_body,
+    settle_outcome,
+    watch_disconnect,
+)
+from relay.intercept.bedrock.stream import (
+    METRICS_KEY,
+    AnthropicEvent,
+    BedrockStreamTranslator,
+    anthropic_error_body,
+    anthropic_error_event,
+    map_bedrock_error,
+)
+from relay.intercept.bedrock.translate import (
+    InvalidAnthropicBody,
+    invoke_path,
+    invoke_stream_path,
+    map_model,
+    to_bedrock_body,
+)
+from relay.intercept.facts import Facts, Usage
+from relay.intercept.messages.accumulator import MessagesAccumulator
+from relay.providers.types import (
+    DEFAULT_BEDROCK_MODEL,
+    DEFAULT_BEDROCK_SMALL_FAST_MODEL,
+    Provider,
+    ProviderType,
+)
+from relay.routes import RouteKind
+from relay.upstream.aws import BedrockAuth, BedrockConfigError, BedrockCredentialsError, endpoint_url
+from relay.upstream.clients import UpstreamClients
+from relay.wire.common import RequestInfo
+
+log = logging.getLogger("relay.intercept.bedrock")
+
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+# InvokeModel's token counts: (response header, Usage field).
+_COUNT_HEADERS = (
+    ("x-amzn-bedrock-input-token-count", "input_tokens"),
+    ("x-amzn-bedrock-output-token-count", "output_tokens"),
+    ("x-amzn-bedrock-cache-read-input-token-count", "cache_read_tokens"),
+    ("x-amzn-bedrock-cache-write-input-token-count", "cache_write_tokens"),
+)
+
+
+class BedrockAuths:
+    """One ``BedrockAuth`` per bedrock provider of this process.
+
+    A ``BedrockAuth`` keeps the ambient credentials it resolved (and refreshes
+    them), so it lives as long as its provider's settings stay the same; a
+    provider changed through the database gets a new one on its next request.
+    ``env`` is the relay's environment (region lookup; botocore reads the
+    credential chain from the process environment itself).
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = env
+        self._auths: dict[str, tuple[Provider, BedrockAuth]] = {}
+
+    async def prepare(self, providers: Iterable[Provider]) -> None:
+        """Build every bedrock provider's auth now (at startup).
+
+        Raises ``BedrockConfigError`` naming the first provider that cannot
+        work (no region, an unknown profile, half an access key pair).
+        """
+        for provider in providers:
+            if provider.type is ProviderType.BEDROCK:
+                await trio.to_thread.run_sync(self._build, provider)
+
+    async def get(self, provider: Provider) -> BedrockAuth:
+        cached = self._auths.get(provider.name)
+        if cached is not None and cached[0] == provider:
+            return cached[1]
+        # Building reads the AWS config files: not on the event loop.
+        return await trio.to_thread.run_sync(self._build, provider)
+
+    def _build(self, provider: Provider) -> BedrockAuth:
+        try:
+            auth = BedrockAuth.from_provider(provider, env=self._env)
+        except BedrockConfigError as exc:
+            raise BedrockConfigError(f"provider {provider.name!r}: {exc}") from None
+        self._auths[provider.name] = (provider, auth)
+        return auth
+
+
+@dataclass(frozen=True)
+class BedrockRequest:
+    """What goes to Bedrock for one client request."""
+
+    model_id: str
+    path: str  # /model/{modelId}/invoke[-with-response-stream], model id percent-encoded
+    body: bytes
+    headers: dict[str, str]  # signed, so sent exactly so
+    streaming: bool
+    native: bool  # the client speaks Bedrock: its answer is relayed unchanged
+
+
+def bedrock_request(
+    kind: RouteKind, provider: Provider, client_headers: Headers, raw_path: bytes, body: bytes, info: RequestInfo
+) -> BedrockRequest:
+    """The Bedrock request for a client request (raises ``InvalidAnthropicBody``)."""
+    if kind is RouteKind.MESSAGES:
+        model_id = map_model(
+            info.model,
+            model=provider.bedrock_model or DEFAULT_BEDROCK_MODEL,
+            small_fast_model=provider.bedrock_small_fast_model or DEFAULT_BEDROCK_SMALL_FAST_MODEL,
+        )
+        betas = ",".join(v.decode("latin-1") for k, v in client_headers if k == b"anthropic-beta")
+        upstream_body = to_bedrock_body(body, betas or None)
+        streaming = info.stream
+        # The response's content type is chosen with X-Amzn-Bedrock-Accept on the stream.
+        accept = "x-amzn-bedrock-accept" if streaming else "accept"
+        headers = {"content-type": "application/json", accept: "application/json"}
+        native = False
+    else:
+        # The raw path keeps a model id's escapes (an ARN's %2F) as the client sent them.
+        model_id = unquote(raw_path.rsplit(b"/", 2)[1].decode("latin-1"))
+        upstream_body = body
+        streaming = kind is RouteKind.BEDROCK_INVOKE_STREAM
+        # Bedrock's operation headers; the rest (the client's own SigV4 headers
+        # included) means nothing once the relay signs as itself.
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in client_headers
+            if k in (b"content-type", b"accept") or k.startswith(b"x-amzn-bedrock-")
+        }
+        headers.setdefault("content-type", "application/json")
+        native = True
+    path = invoke_stream_path(model_id) if streaming else invoke_path(model_id)
+    return BedrockRequest(model_id, path, upstream_body, headers, streaming, native)
+
+
+async def relay_bedrock(
+    send: Send,
+    receive: Receive,
+    scope: Scope,
+    *,
+    kind: RouteKind,
+    provider: Provider,
+    auths: BedrockAuths,
+    upstreams: UpstreamClients,
+    body: bytes,
+    info: RequestInfo,
+    outcome: Outcome,
+    byok: bool,
+    keepalive_interval: float,
+) -> None:
+    """Serve one request of a bedrock provider; fills ``outcome`` for the recorder.
+
+    In BYOK mode the client's own ``Authorization`` (a Bedrock API key) goes
+    upstream instead of the relay's signature.
+    """
+    client_headers: Headers = scope["headers"]
+    try:
+        auth = await auths.get(provider)
+    except BedrockConfigError as exc:
+        log.error("%s", exc)
+        await _fail(send, outcome, 500, "bedrock_config_error", str(exc))
+        return
+    try:
+        request = bedrock_request(
+            kind, provider, client_headers, scope.get("raw_path") or b"", body, info
+        )
+    except InvalidAnthropicBody as exc:
+        await _fail(send, outcome, 400, "invalid_request", str(exc), "invalid_request_error")
+        return
+    outcome.upstream_model = request.model_id
+    base = endpoint_url(auth)
+    url = base + request.path
+    query: bytes = scope.get("query_string", b"")
+    if request.native and query:  # /v1/messages?beta=true is the Anthropic API's, not Bedrock's
+        url += "?" + query.decode("latin-1")
+    if byok:
+        credential = _own_authorization(client_headers)
+    else:
+        try:
+            credential = await auth.sign("POST", url, request.headers, request.body)
+        except BedrockCredentialsError as exc:
+            log.error("provider %r: %s", provider.name, exc)
+            await _fail(send, outcome, 500, "bedrock_credentials_error", str(exc))
+            return
+    headers = [(k.encode(), v.encode("latin-1")) for k, v in (*request.headers.items(), *credential)]
+    headers.append((b"accept-encoding", b"identity"))  # the relay reads what it relays
+    call = UpstreamCall(upstreams.get(provider.name, base), "POST", url, headers, request.body)
+
+    accounting = BedrockAccounting()
+    state = StreamState()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
+            try:
+                await _exchange(
+                    send, call, request, accounting, outcome, state, keepalive_interval, nursery
+                )
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        settle_outcome(outcome, state, accounting.facts())
+
+
+class BedrockAccounting:
+    """What the relay learns from Bedrock's answer (sans-io): events, usage, errors."""
+
+    def __init__(self) -> None:
+        self.events = MessagesAccumulator()
+        self.stream = BedrockStreamTranslator()
+        self.header_usage: Usage | None = None
+
+    def feed_stream(self, chunk: bytes) -> list[AnthropicEvent]:
+        """Event-stream bytes in; the Anthropic events they completed out (accounted for)."""
+        events = self.stream.feed(chunk)
+        for event in events:
+            self.events.feed_payload(event.data)
+        return events
+
+    def end_stream(self) -> list[AnthropicEvent]:
+        events = self.stream.end()
+        for event in events:
+            self.events.feed_payload(event.data)
+        return events
+
+    def feed_response(self, body: bytes, headers: httpx.Headers) -> None:
+        """A blocking answer: the Anthropic message, and Bedrock's counts from its headers."""
+        self.events.feed_response(body)
+        counts = {field: headers.get(name) for name, field in _COUNT_HEADERS}
+        if counts["input_tokens"] is None:
+            return
+        self.header_usage = Usage(
+            **{field: _int(value) for field, value in counts.items()},
+            raw={name: _int(headers.get(name)) for name, _ in _COUNT_HEADERS},
+        )
+
+    def facts(self) -> Facts:
+        facts = self.events.facts
+        facts.usage = billed_usage(self.stream.usage() or self.header_usage, facts.usage)
+        return facts
+
+
+def billed_usage(bedrock: Usage | None, reported: Usage | None) -> Usage | None:
+    """Bedrock's own counts when it gave them (what it bills), else the events' usage.
+
+    The events' extra counts (1-hour cache writes, server tools) and their raw
+    usage object are kept; Bedrock's figures are added under its own key.
+    """
+    if bedrock is None:
+        return reported
+    if reported is None:
+        return bedrock
+    bedrock.extra = {**reported.extra, **bedrock.extra}
+    bedrock.raw = {**reported.raw, METRICS_KEY: bedrock.raw}
+    return bedrock
+
+
+async def _exchange(
+    send: Send,
+    call: UpstreamCall,
+    request: BedrockRequest,
+    accounting: BedrockAccounting,
+    outcome: Outcome,
+    state: StreamState,
+    keepalive_interval: float,
+    nursery: trio.Nursery,
+) -> None:
+    try:
+        response = await call.client.send(build_request(call), stream=True)
+    except httpx.TimeoutException as exc:
+        await fail_before_response(send, MESSAGES, outcome, 504, "upstream timed out", exc)
+        return
+    except httpx.HTTPError as exc:
+        await fail_before_response(send, MESSAGES, outcome, 502, "upstream unreachable", exc)
+        return
+    try:
+        outcome.upstream_status = response.status_code
+        if response.status_code >= 400 or not request.streaming:
+            await _relay_whole(send, response, request, accounting, outcome, state)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": (
+                    forwardable_response_headers(response.headers.raw, streaming=True)
+                    if request.native
+                    else [*SSE_HEADERS, *_request_id(response)]
+                ),
+            }
+        )
+        state.headers_sent = True
+        state.last_send = trio.current_time()
+        if request.native:
+            await _relay_event_stream(send, response, accounting, outcome, state)
+        else:
+            if keepalive_interval > 0:
+                nursery.start_soon(keepalive, send, state, keepalive_interval)
+            await _relay_as_sse(send, response, accounting, outcome, state)
+    finally:
+        await response.aclose()
+
+
+async def _relay_whole(
+    send: Send,
+    response: httpx.Response,
+    request: BedrockRequest,
+    accounting: BedrockAccounting,
+    outcome: Outcome,
+    state: StreamState,
+) -> None:
+    """A blocking answer, or an error before the stream."""
+    body = await response.aread()
+    outcome.upstream_complete = True
+    status = response.status_code
+    headers = forwardable_response_headers(response.headers.raw, streaming=False)
+    if status >= 400:
+        outcome.status = "failed"
+        outcome.error_type = f"upstream_{status}"
+        outcome.error_message = body[:2000].decode("utf-8", "replace")
+        if not request.native:  # a Bedrock client reads AWS errors; an Anthropic one, Anthropic's
+            status, body = map_bedrock_error(status, body, response.headers.multi_items())
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *_request_id(response),
+            ]
+    else:
+        accounting.feed_response(body, response.headers)
+    state.headers_sent = True
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    outcome.first_byte_at = trio.current_time()
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _relay_as_sse(
+    send: Send,
+    response: httpx.Response,
+    accounting: BedrockAccounting,
+    outcome: Outcome,
+    state: StreamState,
+) -> None:
+    """Bedrock's event stream, re-emitted as Anthropic SSE event by event."""
+    try:
+        async for chunk in response.aiter_raw():
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = trio.current_time()
+            events = accounting.feed_stream(chunk)
+            if events:
+                await send_body(send, state, b"".join([event.sse for event in events]))
+            if accounting.stream.finished:
+                break  # an error event ended the stream (a corrupt frame, an exception)
+        else:
+            events = accounting.end_stream()
+            if events:
+                await send_body(send, state, b"".join([event.sse for event in events]))
+        outcome.upstream_complete = True
+    except httpx.HTTPError as exc:
+        # End with an error event the SDK raises on, never a silent truncation.
+        log.warning("bedrock failed mid-stream: %s", type(exc).__name__)
+        _fail_mid_stream(outcome, exc)
+        assert outcome.error_message is not None
+        await send_body(send, state, anthropic_error_event("api_error", outcome.error_message).sse)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_event_stream(
+    send: Send,
+    response: httpx.Response,
+    accounting: BedrockAccounting,
+    outcome: Outcome,
+    state: StreamState,
+) -> None:
+    """Bedrock's event stream to a Bedrock client, unchanged, decoded on the side."""
+    try:
+        async for chunk in response.aiter_raw():
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = trio.current_time()
+            await send_body(send, state, chunk)
+            accounting.feed_stream(chunk)
+        accounting.end_stream()
+        outcome.upstream_complete = True
+    except httpx.HTTPError as exc:
+        log.warning("bedrock failed mid-stream: %s", type(exc).__name__)
+        _fail_mid_stream(outcome, exc)
+        # No frame can be added safely mid-frame: the response is left
+        # unfinished, so the client's HTTP library reports a broken body.
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _fail_mid_stream(outcome: Outcome, exc: Exception) -> None:
+    outcome.upstream_complete = True  # a client leaving now cancels nothing
+    outcome.status = "failed"
+    outcome.error_type = "upstream_stream_error"
+    outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
+
+
+async def _fail(
+    send: Send,
+    outcome: Outcome,
+    status: int,
+    error_type: str,
+    message: str,
+    anthropic_type: str = "api_error",
+) -> None:
+    """The relay cannot make the upstream request: an Anthropic error, recorded as failed."""
+    outcome.status = "failed"
+    outcome.error_type = error_type
+    outcome.error_message = message
+    await send_response(send, status, anthropic_error_body(anthropic_type, message))
+
+
+def _own_authorization(client_headers: Headers) -> list[tuple[str, str]]:
+    """BYOK: the person's own Bedrock API key, as ``Authorization: Bearer``."""
+    for k, v in client_headers:
+        if k == b"authorization":
+            return [("authorization", v.decode("latin-1"))]
+    for k, v in client_headers:
+        if k == b"x-api-key":
+            return [("authorization", "Bearer " + v.decode("latin-1").strip())]
+    return []
+
+
+def _request_id(response: httpx.Response) -> Headers:
+    value = response.headers.get("x-amzn-requestid")
+    return [(b"x-amzn-requestid", value.encode("latin-1"))] if value else []
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        return 0
