@@ -16,7 +16,7 @@ import inspect
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import trio
@@ -298,13 +298,33 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--user", help="only this user's tokens")
     revoke = t_actions.add_parser("revoke", parents=[db_flags], help="revoke a token")
     revoke.add_argument("id", help="the token's id (see tokens list)")
+
+    usage = commands.add_parser(
+        "usage",
+        parents=[db_flags],
+        help="tokens, requests and tool calls per user, model and day",
+    )
+    usage.add_argument("--user", help="only this user")
+    usage.add_argument("--provider", help="only this provider instance")
+    usage.add_argument(
+        "--since", metavar="DURATION", default="7d", help="how far back (default 7d; e.g. 24h, 30d)"
+    )
     return parser
+
+
+async def _usage(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    from relay.record.usage import format_usage_table, usage_report
+
+    since = datetime.now(UTC) - timedelta(seconds=args.since_seconds)
+    rows = await usage_report(db, user=args.user, provider=args.provider, since=since)
+    out.write(format_usage_table(rows))
 
 
 _ADMIN: dict[str, Callable[[Database, argparse.Namespace, TextIO], Awaitable[None]]] = {
     "providers": _providers,
     "users": _users,
     "tokens": _tokens,
+    "usage": _usage,
 }
 
 
@@ -324,6 +344,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
             args.expires_in = parse_duration(args.expires) if args.expires else None
         except ValueError as exc:
             raise CommandError(f"--expires: {exc}") from None
+    if args.command == "usage":
+        try:
+            args.since_seconds = parse_duration(args.since)
+        except ValueError as exc:
+            raise CommandError(f"--since: {exc}") from None
     if args.command == "providers" and args.providers_action == "update":
         if not (args.keys_stdin or _provider_changes(args)):
             raise CommandError("nothing to update: give at least one option")

@@ -317,3 +317,15 @@ def test_masking_never_shows_a_key_whole():
     provider = Provider(name="p", type=ProviderType.ANTHROPIC, keys=(key,))
     assert key not in repr(provider) and key not in str(provider) and key not in provider.describe()
     assert provider.masked_keys() == ("sk-…wxyz",)
+
+
+def test_admin_is_a_reserved_provider_name():
+    env = {
+        "CODER_AI_GATEWAY_PROVIDER_0_TYPE": "openai",
+        "CODER_AI_GATEWAY_PROVIDER_0_NAME": "admin",
+        "CODER_AI_GATEWAY_PROVIDER_0_KEY": "sk-admin-provider-key-000",
+    }
+    with pytest.raises(ProviderConfigError) as info:
+        providers_from_env(env, lambda line: None)
+    assert "CODER_AI_GATEWAY_PROVIDER_0_NAME='admin'" in str(info.value)
+    assert "reserved" in str(info.value)

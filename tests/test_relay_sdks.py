@@ -8,11 +8,15 @@ checks what the client sees and what the relay recorded.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import anthropic
 import httpx
 import openai
 import pytest
+import trio
 
 from bench.mock_upstream import scenarios
 from tests.relay_harness import mock_and_relay
@@ -21,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("pg_dsn")
 
 
 def anthropic_client(relay, provider: str = "anthropic") -> anthropic.AsyncAnthropic:  # type: ignore[no-untyped-def]
-    return anthropic.AsyncAnthropic(api_key=relay.token, base_url=relay.gateway(provider), max_retries=0)
+    return anthropic.AsyncAnthropic(
+        api_key=relay.token, base_url=relay.gateway(provider), max_retries=0
+    )
 
 
 def openai_client(relay, provider: str = "openai") -> openai.AsyncOpenAI:  # type: ignore[no-untyped-def]
@@ -70,7 +76,7 @@ async def test_anthropic_stream_text_and_usage_recorded(pg_dsn, tmp_path):
 
 
 async def test_anthropic_blocking_tool_use(pg_dsn, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path) as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
         client = anthropic_client(relay)
         message = await client.messages.create(model="mock-tool", max_tokens=100, messages=USER)
         tool = next(b for b in message.content if b.type == "tool_use")
@@ -81,7 +87,7 @@ async def test_anthropic_blocking_tool_use(pg_dsn, tmp_path):
 
 
 async def test_anthropic_stream_parallel_tools_and_thinking(pg_dsn, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path, chunking="random") as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path, chunking="random") as (_mock, relay):
         client = anthropic_client(relay)
         async with client.messages.stream(
             model="mock-parallel-tools", max_tokens=100, messages=USER
@@ -110,9 +116,7 @@ async def test_openai_chat_stream_usage_injected_and_hidden(pg_dsn, tmp_path):
     """The relay asks for usage; the client sees exactly what it would see directly."""
     async with mock_and_relay(pg_dsn, tmp_path, chunking="random") as (mock, relay):
         client = openai_client(relay)
-        stream = await client.chat.completions.create(
-            model="mock-tool", messages=USER, stream=True
-        )
+        stream = await client.chat.completions.create(model="mock-tool", messages=USER, stream=True)
         chunks = [c async for c in stream]
         assert all(c.usage is None for c in chunks)  # the injected usage chunk is gone
         args = "".join(
@@ -135,7 +139,7 @@ async def test_openai_chat_stream_usage_injected_and_hidden(pg_dsn, tmp_path):
 
 
 async def test_openai_chat_stream_with_include_usage_is_untouched(pg_dsn, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path) as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
         client = openai_client(relay)
         stream = await client.chat.completions.create(
             model="mock-text",
@@ -149,7 +153,7 @@ async def test_openai_chat_stream_with_include_usage_is_untouched(pg_dsn, tmp_pa
 
 
 async def test_openai_chat_blocking(pg_dsn, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path) as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
         client = openai_client(relay)
         completion = await client.chat.completions.create(model="mock-text", messages=USER)
         assert completion.choices[0].message.content == scenarios.TEXT
@@ -158,7 +162,7 @@ async def test_openai_chat_blocking(pg_dsn, tmp_path):
 
 
 async def test_openai_responses_stream_function_calls_and_reasoning(pg_dsn, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path, chunking="random") as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path, chunking="random") as (_mock, relay):
         client = openai_client(relay)
         stream = await client.responses.create(
             model="mock-parallel-tools", input="What is the weather?", stream=True
@@ -189,7 +193,7 @@ async def test_openai_responses_stream_function_calls_and_reasoning(pg_dsn, tmp_
 
 
 async def test_openai_responses_blocking(pg_dsn, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path) as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
         client = openai_client(relay)
         response = await client.responses.create(model="mock-text", input="Hello")
         assert response.output_text == scenarios.TEXT
@@ -256,3 +260,46 @@ async def test_query_string_and_unknown_headers_pass_through(pg_dsn, tmp_path):
         rows = await relay.wait_for_rows("SELECT client, client_session_id FROM interceptions")
         assert rows[0]["client"] == "claude-code"
         assert rows[0]["client_session_id"] == "sess-123"
+
+
+async def test_relay_usage_command_reports_what_was_recorded(pg_dsn, tmp_path):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
+        client = anthropic_client(relay)
+        await client.messages.create(model="mock-tool", max_tokens=10, messages=USER)
+        await relay.wait_for_rows("SELECT id FROM token_usages")
+    env = {**os.environ, "CODER_PG_CONNECTION_URL": pg_dsn}
+    result = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "relay.cli", "usage", "--since", "1d"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "mock-tool" in x)
+    assert "alice" in line
+    expected = scenarios.usage_for("tool")
+    assert str(expected.input_tokens) in line.split()
+    assert str(expected.output_tokens) in line.split()
+
+
+async def test_admin_api_lists_interceptions_through_the_relay(pg_dsn, tmp_path):
+    admin = "admin-secret-token-for-tests"
+    async with mock_and_relay(
+        pg_dsn, tmp_path, extra_env={"CODER_AI_GATEWAY_ADMIN_TOKEN": admin}
+    ) as (_mock, relay):
+        client = anthropic_client(relay)
+        await client.messages.create(model="mock-tool", max_tokens=10, messages=USER)
+        await relay.wait_for_rows("SELECT id FROM tool_usages")
+        url = f"{relay.url}/api/v2/ai-gateway/admin/interceptions?user=alice"
+        async with httpx.AsyncClient() as http:
+            refused = await http.get(url, headers={"authorization": f"Bearer {relay.token}"})
+            assert refused.status_code == 401
+            page = (await http.get(url, headers={"authorization": f"Bearer {admin}"})).json()
+        [item] = page["interceptions"]
+        assert item["model"] == "mock-tool"
+        assert item["initiator_name"] == "alice"
+        assert item["tool_usages"][0]["name"] == scenarios.TOOL_CALL.name
+        assert item["token_usages"][0]["output_tokens"] == scenarios.usage_for("tool").output_tokens

@@ -19,6 +19,7 @@ from relay.providers.types import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,
     NAME_RE,
+    RESERVED_NAMES,
     Provider,
     ProviderType,
     keys_problem,
@@ -113,6 +114,8 @@ def _indexed_provider(raw: _Indexed, problems: list[str], warn: Warn) -> Provide
             f"{raw.var('NAME')}={name!r}: a name must match ^[a-z0-9]+(-[a-z0-9]+)*$ "
             "(lower-case letters, digits, single hyphens)"
         )
+    elif name in RESERVED_NAMES:
+        problems.append(f"{raw.var('NAME')}={name!r}: the name is reserved (the admin API)")
 
     keys: list[str] = []
     if raw.get("KEY") and raw.get("KEYS"):

@@ -18,6 +18,8 @@ import msgspec
 # Instance names appear in routes: /api/v2/ai-gateway/<name>/...
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 MAX_KEYS = 5
+# Route segments under /api/v2/ai-gateway/ that are not providers.
+RESERVED_NAMES = frozenset({"admin"})
 
 
 class ProviderType(enum.StrEnum):
@@ -71,6 +73,8 @@ def provider_problems(provider: Provider) -> list[str]:
     problems: list[str] = []
     if not NAME_RE.match(provider.name):
         problems.append(f"name {provider.name!r} must match ^[a-z0-9]+(-[a-z0-9]+)*$")
+    elif provider.name in RESERVED_NAMES:
+        problems.append(f"name {provider.name!r} is reserved (the admin API)")
     problem = keys_problem(provider.keys)
     if problem:
         problems.append(f"keys: {problem}")
