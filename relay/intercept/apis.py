@@ -71,4 +71,7 @@ SPECS: dict[RouteKind, ApiSpec] = {
     RouteKind.MESSAGES: MESSAGES,
     RouteKind.CHAT: CHAT,
     RouteKind.RESPONSES: RESPONSES,
+    # Bedrock's native routes carry an Anthropic Messages body (Bedrock's dialect).
+    RouteKind.BEDROCK_INVOKE: MESSAGES,
+    RouteKind.BEDROCK_INVOKE_STREAM: MESSAGES,
 }

@@ -93,7 +93,7 @@ class BedrockAuth:
     ) -> BedrockAuth:
         """Build from a provider's fields (empty string = not set).
 
-        ``env`` is where ``AWS_REGION`` is read (default: ``os.environ``);
+        ``env`` is where ``AWS_REGION`` and ``AWS_DEFAULT_REGION`` are read (default: ``os.environ``);
         botocore itself reads the process environment for the rest of the chain.
         """
         env = os.environ if env is None else env
@@ -116,7 +116,12 @@ class BedrockAuth:
         # The chain's session is needed for ambient credentials, and for a region
         # that is not configured (AWS_DEFAULT_REGION, the profile's region).
         session = Session() if (mode is AuthMode.AMBIENT or not region) else None
-        resolved_region = region or env.get("AWS_REGION", "") or _session_region(session)
+        resolved_region = (
+            region
+            or env.get("AWS_REGION", "")
+            or env.get("AWS_DEFAULT_REGION", "")
+            or _session_region(session)
+        )
         if not resolved_region and mode is AuthMode.API_KEY:
             resolved_region = API_KEY_DEFAULT_REGION
         if not resolved_region:
@@ -140,10 +145,17 @@ class BedrockAuth:
         )
 
     @classmethod
-    def from_provider(cls, provider: Provider, *, api_key: str | None = None) -> BedrockAuth:
+    def from_provider(
+        cls,
+        provider: Provider,
+        *,
+        api_key: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> BedrockAuth:
         """Build from a bedrock ``Provider``; API key mode uses ``api_key`` or the pool's first key.
 
-        For key-pool failover, build one ``BedrockAuth`` per key (it is cheap).
+        ``env`` as for :meth:`from_fields`. For key-pool failover, build one
+        ``BedrockAuth`` per key (it is cheap).
         """
         return cls.from_fields(
             region=provider.bedrock_region,
@@ -151,6 +163,7 @@ class BedrockAuth:
             access_key_secret=provider.bedrock_access_key_secret,
             api_key=api_key if api_key is not None else (provider.keys[0] if provider.keys else ""),
             base_url=provider.bedrock_base_url,
+            env=env,
         )
 
     def __repr__(self) -> str:

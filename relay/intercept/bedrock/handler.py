@@ -12,11 +12,9 @@ Two kinds of clients reach a bedrock provider:
   body and the answer go through byte for byte (event stream included); the
   relay only re-signs the request, and decodes the answer for recording.
 
-Both feed the same sans-io accounting: ``BedrockStreamTranslator`` decodes
-the event stream, ``MessagesAccumulator`` reads the Anthropic events, and
-Bedrock's own counts (the stream's invocation metrics, InvokeModel's
-``x-amzn-bedrock-*-token-count`` headers) give the usage, cache tokens
-included. Cancellation, keepalive and the outcome follow the shell in
+Both feed the same sans-io accounting (``accounting.BedrockAccounting``:
+events, tool calls, usage from Bedrock's own counts, cache tokens included).
+Cancellation, keepalive and the outcome are the shell's, from
 ``relay.intercept.base``.
 """
 
@@ -43,10 +41,8 @@ from relay.intercept.base import (
     settle_outcome,
     watch_disconnect,
 )
+from relay.intercept.bedrock.accounting import BedrockAccounting
 from relay.intercept.bedrock.stream import (
-    METRICS_KEY,
-    AnthropicEvent,
-    BedrockStreamTranslator,
     anthropic_error_body,
     anthropic_error_event,
     map_bedrock_error,
@@ -58,8 +54,6 @@ from relay.intercept.bedrock.translate import (
     map_model,
     to_bedrock_body,
 )
-from relay.intercept.facts import Facts, Usage
-from relay.intercept.messages.accumulator import MessagesAccumulator
 from relay.providers.types import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,
@@ -67,7 +61,12 @@ from relay.providers.types import (
     ProviderType,
 )
 from relay.routes import RouteKind
-from relay.upstream.aws import BedrockAuth, BedrockConfigError, BedrockCredentialsError, endpoint_url
+from relay.upstream.aws import (
+    BedrockAuth,
+    BedrockConfigError,
+    BedrockCredentialsError,
+    endpoint_url,
+)
 from relay.upstream.clients import UpstreamClients
 from relay.wire.common import RequestInfo
 
@@ -77,13 +76,6 @@ SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-# InvokeModel's token counts: (response header, Usage field).
-_COUNT_HEADERS = (
-    ("x-amzn-bedrock-input-token-count", "input_tokens"),
-    ("x-amzn-bedrock-output-token-count", "output_tokens"),
-    ("x-amzn-bedrock-cache-read-input-token-count", "cache_read_tokens"),
-    ("x-amzn-bedrock-cache-write-input-token-count", "cache_write_tokens"),
-)
 
 
 class BedrockAuths:
@@ -139,7 +131,12 @@ class BedrockRequest:
 
 
 def bedrock_request(
-    kind: RouteKind, provider: Provider, client_headers: Headers, raw_path: bytes, body: bytes, info: RequestInfo
+    kind: RouteKind,
+    provider: Provider,
+    client_headers: Headers,
+    raw_path: bytes,
+    body: bytes,
+    info: RequestInfo,
 ) -> BedrockRequest:
     """The Bedrock request for a client request (raises ``InvalidAnthropicBody``)."""
     if kind is RouteKind.MESSAGES:
@@ -202,7 +199,12 @@ async def relay_bedrock(
         return
     try:
         request = bedrock_request(
-            kind, provider, client_headers, scope.get("raw_path") or b"", body, info
+            kind,
+            provider,
+            client_headers,
+            scope.get("raw_path") or scope["path"].encode(),
+            body,
+            info,
         )
     except InvalidAnthropicBody as exc:
         await _fail(send, outcome, 400, "invalid_request", str(exc), "invalid_request_error")
@@ -222,7 +224,9 @@ async def relay_bedrock(
             log.error("provider %r: %s", provider.name, exc)
             await _fail(send, outcome, 500, "bedrock_credentials_error", str(exc))
             return
-    headers = [(k.encode(), v.encode("latin-1")) for k, v in (*request.headers.items(), *credential)]
+    headers = [
+        (k.encode(), v.encode("latin-1")) for k, v in (*request.headers.items(), *credential)
+    ]
     headers.append((b"accept-encoding", b"identity"))  # the relay reads what it relays
     call = UpstreamCall(upstreams.get(provider.name, base), "POST", url, headers, request.body)
 
@@ -239,59 +243,6 @@ async def relay_bedrock(
                 nursery.cancel_scope.cancel()
     finally:
         settle_outcome(outcome, state, accounting.facts())
-
-
-class BedrockAccounting:
-    """What the relay learns from Bedrock's answer (sans-io): events, usage, errors."""
-
-    def __init__(self) -> None:
-        self.events = MessagesAccumulator()
-        self.stream = BedrockStreamTranslator()
-        self.header_usage: Usage | None = None
-
-    def feed_stream(self, chunk: bytes) -> list[AnthropicEvent]:
-        """Event-stream bytes in; the Anthropic events they completed out (accounted for)."""
-        events = self.stream.feed(chunk)
-        for event in events:
-            self.events.feed_payload(event.data)
-        return events
-
-    def end_stream(self) -> list[AnthropicEvent]:
-        events = self.stream.end()
-        for event in events:
-            self.events.feed_payload(event.data)
-        return events
-
-    def feed_response(self, body: bytes, headers: httpx.Headers) -> None:
-        """A blocking answer: the Anthropic message, and Bedrock's counts from its headers."""
-        self.events.feed_response(body)
-        counts = {field: headers.get(name) for name, field in _COUNT_HEADERS}
-        if counts["input_tokens"] is None:
-            return
-        self.header_usage = Usage(
-            **{field: _int(value) for field, value in counts.items()},
-            raw={name: _int(headers.get(name)) for name, _ in _COUNT_HEADERS},
-        )
-
-    def facts(self) -> Facts:
-        facts = self.events.facts
-        facts.usage = billed_usage(self.stream.usage() or self.header_usage, facts.usage)
-        return facts
-
-
-def billed_usage(bedrock: Usage | None, reported: Usage | None) -> Usage | None:
-    """Bedrock's own counts when it gave them (what it bills), else the events' usage.
-
-    The events' extra counts (1-hour cache writes, server tools) and their raw
-    usage object are kept; Bedrock's figures are added under its own key.
-    """
-    if bedrock is None:
-        return reported
-    if reported is None:
-        return bedrock
-    bedrock.extra = {**reported.extra, **bedrock.extra}
-    bedrock.raw = {**reported.raw, METRICS_KEY: bedrock.raw}
-    return bedrock
 
 
 async def _exchange(
@@ -464,10 +415,3 @@ def _own_authorization(client_headers: Headers) -> list[tuple[str, str]]:
 def _request_id(response: httpx.Response) -> Headers:
     value = response.headers.get("x-amzn-requestid")
     return [(b"x-amzn-requestid", value.encode("latin-1"))] if value else []
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value) if value else 0
-    except ValueError:
-        return 0
