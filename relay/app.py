@@ -33,9 +33,12 @@ from relay.asgi import (
 )
 from relay.intercept.apis import SPECS
 from relay.intercept.base import Outcome, UpstreamCall, relay_interception, send_error
+from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.intercept.passthrough import relay_passthrough
+from relay.limits import MAX_HEADER_BLOCK, RequestGuards, header_block_size
 from relay.options import Options, load_options
 from relay.providers.types import Provider, mask_secret
+from relay.record.admin import handle_admin
 from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
 from relay.routes import (
     RouteKind,
@@ -46,19 +49,37 @@ from relay.routes import (
     upstream_path,
 )
 from relay.services import Services, open_services
+from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
+from relay.upstream.keypool import Failover, retry_after_header
 from relay.wire.common import InvalidRequestBody
 
 log = logging.getLogger("relay.app")
 
 
+def key_auth_headers(provider_type: str, key: str) -> list[tuple[bytes, bytes]]:
+    """One provider key, in the header its API expects."""
+    raw = key.encode("latin-1")
+    if provider_type == "anthropic":
+        return [(b"x-api-key", raw)]
+    return [(b"authorization", b"Bearer " + raw)]
+
+
 def provider_auth_headers(provider: Provider) -> list[tuple[bytes, bytes]]:
-    """The provider's credential, in the header its API expects."""
+    """The provider's first key, in the header its API expects."""
     if not provider.keys:
         return []
-    key = provider.keys[0].encode("latin-1")
-    if provider.type == "anthropic":
-        return [(b"x-api-key", key)]
-    return [(b"authorization", b"Bearer " + key)]
+    return key_auth_headers(provider.type, provider.keys[0])
+
+
+def key_failover(guards: RequestGuards, provider: Provider, byok: bool) -> Failover | None:
+    """The walk through the provider's key pool, or None: BYOK never fails over; a
+    single key has nothing to fail over to (its answers pass through unchanged, and
+    resting it would only refuse requests the provider might take); bedrock's
+    handler signs its requests itself."""
+    if byok or len(provider.keys) < 2 or provider.type == "bedrock":
+        return None
+    pool = guards.key_pools.get(provider.name, provider.keys)
+    return Failover(pool, lambda key: key_auth_headers(provider.type, key), trio.current_time())
 
 
 class RelayApp:
@@ -68,6 +89,10 @@ class RelayApp:
         self.options = options
         self.env = env
         self.services: Services | None = None
+        # Limits, circuit breakers and key pools of this process (built at startup).
+        self.guards: RequestGuards | None = None
+        # One BedrockAuth per bedrock provider: it holds the resolved AWS credentials.
+        self.bedrock_auths = BedrockAuths(env)
         self._ready = trio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,7 +110,10 @@ class RelayApp:
         env = self.env if self.env is not None else os.environ
         options = self.options or load_options(env)
         try:
+            self.guards = RequestGuards.from_options(options)
             async with open_services(options, env) as services:
+                # A bedrock provider that cannot work (no region) stops the start, saying why.
+                await self.bedrock_auths.prepare(services.providers.all())
                 self.services = services
                 self._ready.set()
                 await send({"type": "lifespan.startup.complete"})
@@ -94,7 +122,7 @@ class RelayApp:
         except Exception as exc:
             log.exception("relay failed to start")
             if not self._ready.is_set():
-                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                await send({"type": "lifespan.startup.failed", "message": _startup_error(exc)})
                 return
             raise
         await send({"type": "lifespan.shutdown.complete"})
@@ -113,6 +141,9 @@ class RelayApp:
             await send_error(send, style, status, f"route not supported: {method} {path}")
             return
         name, api_path = split
+        if name == "admin":  # reserved: the admin API, not a provider
+            await handle_admin(scope, receive, send, services.db, services.options.admin_token)
+            return
         provider = services.providers.get(name)
         style = error_style_for(provider.type if provider else None, api_path)
         if provider is None:
@@ -123,6 +154,9 @@ class RelayApp:
             await send_error(send, style, 404, f"route not supported: {method} {api_path}")
             return
         headers = scope["headers"]
+        if header_block_size(headers) > MAX_HEADER_BLOCK:
+            await send_error(send, style, 431, "request header fields too large")
+            return
         credential = read_client_credential(headers)
         principal = (
             await services.tokens.verify(credential.relay_token) if credential.relay_token else None
@@ -133,19 +167,47 @@ class RelayApp:
         if credential.byok and not services.options.allow_byok:
             await send_response(send, 403, BYOK_DISABLED_BODY)
             return
+        guards = self.guards
+        assert guards is not None
+        if guards.rate is not None:
+            wait = guards.rate.check(principal.api_key_id, trio.current_time())
+            if wait is not None:
+                retry = [(b"retry-after", retry_after_header(wait))]
+                await send_error(send, style, 429, "relay rate limit exceeded", retry)
+                return
+        failover = key_failover(guards, provider, credential.byok)
         upstream_headers = upstream_request_headers(
-            headers, byok=credential.byok, provider_auth=provider_auth_headers(provider)
+            headers,
+            byok=credential.byok,
+            provider_auth=[] if failover else provider_auth_headers(provider),
         )
-        client = services.upstreams.get(provider.name, provider.base_url)
+        # Actor headers are the relay's word: a client may not supply its own.
+        actor_names = guards.actor_header_names
+        upstream_headers = [(k, v) for k, v in upstream_headers if k not in actor_names]
+        # provider.endpoint: base_url, or for bedrock the runtime endpoint (the handler's pool).
+        client = services.upstreams.get(provider.name, provider.endpoint)
         url = join_url(
             provider.base_url,
             upstream_path(provider.type, api_path),
             scope.get("query_string", b""),
         )
+        if not guards.concurrency.try_acquire():
+            message = f"too many concurrent requests (at most {guards.concurrency.limit})"
+            await send_error(send, style, 503, message)
+            return
         try:
             if kind is RouteKind.PASSTHROUGH:
                 await relay_passthrough(
-                    send, receive, client, method, url, upstream_headers, headers, style
+                    send,
+                    receive,
+                    client,
+                    method,
+                    url,
+                    upstream_headers,
+                    headers,
+                    style,
+                    failover=failover,
+                    max_body=services.options.max_request_body,
                 )
                 return
             spec = SPECS.get(kind)
@@ -168,9 +230,12 @@ class RelayApp:
                 upstream_headers,
                 client,
                 url,
+                failover,
             )
         except ClientDisconnected:
             return
+        finally:
+            guards.concurrency.release()
 
     async def _intercept(
         self,
@@ -187,6 +252,7 @@ class RelayApp:
         upstream_headers,
         client,
         url,
+        failover=None,
     ) -> None:  # type: ignore[no-untyped-def]
         started_at = datetime.now(UTC)
         try:
@@ -202,27 +268,60 @@ class RelayApp:
         upstream_body, drop_injected = (
             spec.prepare_body(body, info) if spec.prepare_body else (body, False)
         )
-        call = UpstreamCall(client, "POST", url, upstream_headers, upstream_body)
+        guards = self.guards
+        assert guards is not None
+        breaker: CircuitBreaker | None = None
+        ticket: int | None = None
+        if guards.breakers is not None:
+            now = trio.current_time()
+            breaker = guards.breakers.get(provider.name, api_path, info.model or "", now)
+            ticket = breaker.allow(now)
+            if ticket is None:
+                retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
+                await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
+                return
+        actor = guards.actor_headers(principal.user_id, principal.user_name)
+        call = UpstreamCall(
+            client, "POST", url, upstream_headers + actor, upstream_body, failover=failover
+        )
         outcome = Outcome()
         try:
-            await relay_interception(
-                send,
-                receive,
-                call,
-                spec,
-                info,
-                outcome,
-                drop_injected=drop_injected,
-                keepalive_interval=services.options.keepalive_interval,
-            )
+            if provider.type == "bedrock":
+                await relay_bedrock(
+                    send,
+                    receive,
+                    scope,
+                    kind=kind,
+                    provider=provider,
+                    auths=self.bedrock_auths,
+                    upstreams=services.upstreams,
+                    body=body,
+                    info=info,
+                    outcome=outcome,
+                    byok=credential.byok,
+                    keepalive_interval=services.options.keepalive_interval,
+                )
+            else:
+                await relay_interception(
+                    send,
+                    receive,
+                    call,
+                    spec,
+                    info,
+                    outcome,
+                    drop_injected=drop_injected,
+                    keepalive_interval=services.options.keepalive_interval,
+                )
         finally:
+            if breaker is not None and ticket is not None:
+                settle_breaker(breaker, ticket, outcome, provider.type)
             headers = scope["headers"]
             meta = InterceptionMeta(
                 initiator_id=uuid.UUID(principal.user_id),
                 api_key_id=principal.api_key_id,
                 provider_name=provider.name,
                 provider_type=str(provider.type),
-                model=info.model or "",
+                model=outcome.upstream_model or info.model or "",
                 route=api_path,
                 started_at=started_at,
                 client=detect_client(headers),
@@ -230,7 +329,9 @@ class RelayApp:
                 user_agent=_header(headers, b"user-agent"),
                 credential_kind="byok" if credential.byok else "centralized",
                 credential_hint=mask_secret(
-                    credential.byok_secret or (provider.keys[0] if provider.keys else "")
+                    credential.byok_secret
+                    or (failover.current if failover and failover.current else "")
+                    or (provider.keys[0] if provider.keys else "")
                 )
                 or None,
             )
@@ -247,6 +348,32 @@ class RelayApp:
                     ended_at=datetime.now(UTC),
                 )
             )
+
+
+def settle_breaker(
+    breaker: CircuitBreaker, ticket: int, outcome: Outcome, provider_type: str
+) -> None:
+    """Tell the circuit how the request went.
+
+    An upstream answer counts by its status (429, 503, 504, Anthropic 529:
+    failure), a timeout counts as the 504 the client got. No answer at all
+    (the client left first, the provider was unreachable, every key was
+    resting) says nothing about overload: the ticket is handed back.
+    """
+    now = trio.current_time()
+    if outcome.upstream_status is not None:
+        breaker.record(ticket, failure=is_failure(outcome.upstream_status, provider_type), now=now)
+    elif outcome.error_type == "upstream_timeout":
+        breaker.record(ticket, failure=True, now=now)
+    else:
+        breaker.release(ticket)
+
+
+def _startup_error(exc: BaseException) -> str:
+    """The message of what stopped the start, out of the nurseries' exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return str(exc)
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

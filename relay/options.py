@@ -162,6 +162,90 @@ OPTIONS: tuple[Option, ...] = (
         group="Access",
     ),
     _opt(
+        "SEND_ACTOR_HEADERS",
+        parse_bool,
+        "false",
+        "Send the person's user id and user name upstream (intercepted routes only, never "
+        "passthrough). Client-sent headers of those names are always removed.",
+        group="Access",
+    ),
+    _opt(
+        "ACTOR_ID_HEADER",
+        parse_str,
+        "X-AI-Bridge-Actor-ID",
+        "Header carrying the person's user id when actor headers are sent.",
+        group="Access",
+    ),
+    _opt(
+        "ACTOR_USERNAME_HEADER",
+        parse_str,
+        "X-AI-Bridge-Actor-Metadata-Username",
+        "Header carrying the person's user name when actor headers are sent.",
+        group="Access",
+    ),
+    _opt(
+        "RATE_LIMIT",
+        parse_int,
+        "0",
+        "Requests per second per relay token, per relay process (bursts of this many pass); "
+        "beyond it 429 with Retry-After. 0: off.",
+        group="Access",
+    ),
+    _opt(
+        "MAX_CONCURRENCY",
+        parse_int,
+        "0",
+        "Requests one relay process serves at a time; beyond it 503 at once (no queueing). "
+        "0: unlimited.",
+        group="Resilience",
+    ),
+    _opt(
+        "KEY_AUTH_COOLDOWN",
+        parse_duration,
+        "10m",
+        "How long a provider key refused with 401/403 is left out of its key pool (a 429 "
+        "rests the key for the provider's Retry-After, 60s without one).",
+        group="Resilience",
+    ),
+    _opt(
+        "CIRCUIT_BREAKER_ENABLED",
+        parse_bool,
+        "false",
+        "Circuit breakers per provider, route and model: after repeated upstream 429, 503, "
+        "504 (and Anthropic 529) answers, requests get 503 at once for a while.",
+        group="Resilience",
+    ),
+    _opt(
+        "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+        parse_int,
+        "5",
+        "Consecutive failures that open a circuit.",
+        group="Resilience",
+    ),
+    _opt(
+        "CIRCUIT_BREAKER_INTERVAL",
+        parse_duration,
+        "10s",
+        "While a circuit is closed, its failure count starts over this often.",
+        group="Resilience",
+    ),
+    _opt(
+        "CIRCUIT_BREAKER_TIMEOUT",
+        parse_duration,
+        "30s",
+        "How long an open circuit refuses requests before it lets trial requests through "
+        "(half-open).",
+        group="Resilience",
+    ),
+    _opt(
+        "CIRCUIT_BREAKER_MAX_REQUESTS",
+        parse_int,
+        "3",
+        "Trial requests a half-open circuit lets through; when all succeed it closes, the "
+        "first failure opens it again.",
+        group="Resilience",
+    ),
+    _opt(
         "MAX_REQUEST_BODY",
         parse_size,
         "32MiB",
@@ -298,8 +382,7 @@ OPTIONS: tuple[Option, ...] = (
         "BEDROCK_BASE_URL",
         parse_str,
         "",
-        "Replaces https://bedrock-runtime.<region>.amazonaws.com for the provider named "
-        "'bedrock'.",
+        "Replaces https://bedrock-runtime.<region>.amazonaws.com for the provider named 'bedrock'.",
         "Providers",
     ),
 )

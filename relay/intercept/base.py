@@ -17,6 +17,7 @@ waits too; the relay holds at most one chunk per stream.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -28,6 +29,7 @@ from relay.asgi import Headers, Receive, Send, forwardable_response_headers, sen
 from relay.intercept.facts import Facts
 from relay.routes import ErrorStyle
 from relay.streams.sse import SSEDecoder, SSEEvent
+from relay.upstream.keypool import Exhausted, Failover, retry_after_header
 from relay.wire.common import RequestInfo
 from relay.wire.errors import error_body_for
 
@@ -86,6 +88,9 @@ class UpstreamCall:
     url: str
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    # Centralized key pool: each attempt adds one key's auth headers to
+    # ``headers``. None: ``headers`` already carry the credential (BYOK, no keys).
+    failover: Failover | None = None
 
 
 class StreamState:
@@ -115,16 +120,51 @@ async def watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: O
             return
 
 
-def build_request(call: UpstreamCall) -> httpx.Request:
-    request = call.client.build_request(
-        call.method, call.url, headers=call.headers, content=call.body
-    )
+def build_request(call: UpstreamCall, auth: Headers | None = None) -> httpx.Request:
+    headers = call.headers + auth if auth else call.headers
+    request = call.client.build_request(call.method, call.url, headers=headers, content=call.body)
     # httpx adds its own defaults; only what the client sent goes upstream.
-    sent = {k for k, _ in call.headers}
+    sent = {k for k, _ in headers}
     for name in ("user-agent", "accept"):
         if name.encode() not in sent and name in request.headers:
             del request.headers[name]
     return request
+
+
+async def send_upstream(
+    client: httpx.AsyncClient,
+    build: Callable[[Headers], httpx.Request],
+    failover: Failover | None,
+) -> httpx.Response | Exhausted:
+    """Send a request, walking the key pool while the provider refuses a key.
+
+    ``build`` makes the request with one key's auth headers (called once per
+    attempt, so the buffered body is replayed). Nothing has reached the
+    client yet: a refused key's answer (429, 401, 403) is read and dropped
+    and the next key is tried. Returns the response to relay, or
+    ``Exhausted`` when no key is left. httpx errors propagate: a timeout or
+    an unreachable provider is not a key's fault.
+    """
+    if failover is None:
+        return await client.send(build([]), stream=True)
+    while (key := failover.next_key(trio.current_time())) is not None:
+        response = await client.send(build(failover.auth_headers(key)), stream=True)
+        retry = failover.should_retry(
+            key, response.status_code, response.headers, trio.current_time(), time.time()
+        )
+        if not retry:
+            return response
+        try:
+            await response.aread()  # a small error body: read so the connection is reused
+        finally:
+            await response.aclose()
+    return failover.exhausted(trio.current_time())
+
+
+def exhausted_headers(exhausted: Exhausted) -> Headers:
+    if exhausted.retry_after is None:
+        return []
+    return [(b"retry-after", retry_after_header(exhausted.retry_after))]
 
 
 async def relay_interception(
@@ -189,15 +229,28 @@ async def _exchange(
     keepalive_interval: float,
     nursery: trio.Nursery,
 ) -> None:
-    request = build_request(call)
     try:
-        response = await call.client.send(request, stream=True)
+        answer = await send_upstream(
+            call.client, lambda auth: build_request(call, auth), call.failover
+        )
     except httpx.TimeoutException as exc:
         await fail_before_response(send, spec, outcome, 504, "upstream timed out", exc)
         return
     except httpx.HTTPError as exc:
         await fail_before_response(send, spec, outcome, 502, "upstream unreachable", exc)
         return
+    if isinstance(answer, Exhausted):
+        outcome.upstream_complete = True  # the answer is final: a client leaving cancels nothing
+        outcome.status = "failed"
+        # The last refusal, if a key was tried at all (all may have been resting).
+        outcome.upstream_status = call.failover.last_status if call.failover else None
+        outcome.error_type = "key_pool_exhausted"
+        outcome.error_message = answer.message
+        await send_error(
+            send, spec.error_style, answer.status, answer.message, exhausted_headers(answer)
+        )
+        return
+    response = answer
     try:
         outcome.upstream_status = response.status_code
         content_type = response.headers.get("content-type", "")

@@ -2,6 +2,8 @@
 
 Both bodies stream through as they are, content-encoding included; the
 provider key is injected as for intercepted routes. Nothing is recorded.
+With a centralized key pool the request body is read first, so it can be
+replayed with the next key when the provider refuses one.
 """
 
 from __future__ import annotations
@@ -11,8 +13,25 @@ from collections.abc import AsyncIterator
 import httpx
 import trio
 
-from relay.asgi import HOP_BY_HOP, ClientDisconnected, Receive, Send, forwardable_response_headers
-from relay.intercept.base import ErrorStyle, Outcome, send_error, watch_disconnect
+from relay.asgi import (
+    HOP_BY_HOP,
+    BodyTooLarge,
+    ClientDisconnected,
+    Headers,
+    Receive,
+    Send,
+    forwardable_response_headers,
+    read_body,
+)
+from relay.intercept.base import (
+    ErrorStyle,
+    Outcome,
+    exhausted_headers,
+    send_error,
+    send_upstream,
+    watch_disconnect,
+)
+from relay.upstream.keypool import Exhausted, Failover
 
 _DROP = HOP_BY_HOP | {b"host", b"expect", b"content-length"}
 
@@ -26,13 +45,18 @@ async def relay_passthrough(
     headers: list[tuple[bytes, bytes]],
     client_headers: list[tuple[bytes, bytes]],
     style: ErrorStyle,
+    *,
+    failover: Failover | None = None,
+    max_body: int = 32 * 1024 * 1024,
 ) -> int | None:
     """Forward one request; returns the upstream status (None when unreachable).
 
     ``headers`` are the upstream headers (credentials already swapped);
     ``client_headers`` the client's own, for its accept-encoding and
     content-length (kept, so httpx streams the body as it is instead of
-    re-framing it as chunked).
+    re-framing it as chunked). ``failover``: the provider's key pool walk
+    (then ``headers`` carry no credential and the body is buffered, up to
+    ``max_body``).
 
     The request body streams from the client to the provider as it arrives;
     the disconnect watcher starts once it has been read.
@@ -43,21 +67,37 @@ async def relay_passthrough(
     for k, v in client_headers:
         if k in (b"accept-encoding", b"content-length"):
             out_headers.append((k, v))
-    request = client.build_request(
-        method, url, headers=out_headers, content=_request_body(receive) if has_body else None
-    )
-    sent = {k for k, _ in out_headers}
-    for name in ("user-agent", "accept", "accept-encoding"):
-        if name.encode() not in sent and name in request.headers:
-            del request.headers[name]
+    content: bytes | AsyncIterator[bytes] | None = None
+    if has_body and failover is not None:
+        try:
+            content = await read_body(receive, max_body)
+        except BodyTooLarge as exc:
+            await send_error(send, style, 413, str(exc))
+            return None
+    elif has_body:
+        content = _request_body(receive)
+
+    def build(auth: Headers) -> httpx.Request:
+        headers = out_headers + auth
+        request = client.build_request(method, url, headers=headers, content=content)
+        sent = {k for k, _ in headers}
+        for name in ("user-agent", "accept", "accept-encoding"):
+            if name.encode() not in sent and name in request.headers:
+                del request.headers[name]
+        return request
+
     try:
-        response = await client.send(request, stream=True)
+        answer = await send_upstream(client, build, failover)
     except httpx.TimeoutException:
         await send_error(send, style, 504, "upstream timed out")
         return None
     except httpx.HTTPError as exc:
         await send_error(send, style, 502, f"upstream unreachable ({type(exc).__name__})")
         return None
+    if isinstance(answer, Exhausted):
+        await send_error(send, style, answer.status, answer.message, exhausted_headers(answer))
+        return None
+    response = answer
     outcome = Outcome()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)

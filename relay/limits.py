@@ -1,0 +1,167 @@
+"""Per-process guards in front of the providers: concurrency, rate, circuits, key pools.
+
+``ConcurrencyLimit`` (``MAX_CONCURRENCY``) refuses a request at once when the
+process already serves that many: queueing would only hide the overload
+while clients time out. ``RateLimiter`` (``RATE_LIMIT``) is a token bucket
+per relay token: the bucket holds one second's worth of requests and refills
+continuously, so a burst of ``RATE_LIMIT`` passes and then the steady rate.
+Both are sans-io (time is passed in) and per process: with ``hypercorn -w N``
+the effective limits are N times the options.
+
+``RequestGuards`` gathers every guard of a process, built from the options,
+with the circuit breakers (``relay.upstream.breaker``) and key pools
+(``relay.upstream.keypool``), so metrics can read them from one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from relay.options import OptionError, Options
+from relay.upstream.breaker import BreakerSettings, CircuitBreakers
+from relay.upstream.keypool import KeyPools
+
+# RFC 9110 token characters: what a header name may hold.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+# Largest request header block forwarded (names, values and ": \r\n" per line).
+# hypercorn's h11 refuses a larger block with 431 only while it is still
+# incomplete, so whether one arrives depended on how TCP split it; the relay
+# refuses it every time. Same size as hypercorn's default limit.
+MAX_HEADER_BLOCK = 16 * 1024
+
+
+def header_block_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """Bytes the header lines take on the wire in HTTP/1.1."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` requests at a time (0: unlimited). ``rejected`` counts refusals."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("a concurrency limit cannot be negative")
+        self.limit = limit
+        self.active = 0
+        self.rejected = 0
+
+    def try_acquire(self) -> bool:
+        if self.limit and self.active >= self.limit:
+            self.rejected += 1
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests per second, bursts up to ``burst``.
+
+    ``check(key, now)`` takes one token and returns None, or returns the
+    seconds until a token is available (the request is refused). Full
+    buckets are forgotten now and then: a full bucket is what a new key gets
+    anyway, so memory stays proportional to the keys active in the last
+    second or so.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, *, max_keys: int = 100_000) -> None:
+        if rate <= 0:
+            raise ValueError("a rate limit must be positive")
+        self.rate = rate
+        self.burst = max(1.0, rate if burst is None else burst)
+        self.max_keys = max_keys
+        self.rejected = 0
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def check(self, key: str, now: float) -> float | None:
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > self.max_keys:
+                self._forget_full(now)
+            return None
+        self._buckets[key] = (tokens, now)
+        self.rejected += 1
+        return (1.0 - tokens) / self.rate
+
+    def _forget_full(self, now: float) -> None:
+        full = [
+            k
+            for k, (tokens, at) in self._buckets.items()
+            if tokens + (now - at) * self.rate >= self.burst
+        ]
+        for k in full:
+            del self._buckets[k]
+        if len(self._buckets) > self.max_keys:
+            # Everyone is busy: forget the oldest half rather than grow without bound.
+            for k in list(self._buckets)[: len(self._buckets) // 2]:
+                del self._buckets[k]
+
+
+def _header_name(value: str, option: str) -> bytes:
+    if not _HEADER_NAME_RE.match(value):
+        raise OptionError(f"{option}: {value!r} is not a valid HTTP header name")
+    return value.lower().encode("ascii")
+
+
+@dataclass
+class RequestGuards:
+    """Every guard of one relay process; ``from_options`` builds them."""
+
+    concurrency: ConcurrencyLimit
+    rate: RateLimiter | None  # None: RATE_LIMIT is 0
+    breakers: CircuitBreakers | None  # None: circuit breakers are disabled
+    key_pools: KeyPools
+    # (id header, user-name header), lower case; always stripped from what
+    # clients send, and set by the relay when send_actor_headers is on.
+    actor_header_names: tuple[bytes, bytes]
+    send_actor_headers: bool
+
+    @classmethod
+    def from_options(cls, options: Options) -> RequestGuards:
+        if options.max_concurrency < 0:
+            raise OptionError("MAX_CONCURRENCY cannot be negative (0: unlimited)")
+        if options.rate_limit < 0:
+            raise OptionError("RATE_LIMIT cannot be negative (0: off)")
+        if options.circuit_breaker_failure_threshold < 1:
+            raise OptionError("CIRCUIT_BREAKER_FAILURE_THRESHOLD must be at least 1")
+        if options.circuit_breaker_max_requests < 1:
+            raise OptionError("CIRCUIT_BREAKER_MAX_REQUESTS must be at least 1")
+        breakers = None
+        if options.circuit_breaker_enabled:
+            breakers = CircuitBreakers(
+                BreakerSettings(
+                    failure_threshold=options.circuit_breaker_failure_threshold,
+                    interval=options.circuit_breaker_interval,
+                    timeout=options.circuit_breaker_timeout,
+                    max_requests=options.circuit_breaker_max_requests,
+                )
+            )
+        names = (
+            _header_name(options.actor_id_header, "ACTOR_ID_HEADER"),
+            _header_name(options.actor_username_header, "ACTOR_USERNAME_HEADER"),
+        )
+        return cls(
+            concurrency=ConcurrencyLimit(options.max_concurrency),
+            rate=RateLimiter(options.rate_limit) if options.rate_limit else None,
+            breakers=breakers,
+            key_pools=KeyPools(auth_cooldown=options.key_auth_cooldown),
+            actor_header_names=names,
+            send_actor_headers=options.send_actor_headers,
+        )
+
+    def actor_headers(self, user_id: str, user_name: str) -> list[tuple[bytes, bytes]]:
+        """The actor headers for one person (empty when the option is off).
+
+        User ids are UUIDs and user names are restricted to letters, digits
+        and ``. _ @ + -`` (relay.auth), so neither can smuggle a line break.
+        """
+        if not self.send_actor_headers:
+            return []
+        id_name, user_name_header = self.actor_header_names
+        return [(id_name, user_id.encode("ascii")), (user_name_header, user_name.encode("ascii"))]
