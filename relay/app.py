@@ -36,6 +36,7 @@ from relay.intercept.base import Outcome, UpstreamCall, relay_interception, send
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.intercept.passthrough import relay_passthrough
 from relay.limits import MAX_HEADER_BLOCK, RequestGuards, header_block_size
+from relay.metrics import Metrics
 from relay.options import Options, load_options
 from relay.providers.types import Provider, mask_secret
 from relay.record.admin import handle_admin
@@ -49,8 +50,8 @@ from relay.routes import (
     upstream_path,
 )
 from relay.services import Services, open_services
-from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
-from relay.upstream.keypool import Failover, retry_after_header
+from relay.upstream.breaker import OPEN_MESSAGE, BreakerState, CircuitBreaker, is_failure
+from relay.upstream.keypool import Failover, KeyPool, retry_after_header
 from relay.wire.common import InvalidRequestBody
 
 log = logging.getLogger("relay.app")
@@ -114,6 +115,7 @@ class RelayApp:
             async with open_services(options, env) as services:
                 # A bedrock provider that cannot work (no region) stops the start, saying why.
                 await self.bedrock_auths.prepare(services.providers.all())
+                attach_guard_metrics(self.guards, services.metrics)
                 self.services = services
                 self._ready.set()
                 await send({"type": "lifespan.startup.complete"})
@@ -134,6 +136,9 @@ class RelayApp:
             await send_response(send, 200, b'{"status":"ok"}')
             return
         services = self.services
+        if path == "/metrics" and services is not None and not services.options.metrics_address:
+            await services.metrics.metrics_endpoint(scope, receive, send)
+            return
         split = split_gateway_path(path)
         if split is None or services is None:
             style = error_style_for(None, path)
@@ -197,6 +202,13 @@ class RelayApp:
             return
         try:
             if kind is RouteKind.PASSTHROUGH:
+                services.metrics.passthrough(provider.name, api_path, method)
+                dump = services.dumps.begin_passthrough(
+                    provider.name,
+                    method,
+                    _with_query(api_path, scope.get("query_string", b"")),
+                    upstream_headers,
+                )
                 await relay_passthrough(
                     send,
                     receive,
@@ -208,6 +220,7 @@ class RelayApp:
                     style,
                     failover=failover,
                     max_body=services.options.max_request_body,
+                    dump=dump,
                 )
                 return
             spec = SPECS.get(kind)
@@ -255,6 +268,7 @@ class RelayApp:
         failover=None,
     ) -> None:  # type: ignore[no-untyped-def]
         started_at = datetime.now(UTC)
+        interception_id = uuid.uuid4()
         try:
             body = await read_body(receive, services.options.max_request_body)
         except BodyTooLarge as exc:
@@ -277,12 +291,30 @@ class RelayApp:
             breaker = guards.breakers.get(provider.name, api_path, info.model or "", now)
             ticket = breaker.allow(now)
             if ticket is None:
+                services.metrics.circuit_breaker_reject(provider.name, api_path, info.model or "")
                 retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
                 await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
                 return
         actor = guards.actor_headers(principal.user_id, principal.user_name)
+        metrics = services.metrics
+        timer = metrics.interception_started(provider.name, info.model or "", api_path)
+        dump = services.dumps.begin(
+            provider.name,
+            info.model,
+            interception_id,
+            "POST",
+            _with_query(api_path, scope.get("query_string", b"")),
+            upstream_headers + actor,
+            upstream_body,
+        )
         call = UpstreamCall(
-            client, "POST", url, upstream_headers + actor, upstream_body, failover=failover
+            client,
+            "POST",
+            url,
+            upstream_headers + actor,
+            upstream_body,
+            failover=failover,
+            dump=dump,
         )
         outcome = Outcome()
         try:
@@ -313,10 +345,13 @@ class RelayApp:
                     keepalive_interval=services.options.keepalive_interval,
                 )
         finally:
+            if dump is not None:
+                dump.finish()
             if breaker is not None and ticket is not None:
                 settle_breaker(breaker, ticket, outcome, provider.type)
             headers = scope["headers"]
             meta = InterceptionMeta(
+                id=interception_id,
                 initiator_id=uuid.UUID(principal.user_id),
                 api_key_id=principal.api_key_id,
                 provider_name=provider.name,
@@ -348,6 +383,54 @@ class RelayApp:
                     ended_at=datetime.now(UTC),
                 )
             )
+            metrics.interception_finished(
+                timer,
+                status=outcome.status,
+                method="POST",
+                initiator_id=principal.user_id,
+                client=meta.client,
+            )
+            metrics.interception_facts(
+                provider.name,
+                meta.model,
+                principal.user_id,
+                meta.client,
+                outcome.facts,
+                info.last_user_prompt,
+            )
+            if outcome.disconnect_phase:
+                metrics.disconnect(outcome.disconnect_phase)
+            if outcome.first_byte_at is not None and outcome.sent_at is not None:
+                metrics.ttfb(provider.name, outcome.first_byte_at - outcome.sent_at)
+
+
+def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:
+    """Circuit and key-pool state changes, reported to metrics as they happen."""
+
+    def on_circuit(key: tuple[str, str, str], breaker: CircuitBreaker) -> None:
+        provider, route, model = key
+        metrics.circuit_breaker_state(provider, route, model, breaker.state)
+
+        def changed(_old: BreakerState, new: BreakerState) -> None:
+            metrics.circuit_breaker_state(provider, route, model, new)
+            if new is BreakerState.OPEN:
+                metrics.circuit_breaker_trip(provider, route, model)
+
+        breaker.on_state_change = changed
+
+    def on_pool(name: str, pool: KeyPool) -> None:
+        metrics.key_pool_state(name, pool.counts(trio.current_time()))
+
+        def transition(reason: str) -> None:
+            metrics.key_pool_transition(name, reason)
+            metrics.key_pool_state(name, pool.counts(trio.current_time()))
+
+        pool.on_transition = transition
+        pool.on_exhausted = lambda outcome: metrics.key_pool_exhausted(name, outcome)
+
+    if guards.breakers is not None:
+        guards.breakers.on_new_circuit = on_circuit
+    guards.key_pools.on_new_pool = on_pool
 
 
 def settle_breaker(
@@ -374,6 +457,10 @@ def _startup_error(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return str(exc)
+
+
+def _with_query(path: str, query_string: bytes) -> str:
+    return f"{path}?{query_string.decode('latin-1')}" if query_string else path
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -17,6 +17,8 @@ from relay.auth import TokenCache
 from relay.db.bridge import Database
 from relay.db.embedded import EmbeddedPostgres
 from relay.db.migrate import migrate
+from relay.dump import DumpWriter
+from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 from relay.options import Options
 from relay.providers.env import providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
@@ -55,6 +57,8 @@ class Services:
     recorder: Recorder
     upstreams: UpstreamClients
     dsn_description: str
+    metrics: Metrics
+    dumps: DumpWriter
 
 
 @asynccontextmanager
@@ -117,11 +121,26 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             listener = ConfigListener(db, registry, tokens)
             await nursery.start(listener.run)
             await nursery.start(recorder.run)
+            metrics = metrics_for_process(data_dir(options))
+
+            async def report_providers(_changes: object = None) -> None:
+                metrics.providers([(p.name, str(p.type), "enabled") for p in registry.all()])
+
+            await report_providers()
+            listener.add_callback(report_providers)
+            await nursery.start(metrics.watch_recorder, recorder.stats)
+            if options.metrics_address:
+                await nursery.start(serve_metrics_listener, metrics, options.metrics_address)
+            dumps = DumpWriter(options.dump_dir or None, metrics)
+            await nursery.start(dumps.run)
             try:
-                yield Services(options, db, registry, tokens, recorder, upstreams, description)
+                yield Services(
+                    options, db, registry, tokens, recorder, upstreams, description, metrics, dumps
+                )
             finally:
                 with trio.CancelScope(shield=True):
                     await upstreams.aclose()
+                    await dumps.aclose()  # what is queued goes to disk
                     # Drains the channel: everything is written or spooled.
                     await recorder.aclose()
                 nursery.cancel_scope.cancel()

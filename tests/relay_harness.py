@@ -37,7 +37,9 @@ class RunningRelay:
         assert self.app.services is not None
         return self.app.services.db
 
-    async def wait_for_rows(self, sql: str, *args: object, count: int = 1, timeout: float = 10) -> list:
+    async def wait_for_rows(
+        self, sql: str, *args: object, count: int = 1, timeout: float = 10
+    ) -> list:
         """Poll until ``sql`` returns at least ``count`` rows (the recorder writes in the background)."""
         with trio.fail_after(timeout):
             while True:
@@ -47,7 +49,9 @@ class RunningRelay:
                 await trio.sleep(0.02)
 
 
-def mock_providers_env(mock: MockUpstream, key: str = "sk-upstream-test-key-0001") -> dict[str, str]:
+def mock_providers_env(
+    mock: MockUpstream, key: str = "sk-upstream-test-key-0001"
+) -> dict[str, str]:
     """One anthropic and one openai provider in front of ``mock``."""
     return {
         "CODER_AI_GATEWAY_PROVIDER_0_TYPE": "anthropic",

@@ -166,7 +166,7 @@ async def test_upstream_error_status_and_body_pass_through(pg_dsn, tmp_path):
 
 
 async def test_midstream_failure_ends_with_an_error_the_sdks_raise(pg_dsn, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path) as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
         a = anthropic.AsyncAnthropic(
             api_key=relay.token, base_url=relay.gateway("anthropic"), max_retries=0
         )
@@ -199,7 +199,7 @@ async def test_unreachable_upstream_is_502_and_timeout_504(pg_dsn, tmp_path):
         "CODER_AI_GATEWAY_PROVIDER_2_BASE_URL": f"http://127.0.0.1:{closed_port}",
         "CODER_AI_GATEWAY_UPSTREAM_READ_TIMEOUT": "300ms",
     }
-    async with mock_and_relay(pg_dsn, tmp_path, extra_env=env) as (mock, relay):
+    async with mock_and_relay(pg_dsn, tmp_path, extra_env=env) as (_mock, relay):
         async with httpx.AsyncClient() as client:
             r = await client.post(
                 relay.gateway("nowhere") + "/v1/messages",

@@ -26,6 +26,7 @@ import httpx
 import trio
 
 from relay.asgi import Headers, Receive, Send, forwardable_response_headers, send_response
+from relay.dump import DumpHandle
 from relay.intercept.facts import Facts
 from relay.routes import ErrorStyle
 from relay.streams.sse import SSEDecoder, SSEEvent
@@ -74,6 +75,7 @@ class Outcome:
     error_message: str | None = None
     upstream_status: int | None = None
     first_byte_at: float | None = None
+    sent_at: float | None = None  # the upstream request went out (time to first byte)
     disconnect_phase: str | None = None
     upstream_complete: bool = False
     # The model the relay asked the upstream for, when the relay chose it (Bedrock).
@@ -91,6 +93,7 @@ class UpstreamCall:
     # Centralized key pool: each attempt adds one key's auth headers to
     # ``headers``. None: ``headers`` already carry the credential (BYOK, no keys).
     failover: Failover | None = None
+    dump: DumpHandle | None = None  # the exchange's dump (None: dumps are off)
 
 
 class StreamState:
@@ -229,6 +232,7 @@ async def _exchange(
     keepalive_interval: float,
     nursery: trio.Nursery,
 ) -> None:
+    outcome.sent_at = trio.current_time()
     try:
         answer = await send_upstream(
             call.client, lambda auth: build_request(call, auth), call.failover
@@ -253,11 +257,15 @@ async def _exchange(
     response = answer
     try:
         outcome.upstream_status = response.status_code
+        if call.dump is not None:
+            call.dump.response_start(response.status_code, response.headers.raw)
         content_type = response.headers.get("content-type", "")
         streaming = content_type.startswith("text/event-stream")
         headers = forwardable_response_headers(response.headers.raw, streaming=streaming)
         if response.status_code >= 400 or not streaming:
             body = await response.aread()
+            if call.dump is not None:
+                call.dump.response_chunk(body)
             outcome.upstream_complete = True
             state.headers_sent = True
             await send(
@@ -281,7 +289,9 @@ async def _exchange(
         if keepalive_interval > 0:
             nursery.start_soon(keepalive, send, state, keepalive_interval)
         try:
-            await _pump(send, response, decoder, accumulator, spec, outcome, state, drop_injected)
+            await _pump(
+                send, response, decoder, accumulator, spec, outcome, state, drop_injected, call.dump
+            )
             outcome.upstream_complete = True
         except httpx.HTTPError as exc:
             # Upstream failed mid-stream: end the stream with an error event the
@@ -309,9 +319,12 @@ async def _pump(
     outcome: Outcome,
     state: StreamState,
     drop_injected: bool,
+    dump: DumpHandle | None = None,
 ) -> None:
     feed = accumulator.feed
     async for chunk in response.aiter_raw():
+        if dump is not None:
+            dump.response_chunk(chunk)
         if outcome.first_byte_at is None:
             outcome.first_byte_at = trio.current_time()
         if drop_injected:
@@ -368,6 +381,7 @@ async def keepalive(send: Send, state: StreamState, interval: float) -> None:
 async def fail_before_response(
     send: Send, spec: ApiSpec, outcome: Outcome, status: int, message: str, exc: Exception
 ) -> None:
+    outcome.upstream_complete = True  # the relay has answered; a client leaving cancels nothing
     outcome.status = "failed"
     outcome.upstream_status = None
     outcome.error_type = "upstream_timeout" if status == 504 else "upstream_unreachable"

@@ -8,7 +8,7 @@ replayed with the next key when the provider refuses one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import trio
@@ -23,6 +23,7 @@ from relay.asgi import (
     forwardable_response_headers,
     read_body,
 )
+from relay.dump import DumpHandle
 from relay.intercept.base import (
     ErrorStyle,
     Outcome,
@@ -48,6 +49,7 @@ async def relay_passthrough(
     *,
     failover: Failover | None = None,
     max_body: int = 32 * 1024 * 1024,
+    dump: DumpHandle | None = None,
 ) -> int | None:
     """Forward one request; returns the upstream status (None when unreachable).
 
@@ -74,8 +76,10 @@ async def relay_passthrough(
         except BodyTooLarge as exc:
             await send_error(send, style, 413, str(exc))
             return None
+        if dump is not None:
+            dump.request_chunk(content)
     elif has_body:
-        content = _request_body(receive)
+        content = _request_body(receive, dump)
 
     def build(auth: Headers) -> httpx.Request:
         headers = out_headers + auth
@@ -86,6 +90,22 @@ async def relay_passthrough(
                 del request.headers[name]
         return request
 
+    try:
+        return await _exchange(send, receive, client, build, style, failover, dump)
+    finally:
+        if dump is not None:
+            dump.finish()
+
+
+async def _exchange(
+    send: Send,
+    receive: Receive,
+    client: httpx.AsyncClient,
+    build: Callable[[Headers], httpx.Request],
+    style: ErrorStyle,
+    failover: Failover | None,
+    dump: DumpHandle | None,
+) -> int | None:
     try:
         answer = await send_upstream(client, build, failover)
     except httpx.TimeoutException:
@@ -103,6 +123,8 @@ async def relay_passthrough(
         nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
         try:
             try:
+                if dump is not None:
+                    dump.response_start(response.status_code, response.headers.raw)
                 length = response.headers.get("content-length")
                 headers_out = forwardable_response_headers(
                     response.headers.raw, streaming=length is None
@@ -115,6 +137,8 @@ async def relay_passthrough(
                     }
                 )
                 async for chunk in response.aiter_raw():
+                    if dump is not None:
+                        dump.response_chunk(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return response.status_code
@@ -124,13 +148,15 @@ async def relay_passthrough(
             nursery.cancel_scope.cancel()
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+async def _request_body(receive: Receive, dump: DumpHandle | None) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")
         if chunk:
+            if dump is not None:
+                dump.request_chunk(chunk)
             yield chunk
         if not message.get("more_body", False):
             return

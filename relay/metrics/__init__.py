@@ -321,9 +321,8 @@ class Metrics:
 
     # -- resilience ------------------------------------------------------------------------------
 
-    def circuit_breaker_state(
-        self, provider: str, endpoint: str, model: str, state: BreakerState
-    ) -> None:
+    def circuit_breaker_state(self, provider: str, endpoint: str, model: str, state: str) -> None:
+        """state: ``closed``, ``half-open`` or ``open`` (a BreakerState or its value)."""
         self._child(self.breaker_state, provider, endpoint, model).set(_BREAKER_VALUES[state])
 
     def circuit_breaker_trip(self, provider: str, endpoint: str, model: str) -> None:
