@@ -25,6 +25,24 @@ fmt:
     ruff format relay bench tests
     ruff check --fix relay bench tests
 
+# Load suite (mock direct, both floors, the relay; pinned): bench/results/<time>/.
+bench *ARGS:
+    python -m bench.load {{ARGS}}
+
+# A shorter load run, e.g. `just load --targets direct,relay --concurrency 64`.
+load *ARGS:
+    python -m bench.load --suite quick {{ARGS}}
+
+# The same load against LiteLLM proxy (installed into bench/.peers/), with ratios.
+bench-peers *ARGS:
+    bash bench/peers/litellm.sh {{ARGS}}
+
 # Regenerate docs/configuration.md and schemas/json from the code.
 generate:
     python -m relay.options --markdown > docs/configuration.md
+    python -m relay.record.events --write-schemas
+
+# e.g. just replay /var/dumps --repeat 10 --concurrency 50 --speed 0 --check-usage
+# Replay captured dumps through a relay started for it (or --relay URL --token T).
+replay DIR *ARGS:
+    python -m bench.replay {{DIR}} {{ARGS}}
