@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 import trio
 
@@ -23,24 +21,22 @@ from relay.access import (
     upstream_request_headers,
 )
 from relay.asgi import (
-    BodyTooLarge,
     ClientDisconnected,
     Receive,
     Scope,
     Send,
-    read_body,
     send_response,
 )
 from relay.intercept.apis import SPECS
-from relay.intercept.base import Outcome, UpstreamCall, relay_interception, send_error
-from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
+from relay.intercept.base import send_error
+from relay.intercept.bedrock.handler import BedrockAuths
 from relay.intercept.passthrough import relay_passthrough
+from relay.intercept.session import RequestContext, run_interception, with_query
 from relay.limits import MAX_HEADER_BLOCK, RequestGuards, header_block_size
 from relay.metrics import Metrics
 from relay.options import Options, load_options
-from relay.providers.types import Provider, mask_secret
+from relay.providers.types import Provider
 from relay.record.admin import handle_admin
-from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
 from relay.routes import (
     RouteKind,
     error_style_for,
@@ -50,9 +46,8 @@ from relay.routes import (
     upstream_path,
 )
 from relay.services import Services, open_services
-from relay.upstream.breaker import OPEN_MESSAGE, BreakerState, CircuitBreaker, is_failure
+from relay.upstream.breaker import BreakerState, CircuitBreaker
 from relay.upstream.keypool import Failover, KeyPool, retry_after_header
-from relay.wire.common import InvalidRequestBody
 
 log = logging.getLogger("relay.app")
 
@@ -206,7 +201,7 @@ class RelayApp:
                 dump = services.dumps.begin_passthrough(
                     provider.name,
                     method,
-                    _with_query(api_path, scope.get("query_string", b"")),
+                    with_query(api_path, scope.get("query_string", b"")),
                     upstream_headers,
                 )
                 await relay_passthrough(
@@ -229,179 +224,27 @@ class RelayApp:
                     send, style, 501, f"route not implemented yet: {method} {api_path}"
                 )
                 return
-            await self._intercept(
-                scope,
-                receive,
-                send,
-                services,
-                provider,
-                spec,
-                kind,
-                api_path,
-                principal,
-                credential,
-                upstream_headers,
-                client,
-                url,
-                failover,
+            ctx = RequestContext(
+                scope=scope,
+                receive=receive,
+                send=send,
+                services=services,
+                guards=guards,
+                provider=provider,
+                kind=kind,
+                api_path=api_path,
+                principal=principal,
+                credential=credential,
+                upstream_headers=upstream_headers,
+                client=client,
+                url=url,
+                failover=failover,
             )
+            await run_interception(ctx, spec, self.bedrock_auths)
         except ClientDisconnected:
             return
         finally:
             guards.concurrency.release()
-
-    async def _intercept(
-        self,
-        scope,
-        receive,
-        send,
-        services,
-        provider,
-        spec,
-        kind,
-        api_path,
-        principal,
-        credential,
-        upstream_headers,
-        client,
-        url,
-        failover=None,
-    ) -> None:  # type: ignore[no-untyped-def]
-        started_at = datetime.now(UTC)
-        interception_id = uuid.uuid4()
-        try:
-            body = await read_body(receive, services.options.max_request_body)
-        except BodyTooLarge as exc:
-            await send_error(send, spec.error_style, 413, str(exc))
-            return
-        try:
-            info = spec.parse_request(body)
-        except InvalidRequestBody as exc:
-            await send_error(send, spec.error_style, 400, str(exc))
-            return
-        upstream_body, drop_injected = (
-            spec.prepare_body(body, info) if spec.prepare_body else (body, False)
-        )
-        guards = self.guards
-        assert guards is not None
-        breaker: CircuitBreaker | None = None
-        ticket: int | None = None
-        if guards.breakers is not None:
-            now = trio.current_time()
-            breaker = guards.breakers.get(provider.name, api_path, info.model or "", now)
-            ticket = breaker.allow(now)
-            if ticket is None:
-                services.metrics.circuit_breaker_reject(provider.name, api_path, info.model or "")
-                retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
-                await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
-                return
-        actor = guards.actor_headers(principal.user_id, principal.user_name)
-        metrics = services.metrics
-        timer = metrics.interception_started(provider.name, info.model or "", api_path)
-        dump = services.dumps.begin(
-            provider.name,
-            info.model,
-            interception_id,
-            "POST",
-            _with_query(api_path, scope.get("query_string", b"")),
-            upstream_headers + actor,
-            upstream_body,
-        )
-        call = UpstreamCall(
-            client,
-            "POST",
-            url,
-            upstream_headers + actor,
-            upstream_body,
-            failover=failover,
-            dump=dump,
-        )
-        outcome = Outcome()
-        try:
-            if provider.type == "bedrock":
-                await relay_bedrock(
-                    send,
-                    receive,
-                    scope,
-                    kind=kind,
-                    provider=provider,
-                    auths=self.bedrock_auths,
-                    upstreams=services.upstreams,
-                    body=body,
-                    info=info,
-                    outcome=outcome,
-                    byok=credential.byok,
-                    keepalive_interval=services.options.keepalive_interval,
-                )
-            else:
-                await relay_interception(
-                    send,
-                    receive,
-                    call,
-                    spec,
-                    info,
-                    outcome,
-                    drop_injected=drop_injected,
-                    keepalive_interval=services.options.keepalive_interval,
-                )
-        finally:
-            if dump is not None:
-                dump.finish()
-            if breaker is not None and ticket is not None:
-                settle_breaker(breaker, ticket, outcome, provider.type)
-            headers = scope["headers"]
-            meta = InterceptionMeta(
-                id=interception_id,
-                initiator_id=uuid.UUID(principal.user_id),
-                api_key_id=principal.api_key_id,
-                provider_name=provider.name,
-                provider_type=str(provider.type),
-                model=outcome.upstream_model or info.model or "",
-                route=api_path,
-                started_at=started_at,
-                client=detect_client(headers),
-                client_session_id=client_session_id(headers, info.metadata_user_id),
-                user_agent=_header(headers, b"user-agent"),
-                credential_kind="byok" if credential.byok else "centralized",
-                credential_hint=mask_secret(
-                    credential.byok_secret
-                    or (failover.current if failover and failover.current else "")
-                    or (provider.keys[0] if provider.keys else "")
-                )
-                or None,
-            )
-            error = (
-                (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
-            )
-            services.recorder.record(
-                records_for(
-                    meta,
-                    outcome.facts,
-                    info.last_user_prompt,
-                    outcome.status,
-                    error,
-                    ended_at=datetime.now(UTC),
-                )
-            )
-            metrics.interception_finished(
-                timer,
-                status=outcome.status,
-                method="POST",
-                initiator_id=principal.user_id,
-                client=meta.client,
-            )
-            metrics.interception_facts(
-                provider.name,
-                meta.model,
-                principal.user_id,
-                meta.client,
-                outcome.facts,
-                info.last_user_prompt,
-            )
-            if outcome.disconnect_phase:
-                metrics.disconnect(outcome.disconnect_phase)
-            if outcome.first_byte_at is not None and outcome.sent_at is not None:
-                metrics.ttfb(provider.name, outcome.first_byte_at - outcome.sent_at)
 
 
 def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:
@@ -433,43 +276,8 @@ def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:
     guards.key_pools.on_new_pool = on_pool
 
 
-def settle_breaker(
-    breaker: CircuitBreaker, ticket: int, outcome: Outcome, provider_type: str
-) -> None:
-    """Tell the circuit how the request went.
-
-    An upstream answer counts by its status (429, 503, 504, Anthropic 529:
-    failure), a timeout counts as the 504 the client got. No answer at all
-    (the client left first, the provider was unreachable, every key was
-    resting) says nothing about overload: the ticket is handed back.
-    """
-    now = trio.current_time()
-    if outcome.upstream_status is not None:
-        breaker.record(ticket, failure=is_failure(outcome.upstream_status, provider_type), now=now)
-    elif outcome.error_type == "upstream_timeout":
-        breaker.record(ticket, failure=True, now=now)
-    else:
-        breaker.release(ticket)
-
-
 def _startup_error(exc: BaseException) -> str:
     """The message of what stopped the start, out of the nurseries' exception groups."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return str(exc)
-
-
-def _with_query(path: str, query_string: bytes) -> str:
-    return f"{path}?{query_string.decode('latin-1')}" if query_string else path
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for k, v in headers:
-        if k == name:
-            return v.decode("latin-1")
-    return None
-
-
-def create_app(options: Options | None = None, env: Mapping[str, str] | None = None) -> RelayApp:
-    """ASGI factory: ``hypercorn -k trio 'relay.app:create_app()'``."""
-    return RelayApp(options, env)

@@ -1,0 +1,213 @@
+"""One intercepted request, from its body to its records.
+
+``run_interception`` reads and checks the body, consults the circuit
+breaker, relays through the interception shell (or the Bedrock handler), and
+in one ``finally`` block settles everything the request leaves behind: the
+dump, the breaker ticket, the recorder's rows and the metrics. A cancelled
+request goes through the same block.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import trio
+
+from relay.access import ClientCredential
+from relay.asgi import BodyTooLarge, Headers, Receive, Scope, Send, header_str, read_body
+from relay.auth import Principal
+from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
+from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
+from relay.limits import RequestGuards
+from relay.providers.types import Provider, mask_secret
+from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
+from relay.routes import RouteKind
+from relay.services import Services
+from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
+from relay.upstream.keypool import Failover, retry_after_header
+from relay.wire.common import InvalidRequestBody
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the dispatcher established about a request before it is relayed."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    services: Services
+    guards: RequestGuards
+    provider: Provider
+    kind: RouteKind
+    api_path: str
+    principal: Principal
+    credential: ClientCredential
+    upstream_headers: Headers
+    client: httpx.AsyncClient
+    url: str
+    failover: Failover | None
+
+
+async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths) -> None:
+    """Read, check and relay one intercepted request, then record it."""
+    send, receive, scope = ctx.send, ctx.receive, ctx.scope
+    services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
+    principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
+    started_at = datetime.now(UTC)
+    interception_id = uuid.uuid4()
+    try:
+        body = await read_body(receive, services.options.max_request_body)
+    except BodyTooLarge as exc:
+        await send_error(send, spec.error_style, 413, str(exc))
+        return
+    try:
+        info = spec.parse_request(body)
+    except InvalidRequestBody as exc:
+        await send_error(send, spec.error_style, 400, str(exc))
+        return
+    upstream_body, drop_injected = (
+        spec.prepare_body(body, info) if spec.prepare_body else (body, False)
+    )
+    guards = ctx.guards
+    breaker: CircuitBreaker | None = None
+    ticket: int | None = None
+    if guards.breakers is not None:
+        now = trio.current_time()
+        breaker = guards.breakers.get(provider.name, api_path, info.model or "", now)
+        ticket = breaker.allow(now)
+        if ticket is None:
+            services.metrics.circuit_breaker_reject(provider.name, api_path, info.model or "")
+            retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
+            await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
+            return
+    actor = guards.actor_headers(principal.user_id, principal.user_name)
+    metrics = services.metrics
+    timer = metrics.interception_started(provider.name, info.model or "", api_path)
+    dump = services.dumps.begin(
+        provider.name,
+        info.model,
+        interception_id,
+        "POST",
+        with_query(api_path, scope.get("query_string", b"")),
+        ctx.upstream_headers + actor,
+        upstream_body,
+    )
+    call = UpstreamCall(
+        ctx.client,
+        "POST",
+        ctx.url,
+        ctx.upstream_headers + actor,
+        upstream_body,
+        failover=failover,
+        dump=dump,
+    )
+    outcome = Outcome()
+    try:
+        if provider.type == "bedrock":
+            await relay_bedrock(
+                send,
+                receive,
+                scope,
+                kind=ctx.kind,
+                provider=provider,
+                auths=bedrock_auths,
+                upstreams=services.upstreams,
+                body=body,
+                info=info,
+                outcome=outcome,
+                byok=credential.byok,
+                keepalive_interval=services.options.keepalive_interval,
+            )
+        else:
+            await relay_interception(
+                send,
+                receive,
+                call,
+                spec,
+                info,
+                outcome,
+                drop_injected=drop_injected,
+                keepalive_interval=services.options.keepalive_interval,
+            )
+    finally:
+        if dump is not None:
+            dump.finish()
+        if breaker is not None and ticket is not None:
+            settle_breaker(breaker, ticket, outcome, provider.type)
+        headers = scope["headers"]
+        meta = InterceptionMeta(
+            id=interception_id,
+            initiator_id=uuid.UUID(principal.user_id),
+            api_key_id=principal.api_key_id,
+            provider_name=provider.name,
+            provider_type=str(provider.type),
+            model=outcome.upstream_model or info.model or "",
+            route=api_path,
+            started_at=started_at,
+            client=detect_client(headers),
+            client_session_id=client_session_id(headers, info.metadata_user_id),
+            user_agent=header_str(headers, b"user-agent"),
+            credential_kind="byok" if credential.byok else "centralized",
+            credential_hint=mask_secret(
+                credential.byok_secret
+                or (failover.current if failover and failover.current else "")
+                or (provider.keys[0] if provider.keys else "")
+            )
+            or None,
+        )
+        error = (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
+        services.recorder.record(
+            records_for(
+                meta,
+                outcome.facts,
+                info.last_user_prompt,
+                outcome.status,
+                error,
+                ended_at=datetime.now(UTC),
+            )
+        )
+        metrics.interception_finished(
+            timer,
+            status=outcome.status,
+            method="POST",
+            initiator_id=principal.user_id,
+            client=meta.client,
+        )
+        metrics.interception_facts(
+            provider.name,
+            meta.model,
+            principal.user_id,
+            meta.client,
+            outcome.facts,
+            info.last_user_prompt,
+        )
+        if outcome.disconnect_phase:
+            metrics.disconnect(outcome.disconnect_phase)
+        if outcome.first_byte_at is not None and outcome.sent_at is not None:
+            metrics.ttfb(provider.name, outcome.first_byte_at - outcome.sent_at)
+
+
+def settle_breaker(
+    breaker: CircuitBreaker, ticket: int, outcome: Outcome, provider_type: str
+) -> None:
+    """Tell the circuit how the request went.
+
+    An upstream answer counts by its status (429, 503, 504, Anthropic 529:
+    failure), a timeout counts as the 504 the client got. No answer at all
+    (the client left first, the provider was unreachable, every key was
+    resting) says nothing about overload: the ticket is handed back.
+    """
+    now = trio.current_time()
+    if outcome.upstream_status is not None:
+        breaker.record(ticket, failure=is_failure(outcome.upstream_status, provider_type), now=now)
+    elif outcome.error_type == "upstream_timeout":
+        breaker.record(ticket, failure=True, now=now)
+    else:
+        breaker.release(ticket)
+
+
+def with_query(path: str, query_string: bytes) -> str:
+    return f"{path}?{query_string.decode('latin-1')}" if query_string else path
