@@ -132,6 +132,18 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 drop_injected=drop_injected,
                 keepalive_interval=services.options.keepalive_interval,
             )
+    except BaseException as exc:
+        # Cancelled from outside (the shutdown grace period ran out) or a bug:
+        # the record must not claim a completed exchange. Re-raised unchanged.
+        if outcome.status == "completed" and not outcome.upstream_complete:
+            if _is_cancellation(exc):
+                outcome.status = "cancelled"
+                outcome.disconnect_phase = outcome.disconnect_phase or "shutdown"
+            else:
+                outcome.status = "failed"
+                outcome.error_type = "relay_error"
+                outcome.error_message = f"{type(exc).__name__}: {exc}"[:2000]
+        raise
     finally:
         if dump is not None:
             dump.finish()
@@ -207,6 +219,12 @@ def settle_breaker(
         breaker.record(ticket, failure=True, now=now)
     else:
         breaker.release(ticket)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 def with_query(path: str, query_string: bytes) -> str:
