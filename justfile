@@ -37,6 +37,11 @@ load *ARGS:
 bench-peers *ARGS:
     bash bench/peers/litellm.sh {{ARGS}}
 
+# Recorder: COPY rows/s, what a SIGKILL loses, latency with PostgreSQL down vs up (~1 min).
+bench-recorder:
+    python -m bench.bench_recorder
+    python -m bench.bench_recorder_latency
+
 # Regenerate docs/configuration.md and schemas/json from the code.
 generate:
     python -m relay.options --markdown > docs/configuration.md

@@ -27,6 +27,7 @@ from relay.asgi import (
     Send,
     send_response,
 )
+from relay.db.bridge import UNAVAILABLE_ERRORS
 from relay.intercept.apis import SPECS
 from relay.intercept.base import send_error
 from relay.intercept.bedrock.handler import BedrockAuths
@@ -158,9 +159,17 @@ class RelayApp:
             await send_error(send, style, 431, "request header fields too large")
             return
         credential = read_client_credential(headers)
-        principal = (
-            await services.tokens.verify(credential.relay_token) if credential.relay_token else None
-        )
+        try:
+            principal = (
+                await services.tokens.verify(credential.relay_token)
+                if credential.relay_token
+                else None
+            )
+        except UNAVAILABLE_ERRORS:
+            # A token not in the cache cannot be checked while PostgreSQL is away.
+            log.warning("cannot verify a token: the database is unavailable")
+            await send_error(send, style, 503, "the relay cannot verify tokens right now")
+            return
         if principal is None:
             await send_error(send, style, 401, "invalid or missing relay API token")
             return

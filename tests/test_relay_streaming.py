@@ -356,3 +356,27 @@ async def test_slow_reader_slows_the_upstream_and_memory_stays_bounded(pg_dsn, t
             await stream.aclose()
         total = len(mock.requests[0].response_body)
         assert received > total
+
+
+async def test_database_away_cached_token_streams_new_token_gets_503(pg_dsn, pg_cluster, tmp_path):
+    from relay.auth import create_token
+
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
+        other, _ = await create_token(relay.db, "alice")
+        url = relay.gateway("anthropic") + "/v1/messages"
+        async with httpx.AsyncClient() as client:
+            status, _ = await read_stream(
+                client, url, relay_headers(relay), messages_body("mock-text")
+            )
+            assert status == 200  # the token is now cached
+            async with pg_cluster.down():
+                status, got = await read_stream(
+                    client, url, relay_headers(relay), messages_body("mock-text")
+                )
+                assert status == 200
+                assert got.rstrip().endswith(b'data: {"type":"message_stop"}')
+                r = await client.post(
+                    url, headers={"x-api-key": other}, json=messages_body("mock-text")
+                )
+                assert r.status_code == 503
+                assert r.json()["error"]["type"] == "overloaded_error"
