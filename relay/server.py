@@ -81,6 +81,8 @@ async def run_server(
 
 def serve(options: Options, *, demo: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: a per-request cost on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if demo:
         from relay.demo import run_demo
 
