@@ -507,3 +507,31 @@ async def test_client_leaving_mid_stream_cancels_the_bedrock_call(pg_dsn, tmp_pa
             rows = await relay.wait_for_rows("SELECT status, model FROM interceptions")
             assert (rows[0]["status"], rows[0]["model"]) == ("cancelled", MODEL)
         nursery.cancel_scope.cancel()
+
+
+async def test_bedrock_exchange_is_dumped_as_sent_with_secrets_masked(pg_dsn, tmp_path):
+    dump_dir = tmp_path / "dumps"
+    env = {"CODER_AI_GATEWAY_DUMP_DIR": str(dump_dir)}
+    async with bedrock_relay(pg_dsn, tmp_path, extra_env=env) as (mock, relay):
+        body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True, "messages": USER}
+        status, _headers, _raw = await post_raw(relay, "/v1/messages", json.dumps(body).encode())
+        assert status == 200
+        sent = mock.requests[-1]
+        with trio.fail_after(10):
+            while not list(dump_dir.rglob("*.resp.txt")):
+                await trio.sleep(0.05)
+            await trio.sleep(0.2)  # the writer appends the last chunk, then closes
+    [req] = list(dump_dir.rglob("*.req.txt"))
+    [resp] = list(dump_dir.rglob("*.resp.txt"))
+    assert req.parent.parent.name == PROVIDER
+    request_text = req.read_bytes()
+    # The request as it went to Bedrock: its path and its body, signature masked.
+    assert sent.path.encode() in request_text
+    assert sent.body in request_text
+    signature = sent.header("authorization")
+    assert signature is not None
+    assert signature.encode() not in request_text
+    assert SECRET.encode() not in request_text
+    assert relay.token.encode() not in request_text
+    # The response as Bedrock sent it: the raw event stream.
+    assert resp.read_bytes().endswith(expected_event_stream(script_for("text", MODEL)))

@@ -19,6 +19,7 @@ import trio
 from relay.access import ClientCredential
 from relay.asgi import BodyTooLarge, Headers, Receive, Scope, Send, header_str, read_body
 from relay.auth import Principal
+from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.limits import RequestGuards
@@ -86,14 +87,25 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
     actor = guards.actor_headers(principal.user_id, principal.user_name)
     metrics = services.metrics
     timer = metrics.interception_started(provider.name, info.model or "", api_path)
-    dump = services.dumps.begin(
-        provider.name,
-        info.model,
-        interception_id,
-        "POST",
-        with_query(api_path, scope.get("query_string", b"")),
-        ctx.upstream_headers + actor,
-        upstream_body,
+    dumps: list[DumpHandle] = []
+
+    def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
+        """Start the dump of what goes upstream (the Bedrock handler calls it once signed)."""
+        handle = services.dumps.begin(
+            provider.name, info.model, interception_id, "POST", path, headers, dumped_body
+        )
+        if handle is not None:
+            dumps.append(handle)
+        return handle
+
+    dump = (
+        None
+        if provider.type == "bedrock"
+        else begin_dump(
+            with_query(api_path, scope.get("query_string", b"")),
+            ctx.upstream_headers + actor,
+            upstream_body,
+        )
     )
     call = UpstreamCall(
         ctx.client,
@@ -120,6 +132,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 outcome=outcome,
                 byok=credential.byok,
                 keepalive_interval=services.options.keepalive_interval,
+                begin_dump=begin_dump,
             )
         else:
             await relay_interception(
@@ -145,8 +158,8 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 outcome.error_message = f"{type(exc).__name__}: {exc}"[:2000]
         raise
     finally:
-        if dump is not None:
-            dump.finish()
+        for handle in dumps:
+            handle.finish()
         if breaker is not None and ticket is not None:
             settle_breaker(breaker, ticket, outcome, provider.type)
         headers = scope["headers"]

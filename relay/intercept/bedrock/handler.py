@@ -21,7 +21,7 @@ Cancellation, keepalive and the outcome are the shell's, from
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -29,6 +29,7 @@ import httpx
 import trio
 
 from relay.asgi import Headers, Receive, Scope, Send, forwardable_response_headers, send_response
+from relay.dump import DumpHandle
 from relay.intercept.apis import MESSAGES
 from relay.intercept.base import (
     Outcome,
@@ -184,8 +185,12 @@ async def relay_bedrock(
     outcome: Outcome,
     byok: bool,
     keepalive_interval: float,
+    begin_dump: Callable[[str, Headers, bytes], DumpHandle | None] | None = None,
 ) -> None:
     """Serve one request of a bedrock provider; fills ``outcome`` for the recorder.
+
+    ``begin_dump(path, headers, body)`` starts the dump of the signed request
+    as it goes upstream (secrets are masked by the dump writer).
 
     In BYOK mode the client's own ``Authorization`` (a Bedrock API key) goes
     upstream instead of the relay's signature.
@@ -229,6 +234,9 @@ async def relay_bedrock(
     ]
     headers.append((b"accept-encoding", b"identity"))  # the relay reads what it relays
     call = UpstreamCall(upstreams.get(provider.name, base), "POST", url, headers, request.body)
+    if begin_dump is not None:
+        path = url[len(base) :] or "/"
+        call.dump = begin_dump(path, headers, request.body)
 
     accounting = BedrockAccounting()
     state = StreamState()
@@ -263,10 +271,13 @@ async def _exchange(
     except httpx.HTTPError as exc:
         await fail_before_response(send, MESSAGES, outcome, 502, "upstream unreachable", exc)
         return
+    dump = call.dump
     try:
         outcome.upstream_status = response.status_code
+        if dump is not None:
+            dump.response_start(response.status_code, response.headers.raw)
         if response.status_code >= 400 or not request.streaming:
-            await _relay_whole(send, response, request, accounting, outcome, state)
+            await _relay_whole(send, response, request, accounting, outcome, state, dump)
             return
         await send(
             {
@@ -282,11 +293,11 @@ async def _exchange(
         state.headers_sent = True
         state.last_send = trio.current_time()
         if request.native:
-            await _relay_event_stream(send, response, accounting, outcome, state)
+            await _relay_event_stream(send, response, accounting, outcome, state, dump)
         else:
             if keepalive_interval > 0:
                 nursery.start_soon(keepalive, send, state, keepalive_interval)
-            await _relay_as_sse(send, response, accounting, outcome, state)
+            await _relay_as_sse(send, response, accounting, outcome, state, dump)
     finally:
         await response.aclose()
 
@@ -298,9 +309,12 @@ async def _relay_whole(
     accounting: BedrockAccounting,
     outcome: Outcome,
     state: StreamState,
+    dump: DumpHandle | None,
 ) -> None:
     """A blocking answer, or an error before the stream."""
     body = await response.aread()
+    if dump is not None:
+        dump.response_chunk(body)
     outcome.upstream_complete = True
     status = response.status_code
     headers = forwardable_response_headers(response.headers.raw, streaming=False)
@@ -329,10 +343,13 @@ async def _relay_as_sse(
     accounting: BedrockAccounting,
     outcome: Outcome,
     state: StreamState,
+    dump: DumpHandle | None,
 ) -> None:
     """Bedrock's event stream, re-emitted as Anthropic SSE event by event."""
     try:
         async for chunk in response.aiter_raw():
+            if dump is not None:
+                dump.response_chunk(chunk)
             if outcome.first_byte_at is None:
                 outcome.first_byte_at = trio.current_time()
             events = accounting.feed_stream(chunk)
@@ -360,10 +377,13 @@ async def _relay_event_stream(
     accounting: BedrockAccounting,
     outcome: Outcome,
     state: StreamState,
+    dump: DumpHandle | None,
 ) -> None:
     """Bedrock's event stream to a Bedrock client, unchanged, decoded on the side."""
     try:
         async for chunk in response.aiter_raw():
+            if dump is not None:
+                dump.response_chunk(chunk)
             if outcome.first_byte_at is None:
                 outcome.first_byte_at = trio.current_time()
             await send_body(send, state, chunk)
