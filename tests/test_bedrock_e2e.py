@@ -535,3 +535,17 @@ async def test_bedrock_exchange_is_dumped_as_sent_with_secrets_masked(pg_dsn, tm
     assert relay.token.encode() not in request_text
     # The response as Bedrock sent it: the raw event stream.
     assert resp.read_bytes().endswith(expected_event_stream(script_for("text", MODEL)))
+
+
+async def test_actor_headers_are_signed_and_sent_to_bedrock(pg_dsn, tmp_path):
+    env = {"CODER_AI_GATEWAY_SEND_ACTOR_HEADERS": "true"}
+    async with bedrock_relay(pg_dsn, tmp_path, extra_env=env) as (mock, relay):
+        body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": USER}
+        status, _headers, _raw = await post_raw(relay, "/v1/messages", json.dumps(body).encode())
+        assert status == 200  # the mock verified the signature, actor headers included
+        sent = mock.requests[-1]
+        assert sent.header("x-ai-bridge-actor-metadata-username") == "alice"
+        user_id = await relay.db.fetchval("SELECT id::text FROM users WHERE name = 'alice'")
+        assert sent.header("x-ai-bridge-actor-id") == user_id
+        signed = sent.header("authorization") or ""
+        assert "x-ai-bridge-actor-id" in signed  # in SignedHeaders

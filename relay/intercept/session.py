@@ -133,6 +133,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 byok=credential.byok,
                 keepalive_interval=services.options.keepalive_interval,
                 begin_dump=begin_dump,
+                actor_headers=actor,
             )
         else:
             await relay_interception(

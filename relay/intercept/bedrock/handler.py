@@ -21,7 +21,7 @@ Cancellation, keepalive and the outcome are the shell's, from
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -186,6 +186,7 @@ async def relay_bedrock(
     byok: bool,
     keepalive_interval: float,
     begin_dump: Callable[[str, Headers, bytes], DumpHandle | None] | None = None,
+    actor_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """Serve one request of a bedrock provider; fills ``outcome`` for the recorder.
 
@@ -215,6 +216,8 @@ async def relay_bedrock(
         await _fail(send, outcome, 400, "invalid_request", str(exc), "invalid_request_error")
         return
     outcome.upstream_model = request.model_id
+    for name, value in actor_headers:  # signed with the rest, so Bedrock-side proxies see them
+        request.headers[name.decode("latin-1")] = value.decode("latin-1")
     base = endpoint_url(auth)
     url = base + request.path
     query: bytes = scope.get("query_string", b"")
