@@ -7,22 +7,22 @@ thin: all parsing lives in ``relay.streams`` and the accumulators.
 Cancellation: hypercorn does not cancel the app when the client leaves, so a
 watcher task waits on ``receive()`` for ``http.disconnect`` and cancels the
 request's scope. Leaving the upstream response's ``async with`` then closes
-the upstream connection at once (httpcore closes, never pools, a connection
-whose response was not read to the end).
+the upstream connection at once (``relay.upstream.http11`` closes, never
+pools, a connection whose response was not read to the end).
 
 Backpressure: ``send`` blocks while the client is slow, so the upstream read
-waits too; the relay holds at most one chunk per stream.
+waits too; the relay holds at most one socket read per stream.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import httpx
 import trio
 
 from relay.asgi import Headers, Receive, Send, forwardable_response_headers, send_response
@@ -30,6 +30,8 @@ from relay.dump import DumpHandle
 from relay.intercept.facts import Facts
 from relay.routes import ErrorStyle
 from relay.streams.sse import SSEDecoder, SSEEvent
+from relay.upstream.errors import UpstreamError, UpstreamTimeout
+from relay.upstream.http11 import HTTP11Client, RequestBody, UpstreamResponse
 from relay.upstream.keypool import Exhausted, Failover, retry_after_header
 from relay.wire.common import RequestInfo
 from relay.wire.errors import error_body_for
@@ -85,7 +87,7 @@ class Outcome:
 
 @dataclass
 class UpstreamCall:
-    client: httpx.AsyncClient
+    client: HTTP11Client
     method: str
     url: str
     headers: list[tuple[bytes, bytes]]
@@ -123,45 +125,40 @@ async def watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: O
             return
 
 
-def build_request(call: UpstreamCall, auth: Headers | None = None) -> httpx.Request:
-    headers = call.headers + auth if auth else call.headers
-    request = call.client.build_request(call.method, call.url, headers=headers, content=call.body)
-    # httpx adds its own defaults; only what the client sent goes upstream.
-    sent = {k for k, _ in headers}
-    for name in ("user-agent", "accept"):
-        if name.encode() not in sent and name in request.headers:
-            del request.headers[name]
-    return request
-
-
+@asynccontextmanager
 async def send_upstream(
-    client: httpx.AsyncClient,
-    build: Callable[[Headers], httpx.Request],
+    client: HTTP11Client,
+    method: str,
+    url: str,
+    headers: Headers,
+    body: RequestBody,
     failover: Failover | None,
-) -> httpx.Response | Exhausted:
+) -> AsyncIterator[UpstreamResponse | Exhausted]:
     """Send a request, walking the key pool while the provider refuses a key.
 
-    ``build`` makes the request with one key's auth headers (called once per
-    attempt, so the buffered body is replayed). Nothing has reached the
-    client yet: a refused key's answer (429, 401, 403) is read and dropped
-    and the next key is tried. Returns the response to relay, or
-    ``Exhausted`` when no key is left. httpx errors propagate: a timeout or
-    an unreachable provider is not a key's fault.
+    Each attempt adds one key's auth headers to ``headers`` and sends the
+    body again (with a key pool it is bytes). Nothing has reached the client
+    yet: a refused key's answer (429, 401, 403) is read and dropped and the
+    next key is tried. Yields the response to relay, or ``Exhausted`` when no
+    key is left. ``UpstreamError`` propagates: a timeout or an unreachable
+    provider is not a key's fault.
     """
     if failover is None:
-        return await client.send(build([]), stream=True)
+        async with client.stream(method, url, headers, body) as response:
+            yield response
+        return
     while (key := failover.next_key(trio.current_time())) is not None:
-        response = await client.send(build(failover.auth_headers(key)), stream=True)
-        retry = failover.should_retry(
-            key, response.status_code, response.headers, trio.current_time(), time.time()
-        )
-        if not retry:
-            return response
-        try:
+        async with client.stream(
+            method, url, headers + failover.auth_headers(key), body
+        ) as response:
+            retry = failover.should_retry(
+                key, response.status_code, response.headers, trio.current_time(), time.time()
+            )
+            if not retry:
+                yield response
+                return
             await response.aread()  # a small error body: read so the connection is reused
-        finally:
-            await response.aclose()
-    return failover.exhausted(trio.current_time())
+    yield failover.exhausted(trio.current_time())
 
 
 def exhausted_headers(exhausted: Exhausted) -> Headers:
@@ -234,85 +231,104 @@ async def _exchange(
 ) -> None:
     outcome.sent_at = trio.current_time()
     try:
-        answer = await send_upstream(
-            call.client, lambda auth: build_request(call, auth), call.failover
-        )
-    except httpx.TimeoutException as exc:
-        await fail_before_response(send, spec, outcome, 504, "upstream timed out", exc)
-        return
-    except httpx.HTTPError as exc:
-        await fail_before_response(send, spec, outcome, 502, "upstream unreachable", exc)
-        return
-    if isinstance(answer, Exhausted):
-        outcome.upstream_complete = True  # the answer is final: a client leaving cancels nothing
-        outcome.status = "failed"
-        # The last refusal, if a key was tried at all (all may have been resting).
-        outcome.upstream_status = call.failover.last_status if call.failover else None
-        outcome.error_type = "key_pool_exhausted"
-        outcome.error_message = answer.message
-        await send_error(
-            send, spec.error_style, answer.status, answer.message, exhausted_headers(answer)
-        )
-        return
-    response = answer
-    try:
-        outcome.upstream_status = response.status_code
-        if call.dump is not None:
-            call.dump.response_start(response.status_code, response.headers.raw)
-        content_type = response.headers.get("content-type", "")
-        streaming = content_type.startswith("text/event-stream")
-        headers = forwardable_response_headers(response.headers.raw, streaming=streaming)
-        if response.status_code >= 400 or not streaming:
-            body = await response.aread()
-            if call.dump is not None:
-                call.dump.response_chunk(body)
-            outcome.upstream_complete = True
-            state.headers_sent = True
-            await send(
-                {"type": "http.response.start", "status": response.status_code, "headers": headers}
-            )
-            outcome.first_byte_at = trio.current_time()
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            if response.status_code >= 400:
+        async with send_upstream(
+            call.client, call.method, call.url, call.headers, call.body, call.failover
+        ) as answer:
+            if isinstance(answer, Exhausted):
+                outcome.upstream_complete = True  # the answer is final: leaving cancels nothing
                 outcome.status = "failed"
-                outcome.error_type = f"upstream_{response.status_code}"
-                outcome.error_message = body[:2000].decode("utf-8", "replace")
-            else:
-                accumulator.feed_response(body)
-            return
+                # The last refusal, if a key was tried at all (all may have been resting).
+                outcome.upstream_status = call.failover.last_status if call.failover else None
+                outcome.error_type = "key_pool_exhausted"
+                outcome.error_message = answer.message
+                await send_error(
+                    send, spec.error_style, answer.status, answer.message, exhausted_headers(answer)
+                )
+                return
+            await _relay_response(
+                send,
+                call,
+                answer,
+                spec,
+                accumulator,
+                outcome,
+                state,
+                drop_injected,
+                keepalive_interval,
+                nursery,
+            )
+    except UpstreamError as exc:
+        if state.headers_sent:
+            raise
+        if isinstance(exc, UpstreamTimeout):
+            await fail_before_response(send, spec, outcome, 504, "upstream timed out", exc)
+        else:
+            await fail_before_response(send, spec, outcome, 502, "upstream unreachable", exc)
+
+
+async def _relay_response(
+    send: Send,
+    call: UpstreamCall,
+    response: UpstreamResponse,
+    spec: ApiSpec,
+    accumulator: Accumulator,
+    outcome: Outcome,
+    state: StreamState,
+    drop_injected: bool,
+    keepalive_interval: float,
+    nursery: trio.Nursery,
+) -> None:
+    outcome.upstream_status = response.status_code
+    if call.dump is not None:
+        call.dump.response_start(response.status_code, response.headers.raw)
+    content_type = response.headers.get("content-type", "")
+    streaming = content_type.startswith("text/event-stream")
+    headers = forwardable_response_headers(response.headers.raw, streaming=streaming)
+    if response.status_code >= 400 or not streaming:
+        body = await response.aread()
+        if call.dump is not None:
+            call.dump.response_chunk(body)
+        outcome.upstream_complete = True
+        state.headers_sent = True
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
-        state.headers_sent = True
-        state.last_send = trio.current_time()
-        decoder = SSEDecoder(keep_raw=drop_injected)
-        if keepalive_interval > 0:
-            nursery.start_soon(keepalive, send, state, keepalive_interval)
-        try:
-            await _pump(
-                send, response, decoder, accumulator, spec, outcome, state, drop_injected, call.dump
-            )
-            outcome.upstream_complete = True
-        except httpx.HTTPError as exc:
-            # Upstream failed mid-stream: end the stream with an error event the
-            # SDK raises on, never a silent truncation.
-            log.warning("upstream failed mid-stream: %s", type(exc).__name__)
-            outcome.upstream_complete = True  # a client leaving now cancels nothing
+        outcome.first_byte_at = trio.current_time()
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if response.status_code >= 400:
             outcome.status = "failed"
-            outcome.error_type = "upstream_stream_error"
-            outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
-            tail = b"" if state.at_boundary else b"\n\n"
-            await send_body(
-                send, state, tail + spec.stream_error("api_error", outcome.error_message)
-            )
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    finally:
-        await response.aclose()
+            outcome.error_type = f"upstream_{response.status_code}"
+            outcome.error_message = body[:2000].decode("utf-8", "replace")
+        else:
+            accumulator.feed_response(body)
+        return
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    state.headers_sent = True
+    state.last_send = trio.current_time()
+    decoder = SSEDecoder(keep_raw=drop_injected)
+    if keepalive_interval > 0:
+        nursery.start_soon(keepalive, send, state, keepalive_interval)
+    try:
+        await _pump(
+            send, response, decoder, accumulator, spec, outcome, state, drop_injected, call.dump
+        )
+        outcome.upstream_complete = True
+    except UpstreamError as exc:
+        # Upstream failed mid-stream: end the stream with an error event the
+        # SDK raises on, never a silent truncation.
+        log.warning("upstream failed mid-stream: %s", type(exc).__name__)
+        outcome.upstream_complete = True  # a client leaving now cancels nothing
+        outcome.status = "failed"
+        outcome.error_type = "upstream_stream_error"
+        outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
+        tail = b"" if state.at_boundary else b"\n\n"
+        await send_body(send, state, tail + spec.stream_error("api_error", outcome.error_message))
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _pump(
     send: Send,
-    response: httpx.Response,
+    response: UpstreamResponse,
     decoder: SSEDecoder,
     accumulator: Accumulator,
     spec: ApiSpec,

@@ -8,9 +8,8 @@ replayed with the next key when the provider refuses one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import httpx
 import trio
 
 from relay.asgi import (
@@ -32,6 +31,8 @@ from relay.intercept.base import (
     send_upstream,
     watch_disconnect,
 )
+from relay.upstream.errors import UpstreamError, UpstreamTimeout
+from relay.upstream.http11 import HTTP11Client, RequestBody
 from relay.upstream.keypool import Exhausted, Failover
 
 _DROP = HOP_BY_HOP | {b"host", b"expect", b"content-length"}
@@ -40,7 +41,7 @@ _DROP = HOP_BY_HOP | {b"host", b"expect", b"content-length"}
 async def relay_passthrough(
     send: Send,
     receive: Receive,
-    client: httpx.AsyncClient,
+    client: HTTP11Client,
     method: str,
     url: str,
     headers: list[tuple[bytes, bytes]],
@@ -55,8 +56,8 @@ async def relay_passthrough(
 
     ``headers`` are the upstream headers (credentials already swapped);
     ``client_headers`` the client's own, for its accept-encoding and
-    content-length (kept, so httpx streams the body as it is instead of
-    re-framing it as chunked). ``failover``: the provider's key pool walk
+    content-length (kept, so the body streams as it is instead of being
+    re-framed as chunked). ``failover``: the provider's key pool walk
     (then ``headers`` carry no credential and the body is buffered, up to
     ``max_body``).
 
@@ -69,29 +70,23 @@ async def relay_passthrough(
     for k, v in client_headers:
         if k in (b"accept-encoding", b"content-length"):
             out_headers.append((k, v))
-    content: bytes | AsyncIterator[bytes] | None = None
+    content: RequestBody = None
     if has_body and failover is not None:
         try:
-            content = await read_body(receive, max_body)
+            buffered = await read_body(receive, max_body)
         except BodyTooLarge as exc:
             await send_error(send, style, 413, str(exc))
             return None
         if dump is not None:
-            dump.request_chunk(content)
+            dump.request_chunk(buffered)
+        content = buffered
     elif has_body:
         content = _request_body(receive, dump)
 
-    def build(auth: Headers) -> httpx.Request:
-        headers = out_headers + auth
-        request = client.build_request(method, url, headers=headers, content=content)
-        sent = {k for k, _ in headers}
-        for name in ("user-agent", "accept", "accept-encoding"):
-            if name.encode() not in sent and name in request.headers:
-                del request.headers[name]
-        return request
-
     try:
-        return await _exchange(send, receive, client, build, style, failover, dump)
+        return await _exchange(
+            send, receive, client, method, url, out_headers, content, style, failover, dump
+        )
     finally:
         if dump is not None:
             dump.finish()
@@ -100,52 +95,58 @@ async def relay_passthrough(
 async def _exchange(
     send: Send,
     receive: Receive,
-    client: httpx.AsyncClient,
-    build: Callable[[Headers], httpx.Request],
+    client: HTTP11Client,
+    method: str,
+    url: str,
+    headers: Headers,
+    body: RequestBody,
     style: ErrorStyle,
     failover: Failover | None,
     dump: DumpHandle | None,
 ) -> int | None:
+    started = False  # the response head went to the client: errors can only cut the body
     try:
-        answer = await send_upstream(client, build, failover)
-    except httpx.TimeoutException:
-        await send_error(send, style, 504, "upstream timed out")
-        return None
-    except httpx.HTTPError as exc:
-        await send_error(send, style, 502, f"upstream unreachable ({type(exc).__name__})")
-        return None
-    if isinstance(answer, Exhausted):
-        await send_error(send, style, answer.status, answer.message, exhausted_headers(answer))
-        return None
-    response = answer
-    outcome = Outcome()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
-        try:
-            try:
-                if dump is not None:
-                    dump.response_start(response.status_code, response.headers.raw)
-                length = response.headers.get("content-length")
-                headers_out = forwardable_response_headers(
-                    response.headers.raw, streaming=length is None
+        async with send_upstream(client, method, url, headers, body, failover) as answer:
+            if isinstance(answer, Exhausted):
+                await send_error(
+                    send, style, answer.status, answer.message, exhausted_headers(answer)
                 )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": response.status_code,
-                        "headers": headers_out,
-                    }
-                )
-                async for chunk in response.aiter_raw():
+                return None
+            response = answer
+            outcome = Outcome()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
+                try:
                     if dump is not None:
-                        dump.response_chunk(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return response.status_code
-            finally:
-                await response.aclose()
-        finally:
-            nursery.cancel_scope.cancel()
+                        dump.response_start(response.status_code, response.headers.raw)
+                    length = response.headers.get("content-length")
+                    headers_out = forwardable_response_headers(
+                        response.headers.raw, streaming=length is None
+                    )
+                    started = True
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": response.status_code,
+                            "headers": headers_out,
+                        }
+                    )
+                    async for chunk in response.aiter_raw():
+                        if dump is not None:
+                            dump.response_chunk(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return response.status_code
+                finally:
+                    nursery.cancel_scope.cancel()
+    except UpstreamError as exc:
+        if started:
+            raise
+        if isinstance(exc, UpstreamTimeout):
+            await send_error(send, style, 504, "upstream timed out")
+        else:
+            await send_error(send, style, 502, f"upstream unreachable ({type(exc).__name__})")
+        return None
 
 
 async def _request_body(receive: Receive, dump: DumpHandle | None) -> AsyncIterator[bytes]:

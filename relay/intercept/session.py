@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
 import trio
 
 from relay.access import ClientCredential
@@ -28,6 +27,7 @@ from relay.record.events import InterceptionMeta, client_session_id, detect_clie
 from relay.routes import RouteKind
 from relay.services import Services
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
+from relay.upstream.http11 import HTTP11Client
 from relay.upstream.keypool import Failover, retry_after_header
 from relay.wire.common import InvalidRequestBody
 
@@ -47,7 +47,7 @@ class RequestContext:
     principal: Principal
     credential: ClientCredential
     upstream_headers: Headers
-    client: httpx.AsyncClient
+    client: HTTP11Client
     url: str
     failover: Failover | None
 

@@ -1,4 +1,4 @@
-"""One pooled httpx client per provider instance.
+"""One pooled upstream client per provider instance.
 
 A client is keyed by (provider name, base URL) so that a provider whose URL
 changes gets a fresh pool while requests in flight keep the old one.
@@ -6,33 +6,26 @@ changes gets a fresh pool while requests in flight keep the old one.
 
 from __future__ import annotations
 
-import httpx
+from relay.upstream.http11 import HTTP11Client
 
 
 class UpstreamClients:
     def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
-        self._timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
-        )
-        # Thousands of concurrent long streams share a provider: no pool cap
-        # beyond what the OS allows; idle connections are kept for reuse.
-        self._limits = httpx.Limits(
-            max_connections=None, max_keepalive_connections=1000, keepalive_expiry=30.0
-        )
-        self._clients: dict[tuple[str, str], httpx.AsyncClient] = {}
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._clients: dict[tuple[str, str], HTTP11Client] = {}
 
-    def get(self, provider_name: str, base_url: str) -> httpx.AsyncClient:
+    def get(self, provider_name: str, base_url: str) -> HTTP11Client:
         key = (provider_name, base_url)
         client = self._clients.get(key)
         if client is None:
-            client = httpx.AsyncClient(
-                timeout=self._timeout,
-                limits=self._limits,
-                follow_redirects=False,
-                # Headers come from the client request only; no httpx defaults
-                # such as its own User-Agent.
-                headers={},
-                trust_env=False,
+            # Thousands of concurrent long streams share a provider: no cap on
+            # connections beyond what the OS allows; idle ones are kept for reuse.
+            client = HTTP11Client(
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                max_idle_per_origin=1000,
+                idle_expiry=30.0,
             )
             self._clients[key] = client
         return client

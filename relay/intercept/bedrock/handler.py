@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-import httpx
 import trio
 
 from relay.asgi import Headers, Receive, Scope, Send, forwardable_response_headers, send_response
@@ -35,7 +34,6 @@ from relay.intercept.base import (
     Outcome,
     StreamState,
     UpstreamCall,
-    build_request,
     fail_before_response,
     keepalive,
     send_body,
@@ -69,6 +67,8 @@ from relay.upstream.aws import (
     endpoint_url,
 )
 from relay.upstream.clients import UpstreamClients
+from relay.upstream.errors import UpstreamError, UpstreamTimeout
+from relay.upstream.http11 import UpstreamResponse
 from relay.wire.common import RequestInfo
 
 log = logging.getLogger("relay.intercept.bedrock")
@@ -267,47 +267,69 @@ async def _exchange(
     nursery: trio.Nursery,
 ) -> None:
     try:
-        response = await call.client.send(build_request(call), stream=True)
-    except httpx.TimeoutException as exc:
-        await fail_before_response(send, MESSAGES, outcome, 504, "upstream timed out", exc)
-        return
-    except httpx.HTTPError as exc:
-        await fail_before_response(send, MESSAGES, outcome, 502, "upstream unreachable", exc)
-        return
-    dump = call.dump
-    try:
-        outcome.upstream_status = response.status_code
-        if dump is not None:
-            dump.response_start(response.status_code, response.headers.raw)
-        if response.status_code >= 400 or not request.streaming:
-            await _relay_whole(send, response, request, accounting, outcome, state, dump)
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": (
-                    forwardable_response_headers(response.headers.raw, streaming=True)
-                    if request.native
-                    else [*SSE_HEADERS, *_request_id(response)]
-                ),
-            }
-        )
-        state.headers_sent = True
-        state.last_send = trio.current_time()
-        if request.native:
-            await _relay_event_stream(send, response, accounting, outcome, state, dump)
+        async with call.client.stream(call.method, call.url, call.headers, call.body) as response:
+            await _relay_response(
+                send,
+                call,
+                response,
+                request,
+                accounting,
+                outcome,
+                state,
+                keepalive_interval,
+                nursery,
+            )
+    except UpstreamError as exc:
+        if state.headers_sent:
+            raise
+        if isinstance(exc, UpstreamTimeout):
+            await fail_before_response(send, MESSAGES, outcome, 504, "upstream timed out", exc)
         else:
-            if keepalive_interval > 0:
-                nursery.start_soon(keepalive, send, state, keepalive_interval)
-            await _relay_as_sse(send, response, accounting, outcome, state, dump)
-    finally:
-        await response.aclose()
+            await fail_before_response(send, MESSAGES, outcome, 502, "upstream unreachable", exc)
+
+
+async def _relay_response(
+    send: Send,
+    call: UpstreamCall,
+    response: UpstreamResponse,
+    request: BedrockRequest,
+    accounting: BedrockAccounting,
+    outcome: Outcome,
+    state: StreamState,
+    keepalive_interval: float,
+    nursery: trio.Nursery,
+) -> None:
+    dump = call.dump
+    outcome.upstream_status = response.status_code
+    if dump is not None:
+        dump.response_start(response.status_code, response.headers.raw)
+    if response.status_code >= 400 or not request.streaming:
+        await _relay_whole(send, response, request, accounting, outcome, state, dump)
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": (
+                forwardable_response_headers(response.headers.raw, streaming=True)
+                if request.native
+                else [*SSE_HEADERS, *_request_id(response)]
+            ),
+        }
+    )
+    state.headers_sent = True
+    state.last_send = trio.current_time()
+    if request.native:
+        await _relay_event_stream(send, response, accounting, outcome, state, dump)
+    else:
+        if keepalive_interval > 0:
+            nursery.start_soon(keepalive, send, state, keepalive_interval)
+        await _relay_as_sse(send, response, accounting, outcome, state, dump)
 
 
 async def _relay_whole(
     send: Send,
-    response: httpx.Response,
+    response: UpstreamResponse,
     request: BedrockRequest,
     accounting: BedrockAccounting,
     outcome: Outcome,
@@ -342,7 +364,7 @@ async def _relay_whole(
 
 async def _relay_as_sse(
     send: Send,
-    response: httpx.Response,
+    response: UpstreamResponse,
     accounting: BedrockAccounting,
     outcome: Outcome,
     state: StreamState,
@@ -365,7 +387,7 @@ async def _relay_as_sse(
             if events:
                 await send_body(send, state, b"".join([event.sse for event in events]))
         outcome.upstream_complete = True
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         # End with an error event the SDK raises on, never a silent truncation.
         log.warning("bedrock failed mid-stream: %s", type(exc).__name__)
         _fail_mid_stream(outcome, exc)
@@ -376,7 +398,7 @@ async def _relay_as_sse(
 
 async def _relay_event_stream(
     send: Send,
-    response: httpx.Response,
+    response: UpstreamResponse,
     accounting: BedrockAccounting,
     outcome: Outcome,
     state: StreamState,
@@ -393,7 +415,7 @@ async def _relay_event_stream(
             accounting.feed_stream(chunk)
         accounting.end_stream()
         outcome.upstream_complete = True
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         log.warning("bedrock failed mid-stream: %s", type(exc).__name__)
         _fail_mid_stream(outcome, exc)
         # No frame can be added safely mid-frame: the response is left
@@ -435,6 +457,6 @@ def _own_authorization(client_headers: Headers) -> list[tuple[str, str]]:
     return []
 
 
-def _request_id(response: httpx.Response) -> Headers:
+def _request_id(response: UpstreamResponse) -> Headers:
     value = response.headers.get("x-amzn-requestid")
     return [(b"x-amzn-requestid", value.encode("latin-1"))] if value else []
