@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -29,7 +30,7 @@ from typing import Any
 import msgspec
 import trio
 
-from relay.db.bridge import Database
+from relay.db.bridge import UNAVAILABLE_ERRORS, Database
 from relay.providers.registry import ConfigChange
 
 TOKEN_PREFIX = "relay_"
@@ -37,6 +38,8 @@ _ID_HEX_DIGITS = 12
 _SECRET_BYTES = 32
 _TOKEN_RE = re.compile(r"^relay_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+log = logging.getLogger("relay.auth")
 
 
 class AuthError(ValueError):
@@ -235,6 +238,12 @@ class TokenCache:
     token does not reach the database; concurrent lookups of one token share
     one query. Both caches are bounded (least recently used goes first).
     Entries are keyed by the token's SHA-256, so the cache holds no token.
+
+    While PostgreSQL is unreachable, a token whose positive entry was dropped
+    only for freshness (its TTL ran out, or a resync after a lost LISTEN
+    connection) is still accepted from a stale copy, until its own expiry: an
+    outage must not lock out everyone who was working. A revocation or a
+    change of the token or its user deletes the stale copy too.
     """
 
     def __init__(
@@ -253,6 +262,8 @@ class TokenCache:
         self._clock = clock
         self._positive: OrderedDict[bytes, _Entry] = OrderedDict()
         self._negative: OrderedDict[bytes, float] = OrderedDict()
+        # Positive entries dropped only for freshness, for use while the database is away.
+        self._stale: OrderedDict[bytes, _Entry] = OrderedDict()
         self._inflight: dict[bytes, trio.Event] = {}
         # Bumped by every change: a lookup that started before a change must
         # not store its (possibly stale) answer.
@@ -278,9 +289,18 @@ class TokenCache:
         generation = self._generation
         try:
             found = await lookup_token(self._db, token)
+        except UNAVAILABLE_ERRORS:
+            stale = self._stale.get(key)
+            if stale is None or (
+                stale.expires_at is not None and self._clock() >= stale.expires_at
+            ):
+                raise
+            log.warning("database unavailable: accepting a token verified earlier")
+            return stale.principal
         finally:
             del self._inflight[key]
             done.set()
+        self._stale.pop(key, None)
         if generation == self._generation:
             now = self._clock()
             if found is None:
@@ -302,7 +322,7 @@ class TokenCache:
             if now < entry.cached_until:
                 self._positive.move_to_end(key)
                 return True, entry.principal
-            del self._positive[key]
+            self._keep_stale(key, self._positive.pop(key))
         until = self._negative.get(key)
         if until is not None:
             if now < until:
@@ -319,7 +339,15 @@ class TokenCache:
         while len(cache) > self._max_entries:
             cache.popitem(last=False)
 
+    def _keep_stale(self, key: bytes, entry: _Entry) -> None:
+        self._stale[key] = entry
+        self._stale.move_to_end(key)
+        self._trim(self._stale)
+
     def clear(self) -> None:
+        """Forget everything (fresh answers come from the database again)."""
+        for key, entry in self._positive.items():
+            self._keep_stale(key, entry)
         self._positive.clear()
         self._negative.clear()
         self._generation += 1
@@ -330,16 +358,17 @@ class TokenCache:
             if change.kind == "resync":
                 self.clear()
                 continue
-            if change.kind == "api_keys":
-                doomed = [
-                    k for k, e in self._positive.items() if e.principal.api_key_id == change.id
-                ]
-            elif change.kind == "users":
-                doomed = [k for k, e in self._positive.items() if e.principal.user_id == change.id]
-            else:
+            for cache in (self._positive, self._stale):
+                if change.kind == "api_keys":
+                    doomed = [k for k, e in cache.items() if e.principal.api_key_id == change.id]
+                elif change.kind == "users":
+                    doomed = [k for k, e in cache.items() if e.principal.user_id == change.id]
+                else:
+                    doomed = []
+                for key in doomed:
+                    del cache[key]
+            if change.kind not in ("api_keys", "users"):
                 continue
-            for key in doomed:
-                del self._positive[key]
             # A new or re-enabled token may be among the remembered failures.
             self._negative.clear()
             self._generation += 1

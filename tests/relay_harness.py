@@ -8,6 +8,7 @@ them, in front of the bundled mock upstream.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +66,22 @@ def mock_providers_env(
     }
 
 
+async def config_settled(app: RelayApp) -> None:
+    """Once the relay has handled every configuration change announced so far.
+
+    Notifications arrive in order: once a provider change sent after them has
+    reloaded the registry, they have been handled too.
+    """
+    assert app.services is not None
+    registry = app.services.providers
+    version = registry.version
+    change = {"kind": "providers", "op": "UPDATE", "id": "-settle-"}
+    await app.services.db.execute("SELECT pg_notify('relay_config', $1)", json.dumps(change))
+    with trio.fail_after(10):
+        while registry.version == version:
+            await trio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
 async def running_relay(
     pg_dsn: str,
@@ -91,6 +108,9 @@ async def running_relay(
         assert app.services is not None
         await create_user(app.services.db, user)
         token, _ = await create_token(app.services.db, user)
+        # The new user and token are announced on relay_config; their arrival
+        # evicts the token from the cache. Start the test once they are handled.
+        await config_settled(app)
         try:
             yield RunningRelay(url=binds[0], token=token, app=app)
         finally:

@@ -14,7 +14,7 @@ import openai
 import pytest
 import trio
 
-from tests.relay_harness import mock_and_relay
+from tests.relay_harness import config_settled, mock_and_relay
 
 USER = [{"role": "user", "content": "hello"}]
 RELAY_STACK = ("relay", "httpx", "httpcore", "hypercorn")
@@ -363,6 +363,7 @@ async def test_database_away_cached_token_streams_new_token_gets_503(pg_dsn, pg_
 
     async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
         other, _ = await create_token(relay.db, "alice")
+        await config_settled(relay.app)  # its announcement must not evict the cached token later
         url = relay.gateway("anthropic") + "/v1/messages"
         async with httpx.AsyncClient() as client:
             status, _ = await read_stream(

@@ -205,3 +205,26 @@ async def test_malformed_tokens_never_reach_the_database(pg_dsn):
         assert await cache.verify(bad) is None
     with pytest.raises(Exception):  # noqa: B017 - a well-formed token does query
         await cache.verify("relay_0123456789ab_" + "a" * 43)
+
+
+async def test_tokens_verified_before_an_outage_keep_working_until_revoked(db, pg_cluster):
+    from relay.db.bridge import UNAVAILABLE_ERRORS
+    from relay.providers.registry import ConfigChange
+
+    await create_user(db, "outage")
+    token, row = await create_token(db, "outage")
+    never_seen, _ = await create_token(db, "outage")
+    cache = TokenCache(db)
+    assert await cache.verify(token) is not None
+    await cache.on_config_change([RESYNC], db)  # a lost LISTEN connection: caches refresh
+    async with pg_cluster.down():
+        # Refreshing fails: the copy verified before the outage still counts...
+        principal = await cache.verify(token)
+        assert principal is not None and principal.api_key_id == row.id
+        # ...but a token never verified cannot be checked.
+        with pytest.raises(UNAVAILABLE_ERRORS):
+            await cache.verify(never_seen)
+        # A revocation announced for the token removes every copy of it.
+        await cache.on_config_change([ConfigChange(kind="api_keys", id=row.id)], db)
+        with pytest.raises(UNAVAILABLE_ERRORS):
+            await cache.verify(token)
