@@ -261,16 +261,6 @@ def test_replay_through_the_relay_end_to_end(tmp_path: Path) -> None:
     assert KEY not in output and "SECRET" not in output
 
 
-def _relay_writes_dumps() -> bool:
-    from relay.services import Services
-
-    return "dumps" in getattr(Services, "__dataclass_fields__", {})
-
-
-@pytest.mark.skipif(
-    not _relay_writes_dumps(),
-    reason="relay serve does not own a DumpWriter yet (Services.dumps): the issue 7 wiring",
-)
 async def test_the_relays_own_dumps_replay(tmp_path: Path, nursery: trio.Nursery) -> None:
     """Official SDKs through `relay serve` with a dump directory; those dumps are then
     replayed through a second relay, byte for byte, usage checked."""
