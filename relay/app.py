@@ -126,7 +126,11 @@ class RelayApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
+        # Route on the path as sent: an escaped "/" (a Bedrock inference
+        # profile ARN's %2F) stays inside its segment, and escapes reach the
+        # provider unchanged.
+        raw_path: bytes | None = scope.get("raw_path")
+        path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
         method: str = scope["method"]
         if path == "/healthz":
             await send_response(send, 200, b'{"status":"ok"}')

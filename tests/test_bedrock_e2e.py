@@ -549,3 +549,18 @@ async def test_actor_headers_are_signed_and_sent_to_bedrock(pg_dsn, tmp_path):
         assert sent.header("x-ai-bridge-actor-id") == user_id
         signed = sent.header("authorization") or ""
         assert "x-ai-bridge-actor-id" in signed  # in SignedHeaders
+
+
+async def test_native_invoke_with_an_inference_profile_arn(pg_dsn, tmp_path):
+    """An ARN model id holds a '/', sent escaped: it stays one path segment."""
+    arn = "arn:aws:bedrock:us-west-2:123456789012:application-inference-profile/abc123"
+    async with bedrock_relay(pg_dsn, tmp_path) as (mock, relay):
+        client = bedrock_client(relay)
+        message = await client.messages.create(
+            model=arn, max_tokens=64, messages=USER, extra_body=BEDROCK_VERSION
+        )
+        assert message.content[0].text == TEXT
+        assert "%2F" in mock.requests[-1].path  # forwarded as sent, and signed so
+        assert mock.requests[-1].status == 200
+        rows = await relay.wait_for_rows("SELECT model FROM interceptions")
+        assert rows[0]["model"] == arn
