@@ -16,11 +16,10 @@ from typing import Any
 import msgspec
 
 from relay.wire.common import (
-    CONTENT_DECODER,
     RequestInfo,
     decode_part,
     decode_request,
-    text_of_content,
+    last_user_text,
 )
 
 __all__ = [
@@ -35,11 +34,6 @@ __all__ = [
 ]
 
 # --- request ---------------------------------------------------------------
-
-
-class _Message(msgspec.Struct):
-    role: Any = None
-    content: msgspec.Raw = msgspec.Raw()
 
 
 class _Tool(msgspec.Struct):
@@ -60,10 +54,8 @@ class _MessagesRequest(msgspec.Struct):
 
 
 _REQUEST = msgspec.json.Decoder(_MessagesRequest)
-_MESSAGES = msgspec.json.Decoder(list[_Message])
 _TOOLS = msgspec.json.Decoder(list[_Tool])
 _METADATA = msgspec.json.Decoder(_Metadata)
-_TEXT_TYPES = frozenset({"text"})
 
 
 def parse_messages_request(body: bytes) -> RequestInfo:
@@ -76,13 +68,7 @@ def parse_messages_request(body: bytes) -> RequestInfo:
         model=request.model if isinstance(request.model, str) else None,
         stream=request.stream is True,
     )
-    messages = decode_part(request.messages, _MESSAGES)
-    if messages:
-        for message in reversed(messages):
-            if message.role == "user":
-                content = decode_part(message.content, CONTENT_DECODER)
-                info.last_user_prompt = text_of_content(content, _TEXT_TYPES)
-                break
+    info.last_user_prompt = last_user_text(request.messages)
     tools = decode_part(request.tools, _TOOLS)
     if tools:
         # Server tools (web_search, ...) have a name too; fall back to the type.

@@ -21,12 +21,14 @@ import msgspec
 
 __all__ = [
     "CONTENT_DECODER",
+    "ChatMessage",
     "ContentPart",
     "InvalidRequestBody",
     "RequestInfo",
     "decode_part",
     "decode_request",
     "get_int",
+    "last_user_text",
     "openai_error_fields",
     "text_of_content",
 ]
@@ -75,6 +77,26 @@ def decode_part(raw: msgspec.Raw, decoder: msgspec.json.Decoder[T]) -> T | None:
         return decoder.decode(raw)
     except msgspec.DecodeError:  # ValidationError is a subclass
         return None
+
+
+class ChatMessage(msgspec.Struct):
+    """A message of Anthropic's ``messages`` or OpenAI chat's: role and raw content."""
+
+    role: Any = None
+    content: msgspec.Raw = msgspec.Raw()
+
+
+_CHAT_MESSAGES = msgspec.json.Decoder(list[ChatMessage])
+_TEXT = frozenset({"text"})
+
+
+def last_user_text(messages: msgspec.Raw) -> str | None:
+    """The text of the last ``user`` message (None: no such message, or no text in it)."""
+    decoded = decode_part(messages, _CHAT_MESSAGES)
+    for message in reversed(decoded or ()):
+        if message.role == "user":
+            return text_of_content(decode_part(message.content, CONTENT_DECODER), _TEXT)
+    return None
 
 
 def text_of_content(content: object, text_types: frozenset[str]) -> str | None:

@@ -21,11 +21,10 @@ import msgspec
 
 from relay.streams.sse import SSEEvent
 from relay.wire.common import (
-    CONTENT_DECODER,
     RequestInfo,
     decode_part,
     decode_request,
-    text_of_content,
+    last_user_text,
 )
 
 __all__ = [
@@ -38,11 +37,6 @@ __all__ = [
 ]
 
 # --- request ---------------------------------------------------------------
-
-
-class _Message(msgspec.Struct):
-    role: Any = None
-    content: msgspec.Raw = msgspec.Raw()
 
 
 class _Tool(msgspec.Struct):
@@ -64,10 +58,8 @@ class _ChatRequest(msgspec.Struct):
 
 
 _REQUEST = msgspec.json.Decoder(_ChatRequest)
-_MESSAGES = msgspec.json.Decoder(list[_Message])
 _TOOLS = msgspec.json.Decoder(list[_Tool])
 _STREAM_OPTIONS = msgspec.json.Decoder(_StreamOptions)
-_TEXT_TYPES = frozenset({"text"})
 
 
 def _tool_name(tool: _Tool) -> str | None:
@@ -87,13 +79,7 @@ def parse_chat_request(body: bytes) -> RequestInfo:
         model=request.model if isinstance(request.model, str) else None,
         stream=request.stream is True,
     )
-    messages = decode_part(request.messages, _MESSAGES)
-    if messages:
-        for message in reversed(messages):
-            if message.role == "user":
-                content = decode_part(message.content, CONTENT_DECODER)
-                info.last_user_prompt = text_of_content(content, _TEXT_TYPES)
-                break
+    info.last_user_prompt = last_user_text(request.messages)
     tools = decode_part(request.tools, _TOOLS)
     if tools:
         info.tool_names = [name for t in tools if (name := _tool_name(t)) is not None]
