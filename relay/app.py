@@ -54,7 +54,7 @@ log = logging.getLogger("relay.app")
 
 
 def key_auth_headers(provider_type: str, key: str) -> list[tuple[bytes, bytes]]:
-    """One provider key, in the header its API expects."""
+    """One provider key, in the header its API expects (a Bedrock API key is a Bearer token)."""
     raw = key.encode("latin-1")
     if provider_type == "anthropic":
         return [(b"x-api-key", raw)]
@@ -71,9 +71,9 @@ def provider_auth_headers(provider: Provider) -> list[tuple[bytes, bytes]]:
 def key_failover(guards: RequestGuards, provider: Provider, byok: bool) -> Failover | None:
     """The walk through the provider's key pool, or None: BYOK never fails over; a
     single key has nothing to fail over to (its answers pass through unchanged, and
-    resting it would only refuse requests the provider might take); bedrock's
-    handler signs its requests itself."""
-    if byok or len(provider.keys) < 2 or provider.type == "bedrock":
+    resting it would only refuse requests the provider might take). For bedrock
+    the pool is of Bedrock API keys (access keys are one pair, signed instead)."""
+    if byok or len(provider.keys) < 2:
         return None
     pool = guards.key_pools.get(provider.name, provider.keys)
     return Failover(pool, lambda key: key_auth_headers(provider.type, key), trio.current_time())

@@ -564,3 +564,28 @@ async def test_native_invoke_with_an_inference_profile_arn(pg_dsn, tmp_path):
         assert mock.requests[-1].status == 200
         rows = await relay.wait_for_rows("SELECT model FROM interceptions")
         assert rows[0]["model"] == arn
+
+
+async def test_a_pool_of_bedrock_api_keys_fails_over_and_exhausts(pg_dsn, tmp_path):
+    revoked = "bedrock-key-revoked-0000"
+    fields = {"keys": f"{revoked},{API_KEY}", "bedrock_region": REGION}
+    async with bedrock_relay(pg_dsn, tmp_path, fields=fields) as (mock, relay):
+        client = anthropic_client(relay)
+        message = await client.messages.create(model="sonnet", max_tokens=64, messages=USER)
+        assert message.content[0].text == TEXT
+        tried = [r.header("authorization") for r in mock.requests]
+        assert tried == [f"Bearer {revoked}", f"Bearer {API_KEY}"]  # refused, then the next key
+        # The refused key rests: the next request goes straight to the good one.
+        await client.messages.create(model="sonnet", max_tokens=64, messages=USER)
+        assert mock.requests[-1].header("authorization") == f"Bearer {API_KEY}"
+        assert len(mock.requests) == 3
+        # With the good key refused too, the pool is exhausted: an Anthropic-shaped error.
+        mock.api_keys.discard(API_KEY)
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            await client.messages.create(model="sonnet", max_tokens=64, messages=USER)
+        assert raised.value.status_code == 502
+        assert raised.value.body["error"]["type"] == "api_error"
+        rows = await relay.wait_for_rows(
+            "SELECT error_type FROM interceptions WHERE status = 'failed'"
+        )
+        assert rows[0]["error_type"] == "key_pool_exhausted"

@@ -134,6 +134,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 keepalive_interval=services.options.keepalive_interval,
                 begin_dump=begin_dump,
                 actor_headers=actor,
+                failover=failover,
             )
         else:
             await relay_interception(

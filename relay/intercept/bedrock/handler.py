@@ -34,9 +34,12 @@ from relay.intercept.base import (
     Outcome,
     StreamState,
     UpstreamCall,
+    exhausted_headers,
     fail_before_response,
     keepalive,
     send_body,
+    send_error,
+    send_upstream,
     settle_outcome,
     watch_disconnect,
 )
@@ -69,6 +72,7 @@ from relay.upstream.aws import (
 from relay.upstream.clients import UpstreamClients
 from relay.upstream.errors import UpstreamError, UpstreamTimeout
 from relay.upstream.http11 import UpstreamResponse
+from relay.upstream.keypool import Exhausted, Failover
 from relay.wire.common import RequestInfo
 
 log = logging.getLogger("relay.intercept.bedrock")
@@ -187,6 +191,7 @@ async def relay_bedrock(
     keepalive_interval: float,
     begin_dump: Callable[[str, Headers, bytes], DumpHandle | None] | None = None,
     actor_headers: Sequence[tuple[bytes, bytes]] = (),
+    failover: Failover | None = None,
 ) -> None:
     """Serve one request of a bedrock provider; fills ``outcome`` for the recorder.
 
@@ -225,6 +230,8 @@ async def relay_bedrock(
         url += "?" + query.decode("latin-1")
     if byok:
         credential = _own_authorization(client_headers)
+    elif failover is not None:
+        credential = []  # a pool of Bedrock API keys: send_upstream adds one key per attempt
     else:
         try:
             credential = await auth.sign("POST", url, request.headers, request.body)
@@ -236,7 +243,9 @@ async def relay_bedrock(
         (k.encode(), v.encode("latin-1")) for k, v in (*request.headers.items(), *credential)
     ]
     headers.append((b"accept-encoding", b"identity"))  # the relay reads what it relays
-    call = UpstreamCall(upstreams.get(provider.name, base), "POST", url, headers, request.body)
+    call = UpstreamCall(
+        upstreams.get(provider.name, base), "POST", url, headers, request.body, failover=failover
+    )
     if begin_dump is not None:
         path = url[len(base) :] or "/"
         call.dump = begin_dump(path, headers, request.body)
@@ -267,7 +276,23 @@ async def _exchange(
     nursery: trio.Nursery,
 ) -> None:
     try:
-        async with call.client.stream(call.method, call.url, call.headers, call.body) as response:
+        async with send_upstream(
+            call.client, call.method, call.url, call.headers, call.body, call.failover
+        ) as response:
+            if isinstance(response, Exhausted):
+                outcome.upstream_complete = True  # the answer is final: leaving cancels nothing
+                outcome.status = "failed"
+                outcome.upstream_status = call.failover.last_status if call.failover else None
+                outcome.error_type = "key_pool_exhausted"
+                outcome.error_message = response.message
+                await send_error(
+                    send,
+                    "anthropic",
+                    response.status,
+                    response.message,
+                    exhausted_headers(response),
+                )
+                return
             await _relay_response(
                 send,
                 call,
