@@ -460,25 +460,6 @@ async def test_failed_interceptions_record_their_error(pg_dsn: str, tmp_path: Pa
 # --- 3 and 4. PostgreSQL away -----------------------------------------------------------------
 
 
-async def config_settled(relay: RunningRelay) -> None:
-    """Once the relay has handled every configuration change announced so far.
-
-    The harness's new user and token are announced on ``relay_config``, and
-    their arrival evicts the token from the relay's cache; with the database
-    down, a token missing from the cache cannot be verified. Notifications
-    arrive in order: once a provider change sent after them has reloaded the
-    registry, they have been handled too.
-    """
-    assert relay.app.services is not None
-    registry = relay.app.services.providers
-    version = registry.version
-    change = {"kind": "providers", "op": "UPDATE", "id": "anthropic"}
-    await relay.db.execute("SELECT pg_notify('relay_config', $1)", json.dumps(change))
-    with trio.fail_after(10):
-        while registry.version == version:
-            await trio.sleep(0.01)
-
-
 async def claude_code_stream(relay: RunningRelay, session: str) -> str:
     """One Anthropic stream, tagged with its own session id; the message id the client saw."""
     async with anthropic_client(relay) as client:
@@ -534,8 +515,8 @@ async def test_database_stopped_mid_run_loses_and_duplicates_nothing(
     seen: dict[str, str] = {}
     async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
         recorder = relay.app.services.recorder  # type: ignore[union-attr]
-        # One token for the whole run: verified (and cached) while the database is up.
-        await config_settled(relay)
+        # One token for the whole run: verified (and cached) while the database is up
+        # (running_relay returns once the token's own announcement was handled).
         stopping, stopped = False, trio.Event()
 
         async def stop() -> None:
@@ -581,7 +562,6 @@ async def test_restart_with_a_non_empty_spool(pg_cluster: Any, pg_dsn: str, tmp_
         try:
             async with running_relay(pg_dsn, tmp_path, env, user="alice") as first:
                 recorder = first.app.services.recorder  # type: ignore[union-attr]
-                await config_settled(first)
                 seen["before"] = await claude_code_stream(first, "before")
                 await first.wait_for_rows("SELECT id FROM interceptions")
                 await trio.to_thread.run_sync(pg_cluster.stop)

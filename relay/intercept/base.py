@@ -235,15 +235,7 @@ async def _exchange(
             call.client, call.method, call.url, call.headers, call.body, call.failover
         ) as answer:
             if isinstance(answer, Exhausted):
-                outcome.upstream_complete = True  # the answer is final: leaving cancels nothing
-                outcome.status = "failed"
-                # The last refusal, if a key was tried at all (all may have been resting).
-                outcome.upstream_status = call.failover.last_status if call.failover else None
-                outcome.error_type = "key_pool_exhausted"
-                outcome.error_message = answer.message
-                await send_error(
-                    send, spec.error_style, answer.status, answer.message, exhausted_headers(answer)
-                )
+                await answer_exhausted(send, spec.error_style, outcome, call.failover, answer)
                 return
             await _relay_response(
                 send,
@@ -260,10 +252,7 @@ async def _exchange(
     except UpstreamError as exc:
         if state.headers_sent:
             raise
-        if isinstance(exc, UpstreamTimeout):
-            await fail_before_response(send, spec, outcome, 504, "upstream timed out", exc)
-        else:
-            await fail_before_response(send, spec, outcome, 502, "upstream unreachable", exc)
+        await fail_before_response(send, spec.error_style, outcome, exc)
 
 
 async def _relay_response(
@@ -395,16 +384,35 @@ async def keepalive(send: Send, state: StreamState, interval: float) -> None:
 
 
 async def fail_before_response(
-    send: Send, spec: ApiSpec, outcome: Outcome, status: int, message: str, exc: Exception
+    send: Send, style: ErrorStyle, outcome: Outcome, exc: UpstreamError
 ) -> None:
+    """No upstream answer: 504 for a timeout, 502 otherwise, in the client's error shape."""
+    timeout = isinstance(exc, UpstreamTimeout)
+    status = 504 if timeout else 502
+    message = "upstream timed out" if timeout else "upstream unreachable"
     outcome.upstream_complete = True  # the relay has answered; a client leaving cancels nothing
     outcome.status = "failed"
     outcome.upstream_status = None
-    outcome.error_type = "upstream_timeout" if status == 504 else "upstream_unreachable"
+    outcome.error_type = "upstream_timeout" if timeout else "upstream_unreachable"
     outcome.error_message = f"{message} ({type(exc).__name__})"
-    await send_response(
-        send, status, error_body_for(spec.error_style, status, outcome.error_message)
-    )
+    await send_response(send, status, error_body_for(style, status, outcome.error_message))
+
+
+async def answer_exhausted(
+    send: Send,
+    style: ErrorStyle,
+    outcome: Outcome,
+    failover: Failover | None,
+    exhausted: Exhausted,
+) -> None:
+    """Every key of the pool refused or resting: the pool's 429/502, recorded as failed."""
+    outcome.upstream_complete = True  # the answer is final: leaving cancels nothing
+    outcome.status = "failed"
+    # The last refusal, if a key was tried at all (all may have been resting).
+    outcome.upstream_status = failover.last_status if failover else None
+    outcome.error_type = "key_pool_exhausted"
+    outcome.error_message = exhausted.message
+    await send_error(send, style, exhausted.status, exhausted.message, exhausted_headers(exhausted))
 
 
 async def send_error(

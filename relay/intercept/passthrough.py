@@ -26,12 +26,13 @@ from relay.dump import DumpHandle
 from relay.intercept.base import (
     ErrorStyle,
     Outcome,
-    exhausted_headers,
+    answer_exhausted,
+    fail_before_response,
     send_error,
     send_upstream,
     watch_disconnect,
 )
-from relay.upstream.errors import UpstreamError, UpstreamTimeout
+from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import HTTP11Client, RequestBody
 from relay.upstream.keypool import Exhausted, Failover
 
@@ -105,15 +106,13 @@ async def _exchange(
     dump: DumpHandle | None,
 ) -> int | None:
     started = False  # the response head went to the client: errors can only cut the body
+    outcome = Outcome()  # passthrough records nothing; the shell's helpers fill it anyway
     try:
         async with send_upstream(client, method, url, headers, body, failover) as answer:
             if isinstance(answer, Exhausted):
-                await send_error(
-                    send, style, answer.status, answer.message, exhausted_headers(answer)
-                )
+                await answer_exhausted(send, style, outcome, failover, answer)
                 return None
             response = answer
-            outcome = Outcome()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
                 try:
@@ -142,10 +141,7 @@ async def _exchange(
     except UpstreamError as exc:
         if started:
             raise
-        if isinstance(exc, UpstreamTimeout):
-            await send_error(send, style, 504, "upstream timed out")
-        else:
-            await send_error(send, style, 502, f"upstream unreachable ({type(exc).__name__})")
+        await fail_before_response(send, style, outcome, exc)
         return None
 
 

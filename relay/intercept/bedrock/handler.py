@@ -29,16 +29,14 @@ import trio
 
 from relay.asgi import Headers, Receive, Scope, Send, forwardable_response_headers, send_response
 from relay.dump import DumpHandle
-from relay.intercept.apis import MESSAGES
 from relay.intercept.base import (
     Outcome,
     StreamState,
     UpstreamCall,
-    exhausted_headers,
+    answer_exhausted,
     fail_before_response,
     keepalive,
     send_body,
-    send_error,
     send_upstream,
     settle_outcome,
     watch_disconnect,
@@ -70,7 +68,7 @@ from relay.upstream.aws import (
     endpoint_url,
 )
 from relay.upstream.clients import UpstreamClients
-from relay.upstream.errors import UpstreamError, UpstreamTimeout
+from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import UpstreamResponse
 from relay.upstream.keypool import Exhausted, Failover
 from relay.wire.common import RequestInfo
@@ -280,18 +278,7 @@ async def _exchange(
             call.client, call.method, call.url, call.headers, call.body, call.failover
         ) as response:
             if isinstance(response, Exhausted):
-                outcome.upstream_complete = True  # the answer is final: leaving cancels nothing
-                outcome.status = "failed"
-                outcome.upstream_status = call.failover.last_status if call.failover else None
-                outcome.error_type = "key_pool_exhausted"
-                outcome.error_message = response.message
-                await send_error(
-                    send,
-                    "anthropic",
-                    response.status,
-                    response.message,
-                    exhausted_headers(response),
-                )
+                await answer_exhausted(send, "anthropic", outcome, call.failover, response)
                 return
             await _relay_response(
                 send,
@@ -307,10 +294,7 @@ async def _exchange(
     except UpstreamError as exc:
         if state.headers_sent:
             raise
-        if isinstance(exc, UpstreamTimeout):
-            await fail_before_response(send, MESSAGES, outcome, 504, "upstream timed out", exc)
-        else:
-            await fail_before_response(send, MESSAGES, outcome, 502, "upstream unreachable", exc)
+        await fail_before_response(send, "anthropic", outcome, exc)
 
 
 async def _relay_response(
