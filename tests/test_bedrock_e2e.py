@@ -589,3 +589,16 @@ async def test_a_pool_of_bedrock_api_keys_fails_over_and_exhausts(pg_dsn, tmp_pa
             "SELECT error_type FROM interceptions WHERE status = 'failed'"
         )
         assert rows[0]["error_type"] == "key_pool_exhausted"
+
+
+async def test_bedrock_time_to_first_byte_reaches_metrics(pg_dsn, tmp_path):
+    from tests.test_metrics import parse, value
+
+    async with bedrock_relay(pg_dsn, tmp_path) as (_mock, relay):
+        body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True, "messages": USER}
+        status, _headers, _raw = await post_raw(relay, "/v1/messages", json.dumps(body).encode())
+        assert status == 200
+        async with httpx.AsyncClient() as client:
+            scraped = (await client.get(relay.url + "/metrics")).text
+    samples, _ = parse(scraped)
+    assert value(samples, "relay_upstream_ttfb_seconds_count", provider=PROVIDER) == 1

@@ -273,6 +273,7 @@ async def _exchange(
     keepalive_interval: float,
     nursery: trio.Nursery,
 ) -> None:
+    outcome.sent_at = trio.current_time()
     try:
         async with send_upstream(
             call.client, call.method, call.url, call.headers, call.body, call.failover
