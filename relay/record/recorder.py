@@ -86,6 +86,7 @@ class Recorder:
         self._max_backoff = max_backoff
         self._rescan_interval = rescan_interval
         self.stats = RecorderStats()
+        self._was_down = False  # only a database seen away can come "back"
 
         self._send, self._receive = trio.open_memory_channel[Sequence[Record]](queue_size)
         self._overflow: list[Sequence[Record]] = []
@@ -235,6 +236,7 @@ class Recorder:
                 self.spool_dir,
             )
         self.stats.database_up = False
+        self._was_down = True
         self._replay_wanted.set()
 
     # --- the spool ---------------------------------------------------------------------------
@@ -356,7 +358,7 @@ class Recorder:
         finally:
             for segment in segments:
                 self._spool.release(segment)
-        if not self.stats.database_up:
+        if self._was_down and not self.stats.database_up:
             log.info("recorder: PostgreSQL is back; writing directly again")
         self.stats.database_up = True
         self._initial_pass_done.set()
