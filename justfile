@@ -21,6 +21,10 @@ lint:
     ruff format --check relay bench tests
     mypy
 
+# Re-resolve uv.lock after changing pyproject.toml (`just lock --upgrade` moves every pin).
+lock *ARGS:
+    uv lock {{ARGS}}
+
 fmt:
     ruff format relay bench tests
     ruff check --fix relay bench tests

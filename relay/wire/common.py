@@ -95,7 +95,8 @@ def last_user_text(messages: msgspec.Raw) -> str | None:
     decoded = decode_part(messages, _CHAT_MESSAGES)
     for message in reversed(decoded or ()):
         if message.role == "user":
-            return text_of_content(decode_part(message.content, CONTENT_DECODER), _TEXT)
+            content = decode_part(message.content, CONTENT_DECODER)
+            return text_of_content(content, _TEXT)
     return None
 
 
