@@ -46,7 +46,7 @@ bench-recorder:
     python -m bench.bench_recorder
     python -m bench.bench_recorder_latency
 
-# Regenerate docs/configuration.md and schemas/json from the code.
+# Regenerate docs/configuration.md and relay/schemas/json from the code.
 generate:
     python -m relay.options --markdown > docs/configuration.md
     python -m relay.record.events --write-schemas

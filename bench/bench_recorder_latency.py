@@ -40,11 +40,11 @@ import httpx
 import msgspec
 import trio
 
-from bench.mock_upstream import MockUpstream
 from bench.replay.relay_process import started_relay
 from relay.db import Database, EmbeddedPostgres
 from relay.db.bridge import UNAVAILABLE_ERRORS
 from relay.record.spool import SEGMENT_SUFFIX
+from relay.testing.mock_upstream import MockUpstream
 
 KINDS = ("blocking", "streaming")
 CLAUDE_CODE_UA = "claude-cli/2.0.14 (external, cli)"

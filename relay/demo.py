@@ -15,11 +15,11 @@ from datetime import timedelta
 
 import trio
 
-from bench.mock_upstream.server import MockUpstream
 from relay.app import RelayApp
 from relay.auth import AuthError, create_token, create_user
 from relay.options import Options
 from relay.server import run_server
+from relay.testing.mock_upstream.server import MockUpstream
 
 _INDEXED = re.compile(r"^CODER_(AI_GATEWAY|AIBRIDGE)_PROVIDER_(\d+)_")
 DEMO_USER = "demo"

@@ -22,7 +22,7 @@ from relay.db.migrate import migrate
 # Database
 #
 # One embedded cluster (fast mode: no fsync) for the whole run, in a throwaway
-# directory. A template database is migrated once from whatever schemas/sql
+# directory. A template database is migrated once from whatever relay/schemas/sql
 # holds; each test that asks for `pg_dsn` (or `db`) gets its own copy of it.
 # --------------------------------------------------------------------------------------------
 

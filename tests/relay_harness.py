@@ -17,11 +17,11 @@ from pathlib import Path
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
-from bench.mock_upstream.server import MockUpstream
 from relay.app import RelayApp
 from relay.auth import create_token, create_user
 from relay.options import load_options
 from relay.server import hypercorn_config
+from relay.testing.mock_upstream.server import MockUpstream
 
 
 @dataclass

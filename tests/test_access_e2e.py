@@ -22,10 +22,10 @@ import openai
 import pytest
 import trio
 
-from bench.mock_upstream import scenarios
-from bench.mock_upstream.server import MockUpstream
 from relay.access import BYOK_DISABLED_BODY
 from relay.auth import create_token, create_user
+from relay.testing.mock_upstream import scenarios
+from relay.testing.mock_upstream.server import MockUpstream
 from relay.upstream.breaker import BreakerState
 from tests.relay_harness import RunningRelay, running_relay
 

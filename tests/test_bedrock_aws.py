@@ -1,6 +1,6 @@
 """Bedrock credentials, region rules and SigV4 signing, checked by the mock Bedrock.
 
-Every signed request goes to ``bench.mock_bedrock.MockBedrock`` on loopback,
+Every signed request goes to ``relay.testing.mock_bedrock.MockBedrock`` on loopback,
 which recomputes the signature with botocore and refuses a mismatch, so a
 test passes only if the relay signed exactly what it sent. The machine's own
 AWS configuration is kept out: every ``AWS_*`` variable is removed and the
@@ -21,9 +21,9 @@ import httpx
 import pytest
 import trio
 
-from bench.mock_bedrock import SIGNATURE_MISMATCH, MockBedrock
 from relay.intercept.bedrock.translate import invoke_path, invoke_stream_path
 from relay.providers.types import Provider, ProviderType
+from relay.testing.mock_bedrock import SIGNATURE_MISMATCH, MockBedrock
 from relay.upstream.aws import (
     AuthMode,
     BedrockAuth,

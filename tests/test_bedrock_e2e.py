@@ -1,7 +1,7 @@
 """A bedrock provider through the real relay, against the mock Bedrock runtime.
 
 The relay (hypercorn, trio worker) runs on a loopback port in front of
-``bench.mock_bedrock.MockBedrock``, which recomputes every SigV4 signature
+``relay.testing.mock_bedrock.MockBedrock``, which recomputes every SigV4 signature
 with botocore and refuses a mismatch. Clients are the official SDKs: the
 Anthropic SDK on ``/v1/messages`` and its Bedrock client (what Claude Code in
 Bedrock mode uses) on the native routes.
@@ -24,10 +24,10 @@ import pytest
 import trio
 
 from bench import mock_bedrock
-from bench.mock_bedrock import MockBedrock, script_for
 from relay.app import RelayApp
 from relay.intercept.bedrock.stream import STREAM_EXCEPTION_ERROR_TYPES
 from relay.options import load_options
+from relay.testing.mock_bedrock import MockBedrock, script_for
 from tests.relay_harness import RunningRelay, running_relay
 
 REGION = "us-west-2"

@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 
-from bench.mock_upstream import MockUpstream
 from bench.replay.capture import capture_exchange
 from relay.dump import (
     SUFFIX_CHUNKS,
@@ -31,6 +30,7 @@ from relay.dump import (
     safe_model_dir,
 )
 from relay.metrics import Metrics
+from relay.testing.mock_upstream import MockUpstream
 
 ANTHROPIC_KEY = "sk-ant-api03-SECRETSECRETSECRET-abcd"
 OPENAI_KEY = "sk-proj-SECRETSECRETSECRET-wxyz"
@@ -182,7 +182,7 @@ async def test_bedrock_stream_dump_masks_sigv4(tmp_path: Path, nursery: trio.Nur
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from bench.mock_bedrock import MockBedrock
+    from relay.testing.mock_bedrock import MockBedrock
 
     access_key, secret_key = "AKIDEXAMPLE0000SECRET", "wJalrXUtnFEMI/SECRETSECRETSECRET"
     session_token = "FwoGZXIvYXdzSECRETSESSIONTOKEN0000"

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import trio
 
-from bench.mock_upstream import MockUpstream
+from relay.testing.mock_upstream import MockUpstream
 from relay.upstream.errors import (
     UpstreamConnectError,
     UpstreamConnectTimeout,

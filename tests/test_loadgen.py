@@ -23,7 +23,7 @@ from bench.load.floors.trio_splice import SpliceProxy
 from bench.load.response import ResponseReader
 from bench.load.suite import SUITES, Measurer, run_suite
 from bench.load.targets import RunningTarget
-from bench.mock_upstream import MockUpstream
+from relay.testing.mock_upstream import MockUpstream
 
 STREAM_EVENTS = scenarios.litellm_shaped_events("bench-litellm-fast")
 STREAM_BODY = b"".join(STREAM_EVENTS)

@@ -20,7 +20,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 
-from bench.mock_bedrock import (
+from relay.intercept.bedrock.stream import BedrockStreamTranslator
+from relay.testing.mock_bedrock import (
     CACHE_READ_TOKENS,
     CACHE_WRITE_TOKENS,
     HTTP_ERRORS,
@@ -35,7 +36,6 @@ from bench.mock_bedrock import (
     TOOL_NAME,
     MockBedrock,
 )
-from relay.intercept.bedrock.stream import BedrockStreamTranslator
 
 MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 ACCESS_KEY = "AKIAMOCKBEDROCK00001"

@@ -1,4 +1,4 @@
-"""The mock upstream (bench/mock_upstream) against the official SDKs and raw sockets."""
+"""The mock upstream (relay/testing/mock_upstream) against the official SDKs and raw sockets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import openai
 import pytest
 import trio
 
-from bench.mock_upstream import (
+from relay.testing.mock_upstream import (
     PARALLEL_TOOL_CALLS,
     REASONING_SUMMARY,
     TEXT,
@@ -27,9 +27,9 @@ from bench.mock_upstream import (
     long_deltas,
     usage_for,
 )
-from bench.mock_upstream import anthropic as anthropic_wire
-from bench.mock_upstream.framing import build_writes, pieces
-from bench.mock_upstream.scenarios import ID_PLACEHOLDER
+from relay.testing.mock_upstream import anthropic as anthropic_wire
+from relay.testing.mock_upstream.framing import build_writes, pieces
+from relay.testing.mock_upstream.scenarios import ID_PLACEHOLDER
 
 ANTHROPIC_KEY = "sk-ant-test-key-0001"
 OPENAI_KEY = "sk-test-key-0001"
@@ -549,7 +549,7 @@ async def test_requests_are_recorded_as_received(mock: MockUpstream) -> None:
 
 async def test_standalone_process_serves() -> None:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bench.mock_upstream", "--port", "0"],
+        [sys.executable, "-m", "relay.testing.mock_upstream", "--port", "0"],
         stdout=subprocess.PIPE,
     )
     try:

@@ -200,7 +200,7 @@ def test_client_session_id(
 
 
 def test_json_schemas_do_not_drift() -> None:
-    """schemas/json is generated from the types: `python -m relay.record.events --write-schemas`."""
+    """relay/schemas/json is generated from the types: `python -m relay.record.events --write-schemas`."""
     expected = events.json_schemas()
     on_disk = {p.name: p.read_bytes() for p in events.SCHEMA_DIR.glob("record*.json")}
     assert sorted(on_disk) == sorted(expected), "run python -m relay.record.events --write-schemas"

@@ -28,12 +28,12 @@ import openai
 import pytest
 import trio
 
-from bench.mock_upstream import scenarios
-from bench.mock_upstream.server import MockUpstream
 from relay.db import Database
 from relay.db.bridge import UNAVAILABLE_ERRORS
 from relay.providers.types import mask_secret
 from relay.record.spool import SEGMENT_SUFFIX
+from relay.testing.mock_upstream import scenarios
+from relay.testing.mock_upstream.server import MockUpstream
 from tests.relay_harness import RunningRelay, mock_and_relay, mock_providers_env, running_relay
 
 UPSTREAM_KEY = "sk-upstream-test-key-0001"  # the harness's provider key

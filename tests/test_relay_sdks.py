@@ -18,7 +18,7 @@ import openai
 import pytest
 import trio
 
-from bench.mock_upstream import scenarios
+from relay.testing.mock_upstream import scenarios
 from tests.relay_harness import mock_and_relay
 
 pytestmark = pytest.mark.usefixtures("pg_dsn")

@@ -19,13 +19,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from bench.mock_upstream import MockUpstream
 from bench.replay import CASE_HEADER, ReplayUpstream, Target, load_dumps, recorded_facts
 from bench.replay.capture import capture_exchange
 from bench.replay.cases import wire_chunks
 from bench.replay.client import replay_cases
 from bench.replay.run import ReplayOptions, ReplayReport, print_report, run_replay
 from relay.dump import SUFFIX_CHUNKS, SUFFIX_REQUEST, DumpWriter
+from relay.testing.mock_upstream import MockUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-ant-replay-SECRET-0123456789"

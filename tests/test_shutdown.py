@@ -8,11 +8,11 @@ import httpx
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
-from bench.mock_upstream.server import MockUpstream
 from relay.app import RelayApp
 from relay.auth import create_token, create_user
 from relay.options import load_options
 from relay.server import hypercorn_config
+from relay.testing.mock_upstream.server import MockUpstream
 from tests.relay_harness import mock_providers_env
 
 

@@ -20,10 +20,10 @@ from typing import Literal
 
 import msgspec
 
-from bench.mock_upstream import MockUpstream
-from bench.mock_upstream.framing import Writes, build_writes
-from bench.mock_upstream.routes import PLACEHOLDER, Reply, Responder, StreamReply
-from bench.mock_upstream.scenarios import CREATED_AT, ID_PLACEHOLDER, sse
+from relay.testing.mock_upstream import MockUpstream
+from relay.testing.mock_upstream.framing import Writes, build_writes
+from relay.testing.mock_upstream.routes import PLACEHOLDER, Reply, Responder, StreamReply
+from relay.testing.mock_upstream.scenarios import CREATED_AT, ID_PLACEHOLDER, sse
 
 Api = Literal["openai", "anthropic"]
 

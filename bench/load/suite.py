@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from bench.mock_upstream import MockUpstream
+from relay.testing.mock_upstream import MockUpstream
 
 from . import loadgen, scenarios, stream_lifetimes
 from .results import (

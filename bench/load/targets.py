@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 import trio
 
-from bench.mock_upstream import MockUpstream
+from relay.testing.mock_upstream import MockUpstream
 
 from .loadgen import Endpoint, Headers
 

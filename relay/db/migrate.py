@@ -1,4 +1,4 @@
-"""Schema migrations: the SQL files in ``schemas/sql``, each applied once.
+"""Schema migrations: the SQL files in ``relay/schemas/sql``, each applied once.
 
 Files are named ``NNNN_name.sql`` and applied in lexical order; the version
 recorded in ``schema_migrations`` is the file name without ``.sql``. Each file
@@ -21,7 +21,7 @@ import relay
 from relay.db.bridge import Database
 
 #: Directory of the project's migrations (the project is installed editable).
-SQL_DIR = Path(relay.__file__).resolve().parent.parent / "schemas" / "sql"
+SQL_DIR = Path(relay.__file__).resolve().parent / "schemas" / "sql"
 
 #: Key of the advisory lock held while migrating: "relaymig" as a bigint.
 MIGRATION_LOCK_KEY = int.from_bytes(b"relaymig", "big")

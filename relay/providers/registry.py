@@ -1,7 +1,7 @@
 """The providers a running relay uses, kept current through LISTEN/NOTIFY.
 
 Triggers on the configuration tables announce every change on the
-``relay_config`` channel (schemas/sql/0002_providers_users_tokens.sql).
+``relay_config`` channel (relay/schemas/sql/0002_providers_users_tokens.sql).
 One ``ConfigListener`` per process listens and fans the changes out to its
 subscribers: the ``ProviderRegistry`` (rebuilds its snapshot from the
 database) and the ``relay.auth.TokenCache`` (drops revoked tokens). After a (re)connect the listener

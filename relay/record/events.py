@@ -3,10 +3,10 @@ functions that turn an interception's request side and its ``Facts`` into them.
 
 Every record carries its own UUID ``id``: writes are ``ON CONFLICT (id) DO
 NOTHING``, so a retried batch or a replayed spool never duplicates a row. The
-field names are the column names of ``schemas/sql/0003_recording.sql``.
+field names are the column names of ``relay/schemas/sql/0003_recording.sql``.
 
 Nothing here does I/O. ``python -m relay.record.events --write-schemas``
-regenerates ``schemas/json/*.json`` from these types (a test checks drift).
+regenerates ``relay/schemas/json/*.json`` from these types (a test checks drift).
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ def _claude_session_from_user_id(user_id: str) -> str | None:
 
 # --- JSON Schemas -----------------------------------------------------------------------------
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "json"
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "json"
 
 
 def json_schemas() -> dict[str, bytes]:

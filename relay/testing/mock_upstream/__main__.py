@@ -1,4 +1,4 @@
-"""Run the mock upstream standalone: ``python -m bench.mock_upstream --port 9000``."""
+"""Run the mock upstream standalone: ``python -m relay.testing.mock_upstream --port 9000``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ async def _run(mock: MockUpstream, port: int, host: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.mock_upstream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m relay.testing.mock_upstream", description=__doc__
+    )
     parser.add_argument("--port", type=int, default=9000, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--chunking", choices=CHUNKINGS, default="event")
