@@ -2,6 +2,8 @@
 
 ``create_app()`` is the factory for hypercorn (``hypercorn -k trio -w N
 'relay.app:create_app()'``); ``relay serve`` runs the same app in-process.
+Under hypercorn each worker prints, once, what ``relay serve`` prints at
+start: its listening addresses, the database and the providers.
 The lifespan task owns every long-lived service (database bridge, provider
 registry, token cache, recorder nursery, upstream pools), so each hypercorn
 worker migrates, seeds and serves on its own and they all share PostgreSQL.
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -81,10 +84,17 @@ def key_failover(guards: RequestGuards, provider: Provider, byok: bool) -> Failo
 
 class RelayApp:
     def __init__(
-        self, options: Options | None = None, env: Mapping[str, str] | None = None
+        self,
+        options: Options | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options
         self.env = env
+        # Where to print the start-up description (hypercorn mode); ``relay
+        # serve`` prints it itself, with the addresses hypercorn bound.
+        self._announce = announce
         self.services: Services | None = None
         # Limits, circuit breakers and key pools of this process (built at startup).
         self.guards: RequestGuards | None = None
@@ -106,6 +116,8 @@ class RelayApp:
         assert message["type"] == "lifespan.startup"
         env = self.env if self.env is not None else os.environ
         options = self.options or load_options(env)
+        # Before open_services: the metrics listener is not one of ours to announce.
+        binds = listening_addresses() if self._announce is not None else []
         try:
             self.guards = RequestGuards.from_options(options)
             async with open_services(options, env) as services:
@@ -113,6 +125,8 @@ class RelayApp:
                 await self.bedrock_auths.prepare(services.providers.all())
                 attach_guard_metrics(self.guards, services.metrics)
                 self.services = services
+                if self._announce is not None:
+                    describe(self, binds, self._announce, worker=os.getpid())
                 self._ready.set()
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown: hypercorn has drained the requests
@@ -287,6 +301,74 @@ def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:
     if guards.breakers is not None:
         guards.breakers.on_new_circuit = on_circuit
     guards.key_pools.on_new_pool = on_pool
+
+
+def create_app() -> RelayApp:
+    """The application for ``hypercorn -k trio -w N 'relay.app:create_app()'``.
+
+    Options come from the environment, as for ``relay serve``; every worker
+    opens its own services (so they must share an external PostgreSQL).
+    """
+    return RelayApp(announce=print_now)
+
+
+def print_now(line: str) -> None:
+    print(line, flush=True)  # a worker's stdout is often a pipe
+
+
+def describe(
+    app: RelayApp, binds: list[str], out: Callable[[str], None], *, worker: int | None = None
+) -> None:
+    """What ``relay serve`` prints once it serves: addresses, database, providers."""
+    services = app.services
+    assert services is not None
+    where = ", ".join(binds) or "(no listening socket found)"
+    suffix = f" (worker pid {worker})" if worker is not None else ""
+    out(f"relay: listening on {where}{suffix}")
+    out(f"relay: database: {services.dsn_description}")
+    providers = services.providers.all()
+    if not providers:
+        out("relay: no providers configured (see docs/providers.md)")
+    for p in providers:
+        keys = ", ".join(p.masked_keys()) or "(no key)"
+        out(
+            f"relay: provider {p.name} ({p.type}) -> {p.base_url or '(default endpoint)'} key {keys}"
+        )
+        out(f"       route: /api/v2/ai-gateway/{p.name}/")
+
+
+def listening_addresses() -> list[str]:
+    """The TCP and Unix sockets this process listens on (hypercorn's master made them).
+
+    A hypercorn worker is handed its sockets without being told their
+    addresses, so they are read back from the process's descriptors (Linux).
+    """
+    found: list[str] = []
+    try:
+        descriptors = sorted(int(name) for name in os.listdir("/proc/self/fd"))
+    except OSError:
+        return found
+    for fd in descriptors:
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            try:
+                if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                address = sock.getsockname()
+            except OSError:
+                continue
+            if sock.family == socket.AF_INET:
+                found.append(f"http://{address[0]}:{address[1]}")
+            elif sock.family == socket.AF_INET6:
+                found.append(f"http://[{address[0]}]:{address[1]}")
+            elif sock.family == socket.AF_UNIX:
+                found.append(f"unix:{address}")
+    return found
 
 
 def _startup_error(exc: BaseException) -> str:

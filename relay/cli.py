@@ -49,6 +49,16 @@ OLD_NAMES_NOTE = (
 _DB_OPTIONS = [OPTIONS_BY_KEY["PG_CONNECTION_URL"], OPTIONS_BY_KEY["DATA_DIR"]]
 
 
+def package_version() -> str:
+    """The installed distribution's version (the source tree's when run uninstalled)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("relay")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -245,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay", description="A streaming AI gateway compatible with the Coder AI Gateway."
     )
+    parser.add_argument("--version", action="version", version=f"relay {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -299,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = t_actions.add_parser("revoke", parents=[db_flags], help="revoke a token")
     revoke.add_argument("id", help="the token's id (see tokens list)")
 
+    commands.add_parser(
+        "migrate",
+        parents=[db_flags],
+        help="apply the schema migrations and exit",
+        description="Apply the schema migrations that are not applied yet (relay serve "
+        "does it too; a fleet can migrate once before rolling out).",
+    )
+
     usage = commands.add_parser(
         "usage",
         parents=[db_flags],
@@ -320,7 +339,14 @@ async def _usage(db: Database, args: argparse.Namespace, out: TextIO) -> None:
     out.write(format_usage_table(rows))
 
 
+async def _migrate(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    # open_admin_database has applied them; say where the schema stands.
+    version = await db.fetchval("SELECT max(version) FROM schema_migrations")
+    print(f"database schema at migration {version}", file=out)
+
+
 _ADMIN: dict[str, Callable[[Database, argparse.Namespace, TextIO], Awaitable[None]]] = {
+    "migrate": _migrate,
     "providers": _providers,
     "users": _users,
     "tokens": _tokens,
@@ -387,8 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         from relay.db.bridge import UNAVAILABLE_ERRORS
         from relay.db.embedded import EmbeddedPostgresError
+        from relay.db.migrate import MigrationError
 
-        if isinstance(exc, EmbeddedPostgresError):
+        if isinstance(exc, (EmbeddedPostgresError, MigrationError)):
             _stderr(f"relay: {exc}")
             return 1
         if isinstance(exc, UNAVAILABLE_ERRORS):

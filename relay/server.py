@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, cast
 
@@ -13,7 +14,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from relay.app import RelayApp
+from relay.app import RelayApp, describe, print_now
 from relay.options import Options
 
 log = logging.getLogger("relay.server")
@@ -32,27 +33,10 @@ def hypercorn_config(options: Options) -> Config:
     return config
 
 
-async def wait_for_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            print("relay: shutting down (streams get the grace period to finish)", file=sys.stderr)
-            return
-
-
-def describe(app: RelayApp, binds: list[str], out: Callable[[str], None]) -> None:
-    services = app.services
-    assert services is not None
-    out(f"relay: listening on {', '.join(binds)}")
-    out(f"relay: database: {services.dsn_description}")
-    providers = services.providers.all()
-    if not providers:
-        out("relay: no providers configured (see docs/providers.md)")
-    for p in providers:
-        keys = ", ".join(p.masked_keys()) or "(no key)"
-        out(
-            f"relay: provider {p.name} ({p.type}) -> {p.base_url or '(default endpoint)'} key {keys}"
-        )
-        out(f"       route: /api/v2/ai-gateway/{p.name}/")
+async def _first_signal(signals: AsyncIterator[int]) -> None:
+    async for _ in signals:
+        print("relay: shutting down (streams get the grace period to finish)", file=sys.stderr)
+        return
 
 
 async def run_server(
@@ -61,22 +45,23 @@ async def run_server(
     env: Mapping[str, str] | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[RelayApp] = trio.TASK_STATUS_IGNORED,
-    out: Callable[[str], None] = print,
+    out: Callable[[str], None] = print_now,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``shutdown_trigger``), then shut down gracefully."""
     app = RelayApp(options, env)
     config = hypercorn_config(options)
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            partial(
-                hypercorn_serve,
-                cast(Any, app),
-                config,
-                shutdown_trigger=shutdown_trigger or wait_for_signal,
+    with contextlib.ExitStack() as stack:
+        if shutdown_trigger is None:
+            # Caught from the start: a SIGTERM while starting (a supervisor's
+            # quick stop) shuts down cleanly instead of killing the process.
+            signals = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+            shutdown_trigger = partial(_first_signal, signals)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(hypercorn_serve, cast(Any, app), config, shutdown_trigger=shutdown_trigger)
             )
-        )
-        describe(app, binds, out)
-        task_status.started(app)
+            describe(app, binds, out)
+            task_status.started(app)
 
 
 def serve(options: Options, *, demo: bool = False) -> None:

@@ -146,3 +146,8 @@ def test_four_processes_migrating_at_once(empty_dsn: str, tmp_path: Path) -> Non
             return [r["version"] for r in rows]
 
     assert trio.run(check) == versions[1:]
+
+
+def test_an_install_without_its_migrations_refuses_to_migrate(tmp_path: Path) -> None:
+    with pytest.raises(MigrationError, match="no migration files"):
+        read_migrations(tmp_path)

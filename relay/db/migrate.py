@@ -20,7 +20,7 @@ import trio
 import relay
 from relay.db.bridge import Database
 
-#: Directory of the project's migrations (the project is installed editable).
+#: Directory of the project's migrations (package data, shipped in the wheel).
 SQL_DIR = Path(relay.__file__).resolve().parent / "schemas" / "sql"
 
 #: Key of the advisory lock held while migrating: "relaymig" as a bigint.
@@ -47,6 +47,9 @@ def read_migrations(sql_dir: Path = SQL_DIR) -> list[tuple[str, str]]:
         if not _FILE_NAME.match(path.name):
             raise MigrationError(f"migration file {path} is not named NNNN_name.sql")
         migrations.append((path.stem, path.read_text()))
+    if not migrations:
+        # An install without its package data must not serve on an empty schema.
+        raise MigrationError(f"no migration files in {sql_dir} (is the package installed whole?)")
     return migrations
 
 
