@@ -23,10 +23,10 @@ import msgspec
 import pytest
 import trio
 
-from bench import mock_bedrock
 from relay.app import RelayApp
 from relay.intercept.bedrock.stream import STREAM_EXCEPTION_ERROR_TYPES
 from relay.options import load_options
+from relay.testing import mock_bedrock
 from relay.testing.mock_bedrock import MockBedrock, script_for
 from tests.relay_harness import RunningRelay, running_relay
 
