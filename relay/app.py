@@ -258,6 +258,9 @@ class RelayApp:
             return
         finally:
             guards.concurrency.release()
+            if failover is not None and failover.attempts:
+                # Keys tried by this request (intercepted or passthrough), once it is over.
+                services.metrics.key_pool_attempts(provider.name, failover.attempts)
 
 
 def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:

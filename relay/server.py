@@ -48,10 +48,9 @@ def describe(app: RelayApp, binds: list[str], out: Callable[[str], None]) -> Non
     if not providers:
         out("relay: no providers configured (see docs/providers.md)")
     for p in providers:
-        keys = ", ".join(p.masked_keys()) or "(no key)"
-        out(
-            f"relay: provider {p.name} ({p.type}) -> {p.base_url or '(default endpoint)'} key {keys}"
-        )
+        # endpoint and credential_hint know Bedrock's own fields (base URL, access key pair).
+        endpoint = p.endpoint or "(default endpoint)"
+        out(f"relay: provider {p.name} ({p.type}) -> {endpoint} key {p.credential_hint()}")
         out(f"       route: /api/v2/ai-gateway/{p.name}/")
 
 

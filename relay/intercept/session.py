@@ -23,7 +23,13 @@ from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_intercept
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.limits import RequestGuards
 from relay.providers.types import Provider, mask_secret
-from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
+from relay.record.events import (
+    InterceptionMeta,
+    client_session_id,
+    detect_client,
+    new_id,
+    records_for,
+)
 from relay.routes import RouteKind
 from relay.services import Services
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
@@ -58,7 +64,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
     services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
     principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
     started_at = datetime.now(UTC)
-    interception_id = uuid.uuid4()
+    interception_id = new_id()  # time-ordered (UUID version 7)
     try:
         body = await read_body(receive, services.options.max_request_body)
     except BodyTooLarge as exc:

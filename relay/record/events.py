@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -36,13 +37,32 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_id_lock = threading.Lock()
+_last_id_clock = 0  # the 60-bit clock of the latest id: milliseconds and 12 bits below
+
+
 def new_id() -> uuid.UUID:
     """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds,
-    then random bits. Rows arrive roughly in id order, so primary-key inserts
-    touch the right edge of the index instead of random pages of a large one."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    12 bits of sub-millisecond time, then 62 random bits. Python 3.11 has no
+    ``uuid.uuid7``. Within a process the ids are strictly increasing (RFC 9562
+    §6.2 method 3, with the clock bumped when two calls see the same time), so
+    creation order is id order. Rows arrive roughly in id order, so primary-key
+    inserts touch the right edge of the index instead of random pages of a large one.
+    """
+    global _last_id_clock
+    milliseconds, below = divmod(time.time_ns(), 1_000_000)
+    clock = milliseconds << 12 | (below * 4096 // 1_000_000)
+    with _id_lock:
+        if clock <= _last_id_clock:
+            clock = _last_id_clock + 1  # same (or earlier) time: the next value
+        _last_id_clock = clock
+    value = (
+        (clock >> 12) << 80
+        | 0x7 << 76  # version 7
+        | (clock & 0xFFF) << 64
+        | 0x2 << 62  # RFC 4122 variant
+        | int.from_bytes(os.urandom(8)) >> 2
+    )
     return uuid.UUID(int=value)
 
 
