@@ -92,9 +92,11 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
         await migrate(db)
         providers = providers_from_env(env, _warn, options)
         seeded = await seed_providers_from_env(db, providers)
-        if seeded.disabled:
-            log.warning(
-                "providers no longer in the environment, disabled: %s", ", ".join(seeded.disabled)
+        if seeded.absent:
+            # Seeding never disables: another node may serve them (docs/providers.md).
+            log.info(
+                "providers in the database but not in this environment, left as they are: %s",
+                ", ".join(seeded.absent),
             )
         if seeded.skipped:
             log.warning(
