@@ -23,6 +23,7 @@ from relay.options import Options
 from relay.providers.env import providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
 from relay.providers.store import seed_providers_from_env
+from relay.record.instances import Instance
 from relay.record.recorder import Recorder
 from relay.upstream.clients import UpstreamClients
 
@@ -59,6 +60,8 @@ class Services:
     dsn_description: str
     metrics: Metrics
     dumps: DumpWriter
+    # This process in relay_instances: its id stamps the interceptions it serves.
+    instance: Instance | None = None
 
 
 @asynccontextmanager
@@ -103,6 +106,10 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
                 "environment providers skipped (a provider made with the CLI holds the name): %s",
                 ", ".join(seeded.skipped),
             )
+        # Before the first request: settle what a dead predecessor left in_progress.
+        instance = Instance(db)
+        await instance.register()
+        await instance.sweep()
         registry = ProviderRegistry()
         tokens = TokenCache(db)
         upstreams = UpstreamClients(
@@ -123,6 +130,7 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             listener = ConfigListener(db, registry, tokens)
             await nursery.start(listener.run)
             await nursery.start(recorder.run)
+            await nursery.start(instance.run)
             metrics = metrics_for_process(data_dir(options))
 
             async def report_providers(_changes: object = None) -> None:
@@ -137,7 +145,16 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             await nursery.start(dumps.run)
             try:
                 yield Services(
-                    options, db, registry, tokens, recorder, upstreams, description, metrics, dumps
+                    options,
+                    db,
+                    registry,
+                    tokens,
+                    recorder,
+                    upstreams,
+                    description,
+                    metrics,
+                    dumps,
+                    instance,
                 )
             finally:
                 with trio.CancelScope(shield=True):
@@ -145,4 +162,5 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
                     await dumps.aclose()  # what is queued goes to disk
                     # Drains the channel: everything is written or spooled.
                     await recorder.aclose()
+                    await instance.stopped()
                 nursery.cancel_scope.cancel()

@@ -26,7 +26,12 @@ import msgspec
 
 from relay.intercept.facts import Facts
 
+#: How an interception ended (what the relay itself records at its end).
 Status: TypeAlias = Literal["completed", "failed", "cancelled"]
+#: Every state of an ``interceptions`` row: recorded ``in_progress`` when the
+#: request is accepted, then ended with a ``Status``; or ``interrupted`` when the
+#: relay process serving it was found gone (relay.record.instances).
+RowStatus: TypeAlias = Literal["in_progress", "completed", "failed", "cancelled", "interrupted"]
 CredentialKind: TypeAlias = Literal["centralized", "byok"]
 Headers: TypeAlias = Iterable[tuple[bytes, bytes]]
 # Timestamps are timezone-aware (UTC); the schema says date-time.
@@ -87,10 +92,13 @@ class InterceptionMeta(msgspec.Struct, kw_only=True):
     credential_hint: str | None = None  # masked, e.g. sk-…abcd; never the key
     id: uuid.UUID = msgspec.field(default_factory=new_id)
     started_at: Timestamp = msgspec.field(default_factory=utc_now)
+    instance_id: uuid.UUID | None = None  # relay_instances.id of the process serving it
 
 
 class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_field="kind"):
-    """One intercepted request, written once, when it has ended."""
+    """One intercepted request: written when it starts (``in_progress``, no
+    ``ended_at``) and again when it ends; the later state replaces the earlier
+    (the writer upserts, never moving a row back to an earlier state)."""
 
     id: uuid.UUID
     initiator_id: uuid.UUID | None
@@ -100,8 +108,8 @@ class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_f
     model: str
     route: str
     started_at: Timestamp
-    ended_at: Timestamp
-    status: Status
+    ended_at: Timestamp | None
+    status: RowStatus
     error_type: str | None
     error_message: str | None
     client: str
@@ -109,6 +117,8 @@ class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_f
     user_agent: str | None
     credential_kind: CredentialKind
     credential_hint: str | None
+    # Last, with a default: spool frames written before it existed still decode.
+    instance_id: uuid.UUID | None = None
 
 
 class TokenUsageRecord(msgspec.Struct, kw_only=True, tag="token_usage", tag_field="kind"):
@@ -177,6 +187,34 @@ RECORD_TYPES: tuple[type[Record], ...] = (
 )
 
 
+def interception_started(interception: InterceptionMeta) -> InterceptionRecord:
+    """The row recorded when an interception starts: ``in_progress``, not ended.
+
+    Its end (``records_for``) replaces it; if the process dies first, a relay
+    marks it ``interrupted`` (relay.record.instances).
+    """
+    return InterceptionRecord(
+        id=interception.id,
+        initiator_id=interception.initiator_id,
+        api_key_id=interception.api_key_id,
+        provider_name=interception.provider_name,
+        provider_type=interception.provider_type,
+        model=interception.model,
+        route=interception.route,
+        started_at=interception.started_at,
+        ended_at=None,
+        status="in_progress",
+        error_type=None,
+        error_message=None,
+        client=interception.client,
+        client_session_id=interception.client_session_id,
+        user_agent=interception.user_agent,
+        credential_kind=interception.credential_kind,
+        credential_hint=interception.credential_hint,
+        instance_id=interception.instance_id,
+    )
+
+
 def records_for(
     interception: InterceptionMeta,
     facts: Facts,
@@ -221,6 +259,7 @@ def records_for(
             user_agent=interception.user_agent,
             credential_kind=interception.credential_kind,
             credential_hint=interception.credential_hint,
+            instance_id=interception.instance_id,
         )
     ]
     if facts.usage is not None:
