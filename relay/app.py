@@ -52,6 +52,10 @@ from relay.upstream.keypool import Failover, KeyPool, retry_after_header
 
 log = logging.getLogger("relay.app")
 
+UNRECORDABLE_MESSAGE = (
+    "the relay cannot record usage right now (database and spool unavailable); try again later"
+)
+
 
 def key_auth_headers(provider_type: str, key: str) -> list[tuple[bytes, bytes]]:
     """One provider key, in the header its API expects (a Bedrock API key is a Bearer token)."""
@@ -204,6 +208,15 @@ class RelayApp:
             upstream_path(provider.type, api_path),
             scope.get("query_string", b""),
         )
+        if (
+            kind is not RouteKind.PASSTHROUGH
+            and services.options.require_recording
+            and services.recorder.cannot_record
+        ):
+            # REQUIRE_RECORDING: no usage may go unrecorded, so serve nothing new.
+            retry = [(b"retry-after", b"5")]
+            await send_error(send, style, 503, UNRECORDABLE_MESSAGE, retry)
+            return
         if not guards.concurrency.try_acquire():
             message = f"too many concurrent requests (at most {guards.concurrency.limit})"
             await send_error(send, style, 503, message)

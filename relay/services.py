@@ -123,6 +123,8 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             flush_interval=options.recorder_flush_interval,
             queue_size=options.recorder_queue_size,
             retention=options.retention or None,
+            # REQUIRE_RECORDING refuses requests on cannot_record: keep it current.
+            watch_interval=1.0 if options.require_recording else None,
         )
         async with trio.open_nursery() as nursery:
             # One LISTEN per process feeds both: provider changes and
