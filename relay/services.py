@@ -133,6 +133,7 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             await nursery.start(listener.run)
             await nursery.start(recorder.run)
             await nursery.start(instance.run)
+            recorder.on_replayed = instance.sweep_soon
             metrics = metrics_for_process(data_dir(options))
 
             async def report_providers(_changes: object = None) -> None:

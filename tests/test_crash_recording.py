@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -127,6 +128,113 @@ async def test_sigkill_mid_stream_leaves_interrupted_rows_for_every_stream_serve
             remaining = await db.fetch("SELECT pid FROM relay_instances")
             assert [row["pid"] for row in remaining] == [second.pid]
         nursery.cancel_scope.cancel()
+
+
+async def test_sigkill_with_the_database_down_loses_nothing_that_was_served(
+    pg_cluster: Any, pg_dsn: str, tmp_path: Path
+):
+    """PostgreSQL is down: the starts and ends go to the spool (fsync'd); the relay
+    is killed with streams in flight; PostgreSQL comes back and a new relay
+    replays the spool: completed ones completed, the killed ones interrupted."""
+    completed, in_flight = 3, 3
+    mock = MockUpstream(record=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mock.serve, 0)
+        options = relay_options(pg_dsn, tmp_path / "data", mock)
+        log = tmp_path / "relay.log"
+        async with Database.open(pg_dsn, max_size=1) as db:
+            await create_user(db, "alice")  # (the first relay migrates before)
+        spool = tmp_path / "data" / "spool"
+        try:
+            async with relay_process(options, log) as first:
+                async with Database.open(pg_dsn, max_size=1) as db:
+                    token, _ = await create_token(db, "alice")
+                async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+                    headers = {"x-api-key": token, "anthropic-version": "2023-06-01"}
+                    url = first.gateway("anthropic") + "/v1/messages"
+                    # Verified (and cached) while the database is up.
+                    response = await client.post(
+                        url, headers=headers, json={"model": "mock-text", **MESSAGE}
+                    )
+                    assert response.status_code == 200
+                    async with Database.open(pg_dsn, max_size=1) as db:
+
+                        async def written() -> bool:
+                            return await statuses(db) == {"completed": 1}
+
+                        await until(written)
+                    await trio.to_thread.run_sync(pg_cluster.stop)
+                    for _ in range(completed):
+                        response = await client.post(
+                            url, headers=headers, json={"model": "mock-text", **MESSAGE}
+                        )
+                        assert response.status_code == 200
+                    streaming = trio.Semaphore(0)
+
+                    async def stream_until_killed() -> None:
+                        slow = {**headers, "x-mock-gap-ms": "200"}
+                        body = {"model": "mock-long", "stream": True, **MESSAGE}
+                        try:
+                            async with client.stream(
+                                "POST", url, headers=slow, json=body
+                            ) as response:
+                                first_bytes = True
+                                async for _ in response.aiter_raw():
+                                    if first_bytes:
+                                        streaming.release()
+                                        first_bytes = False
+                        except httpx.HTTPError:
+                            pass
+
+                    async with trio.open_nursery() as streams:
+                        for _ in range(in_flight):
+                            streams.start_soon(stream_until_killed)
+                        for _ in range(in_flight):
+                            await streaming.acquire()
+
+                        # Every start and end so far is spooled: one start row each for
+                        # the streams, two interception rows, usage, prompt for the others.
+                        def spooled_rows() -> int:
+                            return spooled_row_count(spool)
+
+                        want = in_flight + completed * 4
+                        with trio.fail_after(15):
+                            while await trio.to_thread.run_sync(spooled_rows) < want:
+                                await trio.sleep(0.05)
+                        await first.kill()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(pg_cluster.start)
+        async with Database.open(pg_dsn, max_size=1) as db:
+            assert await statuses(db) == {"completed": 1}  # only the one before the outage
+            async with relay_process(options, log):
+
+                async def settled() -> bool:
+                    return await statuses(db) == {
+                        "completed": 1 + completed,
+                        "interrupted": in_flight,
+                    }
+
+                await until(settled)  # the spool is replayed, then the sweep follows
+                assert await db.fetchval("SELECT count(*) FROM token_usages") == 1 + completed
+        nursery.cancel_scope.cancel()
+
+
+def spooled_row_count(spool: Path) -> int:
+    """Rows in the spool's segments (whole frames), read as a replay would."""
+    import msgspec
+
+    from relay.record.events import Record
+    from relay.record.spool import SEGMENT_MAGIC, SEGMENT_SUFFIX, decode_frames
+
+    decoder = msgspec.msgpack.Decoder(list[Record])
+    count = 0
+    for path in spool.glob(f"*{SEGMENT_SUFFIX}"):
+        data = path.read_bytes()
+        if data.startswith(SEGMENT_MAGIC):
+            for frame in decode_frames(data, len(SEGMENT_MAGIC)).frames:
+                count += len(decoder.decode(frame))
+    return count
 
 
 # --- the fleet rule, on the database ---------------------------------------------------------

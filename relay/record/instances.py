@@ -18,7 +18,9 @@ fleet on one database:
 
 A relay registers at start, sweeps before it serves (so a relay restarted on
 the same machine settles its predecessor's rows before its first request), then
-heartbeats and sweeps every ``HEARTBEAT_INTERVAL``. A pid reused by another
+heartbeats and sweeps every ``HEARTBEAT_INTERVAL``, and after each spool
+segment the recorder replays (it may bring in rows of a dead process, whose
+instance row a sweep has already removed). A pid reused by another
 process looks alive: such an instance waits for its lease, never the reverse.
 """
 
@@ -105,6 +107,7 @@ class Instance:
     lease: float = LEASE
     pid_running: Callable[[int], bool] = pid_running
     interrupted: int = 0  # rows this process marked interrupted
+    _wake: trio.Event = field(default_factory=trio.Event)
 
     async def register(self) -> None:
         """Insert (or, after a sweep took it for dead, re-insert) this instance."""
@@ -153,7 +156,9 @@ class Instance:
         """Heartbeat and sweep every ``HEARTBEAT_INTERVAL`` (a task in the services nursery)."""
         task_status.started()
         while True:
-            await trio.sleep(HEARTBEAT_INTERVAL)
+            with trio.move_on_after(HEARTBEAT_INTERVAL):
+                await self._wake.wait()
+            self._wake = trio.Event()
             try:
                 await self.heartbeat()
                 await self.sweep()
@@ -161,6 +166,10 @@ class Instance:
                 pass  # the database is away: the recorder says so; try again later
             except Exception as exc:  # never the end of the services nursery
                 log.warning("instance heartbeat or sweep failed: %r", exc)
+
+    def sweep_soon(self) -> None:
+        """Sweep now rather than at the next heartbeat (rows were replayed from a spool)."""
+        self._wake.set()
 
     async def stopped(self) -> None:
         """A graceful stop, after the recorder drained: the others may sweep us at once."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,9 @@ class Recorder:
         self._started = False
         self._closed = False
         self._done = trio.Event()
+        # Called after a spool segment was replayed: it may hold interceptions a
+        # dead process left in_progress (services: Instance.sweep_soon).
+        self.on_replayed: Callable[[], None] | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(list[Record])
         self._unlogged_losses = 0
@@ -514,6 +517,8 @@ class Recorder:
                 log.warning("recorder: %s in %s (a crash mid-write)", decoded.problem, segment.path)
             await trio.to_thread.run_sync(self._spool.remove, segment)
             log.info("recorder: replayed spool segment %s", segment.path.name)
+        if self.on_replayed is not None:
+            self.on_replayed()
 
     # --- the database connection and retention -----------------------------------------------
 
