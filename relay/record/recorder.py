@@ -342,7 +342,9 @@ class Recorder:
         self.stats.lost += count
         self._unlogged_losses += count
         self._loss_reason = why
-        if not self._losing.is_set():
+        if self._done.is_set():
+            self._log_losses()  # after the end (record() spools synchronously): no summary task
+        elif not self._losing.is_set():
             # The first loss after a quiet spell is logged at once; the ones that
             # follow are summed up every LOSS_SUMMARY_INTERVAL (_loss_summary_loop).
             self._losing.set()
