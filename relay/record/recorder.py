@@ -401,6 +401,9 @@ class Recorder:
 
     async def _watch_loop(self) -> None:
         """Keep ``cannot_record`` current and warn before the spool's disk is full."""
+        # Until the first replay pass, database_up is False even with PostgreSQL
+        # up: a probe now could call a read-only spool fatal for no reason.
+        await self._initial_pass_done.wait()
         next_free_check = trio.current_time()
         while True:
             if trio.current_time() >= next_free_check:
@@ -429,7 +432,8 @@ class Recorder:
         if db is None:
             return
         try:
-            with trio.fail_after(min(self._write_timeout, max(self._watch_interval or 1.0, 1.0))):
+            # As slow as a write may be before the recorder spools instead.
+            with trio.fail_after(self._write_timeout):
                 await db.fetchval("SELECT 1")
         except Exception as exc:
             self._database_down(exc)
