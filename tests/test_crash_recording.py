@@ -66,9 +66,9 @@ async def test_sigkill_mid_stream_leaves_interrupted_rows_for_every_stream_serve
         await nursery.start(mock.serve, 0)
         options = relay_options(pg_dsn, tmp_path / "data", mock)
         log = tmp_path / "relay.log"
+        await create_user(db, "alice")
+        token, _ = await create_token(db, "alice")
         async with relay_process(options, log) as first:
-            await create_user(db, "alice")
-            token, _ = await create_token(db, "alice")
             headers = {"x-api-key": token, "anthropic-version": "2023-06-01"}
             url = first.gateway("anthropic") + "/v1/messages"
             async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
@@ -142,13 +142,14 @@ async def test_sigkill_with_the_database_down_loses_nothing_that_was_served(
         await nursery.start(mock.serve, 0)
         options = relay_options(pg_dsn, tmp_path / "data", mock)
         log = tmp_path / "relay.log"
+        # Made before the relay starts (pg_dsn is migrated): announced later, the
+        # new token would evict itself from the relay's cache during the outage.
         async with Database.open(pg_dsn, max_size=1) as db:
-            await create_user(db, "alice")  # (the first relay migrates before)
+            await create_user(db, "alice")
+            token, _ = await create_token(db, "alice")
         spool = tmp_path / "data" / "spool"
         try:
             async with relay_process(options, log) as first:
-                async with Database.open(pg_dsn, max_size=1) as db:
-                    token, _ = await create_token(db, "alice")
                 async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
                     headers = {"x-api-key": token, "anthropic-version": "2023-06-01"}
                     url = first.gateway("anthropic") + "/v1/messages"

@@ -68,10 +68,10 @@ async def test_a_node_without_a_provider_never_disables_it_for_the_fleet(
         env_a |= provider_env("alpha", "anthropic", mock.base_url)
         env_b = {**common, "CODER_AI_GATEWAY_DATA_DIR": str(tmp_path / "b")}
         env_b |= provider_env("beta", "anthropic", mock.base_url)
+        async with Database.open(pg_dsn, max_size=1) as db:  # pg_dsn is migrated
+            await create_user(db, "alice")
+            token, _ = await create_token(db, "alice")
         async with relay_process(env_a, tmp_path / "a.log") as a:
-            async with Database.open(pg_dsn, max_size=1) as db:
-                await create_user(db, "alice")
-                token, _ = await create_token(db, "alice")
             async with relay_process(env_b, tmp_path / "b.log") as b:
                 # B booted without alpha in its environment: alpha stays, everywhere.
                 assert await enabled(pg_dsn) == {"alpha": True, "beta": True}
