@@ -55,6 +55,10 @@ from relay.upstream.keypool import Failover, KeyPool, retry_after_header
 
 log = logging.getLogger("relay.app")
 
+UNRECORDABLE_MESSAGE = (
+    "the relay cannot record usage right now (database and spool unavailable); try again later"
+)
+
 
 def key_auth_headers(provider_type: str, key: str) -> list[tuple[bytes, bytes]]:
     """One provider key, in the header its API expects (a Bedrock API key is a Bearer token)."""
@@ -218,6 +222,15 @@ class RelayApp:
             upstream_path(provider.type, api_path),
             scope.get("query_string", b""),
         )
+        if (
+            kind is not RouteKind.PASSTHROUGH
+            and services.options.require_recording
+            and services.recorder.cannot_record
+        ):
+            # REQUIRE_RECORDING: no usage may go unrecorded, so serve nothing new.
+            retry = [(b"retry-after", b"5")]
+            await send_error(send, style, 503, UNRECORDABLE_MESSAGE, retry)
+            return
         if not guards.concurrency.try_acquire():
             message = f"too many concurrent requests (at most {guards.concurrency.limit})"
             await send_error(send, style, 503, message)
@@ -272,6 +285,9 @@ class RelayApp:
             return
         finally:
             guards.concurrency.release()
+            if failover is not None and failover.attempts:
+                # Keys tried by this request (intercepted or passthrough), once it is over.
+                services.metrics.key_pool_attempts(provider.name, failover.attempts)
 
 
 def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:
@@ -330,10 +346,9 @@ def describe(
     if not providers:
         out("relay: no providers configured (see docs/providers.md)")
     for p in providers:
-        keys = ", ".join(p.masked_keys()) or "(no key)"
-        out(
-            f"relay: provider {p.name} ({p.type}) -> {p.base_url or '(default endpoint)'} key {keys}"
-        )
+        # endpoint and credential_hint know Bedrock's own fields (base URL, access key pair).
+        endpoint = p.endpoint or "(default endpoint)"
+        out(f"relay: provider {p.name} ({p.type}) -> {endpoint} key {p.credential_hint()}")
         out(f"       route: /api/v2/ai-gateway/{p.name}/")
 
 

@@ -7,10 +7,12 @@ a demo user gets a token, and copy-paste commands are printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import trio
@@ -84,14 +86,49 @@ What was recorded:
 """
 
 
-async def run_demo(options: Options, *, out: Callable[[str], None] = print) -> None:
+async def run_demo(
+    options: Options,
+    *,
+    out: Callable[[str], None] = print,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[RelayApp] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the demo until SIGINT/SIGTERM (or ``shutdown_trigger``).
+
+    Unless a data directory is named, the demo runs in a temporary one (its
+    embedded PostgreSQL, spool, providers, user and token), removed at exit:
+    the next ``relay serve`` finds the default data directory as it was.
+    """
+    with contextlib.ExitStack() as stack:
+        if not options.data_dir:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-demo-"))
+            options = options.replace(data_dir=directory)
+            out(
+                f"relay: demo data directory {directory} (removed at exit; name one with "
+                "--ai-gateway-data-dir to keep it)"
+            )
+        await _serve_demo(options, out, shutdown_trigger, task_status)
+
+
+async def _serve_demo(
+    options: Options,
+    out: Callable[[str], None],
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    task_status: trio.TaskStatus[RelayApp],
+) -> None:
     mock = MockUpstream(chunking="random", record=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(mock.serve, 0)
         env = demo_env(mock, dict(os.environ))
 
         async def serve_then_stop(task_status: trio.TaskStatus[RelayApp]) -> None:
-            await run_server(options, env=env, task_status=task_status, out=out)
+            await run_server(
+                options,
+                env=env,
+                shutdown_trigger=shutdown_trigger,
+                task_status=task_status,
+                out=out,
+            )
             nursery.cancel_scope.cancel()  # the relay has stopped: stop the mock too
 
         app = await nursery.start(serve_then_stop)
@@ -105,3 +142,4 @@ async def run_demo(options: Options, *, out: Callable[[str], None] = print) -> N
         host, _, port = options.http_address.rpartition(":")
         out(instructions(f"http://{host or '127.0.0.1'}:{port}", token))
         sys.stdout.flush()
+        task_status.started(app)

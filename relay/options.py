@@ -312,6 +312,16 @@ OPTIONS: tuple[Option, ...] = (
         group="Recording",
     ),
     _opt(
+        "REQUIRE_RECORDING",
+        parse_bool,
+        "false",
+        "Refuse new intercepted requests with 503 (in the provider's error shape, with "
+        "Retry-After) while their usage could be neither written to PostgreSQL nor spooled "
+        "to disk (database away and spool unwritable or full); checked every second. "
+        "false: such requests are served and their records counted as lost.",
+        group="Recording",
+    ),
+    _opt(
         "ADMIN_TOKEN",
         parse_str,
         "",

@@ -23,6 +23,7 @@ from relay.options import Options
 from relay.providers.env import providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
 from relay.providers.store import seed_providers_from_env
+from relay.record.instances import Instance
 from relay.record.recorder import Recorder
 from relay.upstream.clients import UpstreamClients
 
@@ -59,6 +60,8 @@ class Services:
     dsn_description: str
     metrics: Metrics
     dumps: DumpWriter
+    # This process in relay_instances: its id stamps the interceptions it serves.
+    instance: Instance | None = None
 
 
 @asynccontextmanager
@@ -92,15 +95,21 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
         await migrate(db)
         providers = providers_from_env(env, _warn, options)
         seeded = await seed_providers_from_env(db, providers)
-        if seeded.disabled:
-            log.warning(
-                "providers no longer in the environment, disabled: %s", ", ".join(seeded.disabled)
+        if seeded.absent:
+            # Seeding never disables: another node may serve them (docs/providers.md).
+            log.info(
+                "providers in the database but not in this environment, left as they are: %s",
+                ", ".join(seeded.absent),
             )
         if seeded.skipped:
             log.warning(
                 "environment providers skipped (a provider made with the CLI holds the name): %s",
                 ", ".join(seeded.skipped),
             )
+        # Before the first request: settle what a dead predecessor left in_progress.
+        instance = Instance(db)
+        await instance.register()
+        await instance.sweep()
         registry = ProviderRegistry()
         tokens = TokenCache(db)
         upstreams = UpstreamClients(
@@ -114,6 +123,8 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             flush_interval=options.recorder_flush_interval,
             queue_size=options.recorder_queue_size,
             retention=options.retention or None,
+            # REQUIRE_RECORDING refuses requests on cannot_record: keep it current.
+            watch_interval=1.0 if options.require_recording else None,
         )
         async with trio.open_nursery() as nursery:
             # One LISTEN per process feeds both: provider changes and
@@ -121,6 +132,8 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             listener = ConfigListener(db, registry, tokens)
             await nursery.start(listener.run)
             await nursery.start(recorder.run)
+            await nursery.start(instance.run)
+            recorder.on_replayed = instance.sweep_soon
             metrics = metrics_for_process(data_dir(options))
 
             async def report_providers(_changes: object = None) -> None:
@@ -135,7 +148,16 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             await nursery.start(dumps.run)
             try:
                 yield Services(
-                    options, db, registry, tokens, recorder, upstreams, description, metrics, dumps
+                    options,
+                    db,
+                    registry,
+                    tokens,
+                    recorder,
+                    upstreams,
+                    description,
+                    metrics,
+                    dumps,
+                    instance,
                 )
             finally:
                 with trio.CancelScope(shield=True):
@@ -143,4 +165,5 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
                     await dumps.aclose()  # what is queued goes to disk
                     # Drains the channel: everything is written or spooled.
                     await recorder.aclose()
+                    await instance.stopped()
                 nursery.cancel_scope.cancel()

@@ -39,13 +39,24 @@ class RunningRelay:
         return self.app.services.db
 
     async def wait_for_rows(
-        self, sql: str, *args: object, count: int = 1, timeout: float = 10
+        self, sql: str, *args: object, count: int = 1, timeout: float = 10, settled: bool = True
     ) -> list:
-        """Poll until ``sql`` returns at least ``count`` rows (the recorder writes in the background)."""
+        """Poll until ``sql`` returns at least ``count`` rows (the recorder writes in the background).
+
+        ``settled``: also until no interception is still ``in_progress`` (each is
+        recorded when it starts and again when it ends), so a test sees the end.
+        """
         with trio.fail_after(timeout):
             while True:
+                open_rows = (
+                    await self.db.fetchval(
+                        "SELECT count(*) FROM interceptions WHERE status = 'in_progress'"
+                    )
+                    if settled
+                    else 0
+                )
                 rows = await self.db.fetch(sql, *args)
-                if len(rows) >= count:
+                if len(rows) >= count and not open_rows:
                     return rows
                 await trio.sleep(0.02)
 

@@ -355,6 +355,28 @@ async def test_key_pool_exhaustion(pg_dsn, tmp_path):
             "SELECT status, error_type FROM interceptions WHERE provider_name = 'limited'", count=2
         )
         assert {(r["status"], r["error_type"]) for r in rows} == {("failed", "key_pool_exhausted")}
+        # Keys tried per request: 2 for the first of each pool; none while every key rests.
+        attempts = failover_attempts(relay)
+        assert attempts == {"limited": (1, 2.0), "refused": (1, 2.0)}
+
+
+def failover_attempts(relay: RunningRelay) -> dict[str, tuple[int, float]]:
+    """provider -> (count, sum) of the key_pool_failover_attempts histogram, as scraped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert relay.app.services is not None
+    found: dict[str, list[float]] = {}
+    text = relay.app.services.metrics.render().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name != "coder_ai_gateway_key_pool_failover_attempts":
+            continue
+        for sample in family.samples:
+            entry = found.setdefault(sample.labels["provider"], [0, 0.0])
+            if sample.name.endswith("_count"):
+                entry[0] = int(sample.value)
+            elif sample.name.endswith("_sum"):
+                entry[1] = sample.value
+    return {name: (int(count), total) for name, (count, total) in found.items()}
 
 
 # -- circuit breaker ---------------------------------------------------------------------------

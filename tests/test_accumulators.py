@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.intercept.chatcompletions import ChatAccumulator
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.intercept.facts import RESPONSE_PARSE_ERROR, Facts, ToolCall, Usage
 from relay.intercept.messages import MessagesAccumulator
 from relay.intercept.responses import ResponsesAccumulator
 from relay.streams.sse import SSEDecoder
@@ -672,12 +672,16 @@ def test_cancelled_anthropic_stream_reports_usage_so_far():
     ]
 
 
-def test_blocking_bodies_that_are_not_json_are_ignored():
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"[]", b'{"id":"x","usa'])
+def test_blocking_bodies_that_are_not_the_apis_json_are_a_parse_error(body):
+    """Fed only for 2xx answers: a body that is not the API's JSON (cut short, another
+    format) did not complete the exchange; the shell records it as failed."""
     for accumulator_type in ACCUMULATORS.values():
         accumulator = accumulator_type()
-        accumulator.feed_response(b"<html>502 Bad Gateway</html>")
-        accumulator.feed_response(b"[]")
-        assert accumulator.facts == Facts()
+        accumulator.feed_response(body)
+        facts = accumulator.facts
+        assert facts.error_type == RESPONSE_PARSE_ERROR
+        assert facts.usage is None and facts.tool_calls == []
 
 
 def test_responses_summary_done_replaces_its_deltas():

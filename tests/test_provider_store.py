@@ -16,7 +16,6 @@ from relay.providers.store import (
     ProviderStoreError,
     add_provider,
     build_providers,
-    get_provider,
     list_providers,
     remove_provider,
     seed_providers_from_env,
@@ -70,14 +69,27 @@ async def test_changed_env_provider_is_updated(db):
     assert (await build_providers(db))["openai"] == changed
 
 
-async def test_env_rows_gone_from_the_env_are_disabled_not_deleted(db):
+async def test_seeding_never_disables_env_rows_another_environment_lacks(db):
+    """One database, a fleet: a node whose environment lacks a provider must not
+    take it away from the others (issue 13 item 10)."""
     await seed_providers_from_env(db, [OPENAI, CORP])
     result = await seed_providers_from_env(db, [OPENAI])
-    assert result.disabled == ("anthropic-corp",)
+    assert result.absent == ("anthropic-corp",)
+    assert set(await build_providers(db)) == {"openai", "anthropic-corp"}
+    result = await seed_providers_from_env(db, [])
+    assert result.absent == ("anthropic-corp", "openai")
+    assert set(await build_providers(db)) == {"openai", "anthropic-corp"}
+    # Retiring one is explicit (the CLI's disable); seeding then leaves it alone.
+    await set_provider_enabled(db, "anthropic-corp", False)
+    result = await seed_providers_from_env(db, [OPENAI, CORP])
+    assert result.skipped == ("anthropic-corp",)
     assert set(await build_providers(db)) == {"openai"}
-    row = await get_provider(db, "anthropic-corp")
-    assert row is not None and not row.enabled and row.source == "env"
-    # Back in the environment: enabled again.
+
+
+async def test_a_disabled_env_row_back_in_the_environment_is_enabled(db):
+    # (Rows an earlier version disabled while seeding.)
+    await seed_providers_from_env(db, [OPENAI, CORP])
+    await db.execute("UPDATE providers SET enabled = false WHERE name = 'anthropic-corp'")
     result = await seed_providers_from_env(db, [OPENAI, CORP])
     assert result.updated == ("anthropic-corp",)
     assert set(await build_providers(db)) == {"openai", "anthropic-corp"}
@@ -93,9 +105,9 @@ async def test_api_rows_are_left_alone_and_win_a_name_clash(db):
     built = await build_providers(db)
     assert built["openai"].base_url == "https://api.example/" and built["openai"].source == "api"
     assert built["mine"].source == "api"
-    # An empty environment disables env rows only.
+    # An empty environment changes nothing; api rows are never reported absent.
     result = await seed_providers_from_env(db, [])
-    assert result.disabled == ()
+    assert result.absent == ()
     assert set(await build_providers(db)) == {"mine", "openai"}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Sequence
@@ -291,17 +292,19 @@ async def test_record_never_waits_even_with_the_database_away(
     spool_dir = tmp_path / "spool"
     recorder = Recorder(UNREACHABLE_DSN, spool_dir, queue_size=1000)
     one = interception(0)[:1]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(recorder.run)
-        with caplog.at_level(logging.ERROR, logger="relay.record.recorder"):
+    with caplog.at_level(logging.ERROR, logger="relay.record.recorder"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
             for _ in range(100_000):  # no checkpoint: any wait would be a deadlock
                 recorder.record(one)
-        # Nothing was written to disk inside record(): the writer tasks do that.
-        assert recorder.stats.spooled == 0
-        assert recorder.stats.queued == 2000  # channel and overflow, each queue_size calls
-        assert recorder.stats.lost == 98_000
-        assert "LOST" in caplog.text
-        await recorder.aclose()
+            # Nothing was written to disk inside record(): the writer tasks do that.
+            assert recorder.stats.spooled == 0
+            assert recorder.stats.queued == 2000  # channel and overflow, each queue_size calls
+            assert recorder.stats.lost == 98_000
+            assert logged_losses(caplog) == 1  # the first at once, the rest summed up later
+            await recorder.aclose()
+    # The log counts what the metric counts (stats.lost), however fast they came.
+    assert logged_losses(caplog) == 98_000
     stats = recorder.stats
     assert stats.accepted == 100_000
     assert stats.spooled == 2000 and stats.queued == 0
@@ -322,7 +325,49 @@ async def test_an_unwritable_spool_is_counted_and_logged(
             await wait_until(lambda: recorder.stats.lost == len(records))
             await recorder.aclose()
     assert (recorder.stats.spooled, recorder.stats.written) == (0, 0)
-    assert f"LOST {len(records)} record(s)" in caplog.text
+    assert f"LOST {len(records)} row(s)" in caplog.text
+    assert logged_losses(caplog) == recorder.stats.lost
+
+
+def logged_losses(caplog: pytest.LogCaptureFixture) -> int:
+    """The rows the recorder's "LOST n row(s)" lines add up to."""
+    return sum(int(n) for n in re.findall(r"LOST (\d+) row\(s\)", caplog.text))
+
+
+async def test_low_free_space_for_the_spool_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No filesystem here has an exabyte free: the warning threshold is crossed.
+    recorder = Recorder(UNREACHABLE_DSN, tmp_path / "spool", min_free_bytes=1 << 60)
+    with caplog.at_level(logging.WARNING, logger="relay.record.recorder"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            await wait_until(lambda: "free for the spool" in caplog.text)
+            await recorder.aclose()
+    fine = Recorder(UNREACHABLE_DSN, tmp_path / "spool2", min_free_bytes=1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="relay.record.recorder"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fine.run)
+            await trio.sleep(0.1)
+            await fine.aclose()
+    assert "free for the spool" not in caplog.text
+
+
+async def test_cannot_record_while_the_database_is_away_and_the_spool_unwritable(
+    tmp_path: Path, pg_cluster: PgCluster, db: Database
+) -> None:
+    (tmp_path / "spool").write_text("")  # a file where the spool directory should be
+    recorder = Recorder(db, tmp_path / "spool", watch_interval=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(recorder.run)
+        await wait_until(lambda: recorder.stats.database_up)
+        assert not recorder.cannot_record  # the database takes everything
+        async with pg_cluster.down():
+            await wait_until(lambda: recorder.cannot_record)  # learnt without a write
+            (tmp_path / "spool").unlink()  # the disk is usable again
+            await wait_until(lambda: not recorder.cannot_record)
+        await recorder.aclose()
 
 
 async def test_cancelled_recorder_spools_what_it_holds(tmp_path: Path, db: Database) -> None:

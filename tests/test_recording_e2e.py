@@ -570,7 +570,8 @@ async def test_restart_with_a_non_empty_spool(pg_cluster: Any, pg_dsn: str, tmp_
                     seen[session] = await claude_code_stream(first, session)
             # A graceful stop with the database away: everything went to the spool.
             assert recorder.stats.lost == 0
-            assert recorder.stats.spooled == 5 * 3  # interception, usage, prompt each
+            # interception (at its start and at its end), usage, prompt each
+            assert recorder.stats.spooled == 5 * 4
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pg_cluster.start)

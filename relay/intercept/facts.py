@@ -46,3 +46,15 @@ class Facts(msgspec.Struct, kw_only=True):
     stop_reason: str | None = None
     error_type: str | None = None
     error_message: str | None = None
+
+
+#: ``Facts.error_type`` of a successful (2xx) blocking answer whose body is not
+#: the JSON the API defines (cut short, or another format): the client got it
+#: as it came, but the exchange did not complete and its usage is unknown.
+RESPONSE_PARSE_ERROR = "response_parse_error"
+
+
+def response_parse_error(facts: Facts, exc: Exception) -> None:
+    """Mark ``facts`` as learned from a blocking body that could not be parsed."""
+    facts.error_type = RESPONSE_PARSE_ERROR
+    facts.error_message = f"the upstream response body could not be parsed: {exc}"[:2000]

@@ -23,7 +23,14 @@ from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_intercept
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.limits import RequestGuards
 from relay.providers.types import Provider, mask_secret
-from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
+from relay.record.events import (
+    InterceptionMeta,
+    client_session_id,
+    detect_client,
+    interception_started,
+    new_id,
+    records_for,
+)
 from relay.routes import RouteKind
 from relay.services import Services
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
@@ -58,7 +65,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
     services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
     principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
     started_at = datetime.now(UTC)
-    interception_id = uuid.uuid4()
+    interception_id = new_id()  # time-ordered (UUID version 7)
     try:
         body = await read_body(receive, services.options.max_request_body)
     except BodyTooLarge as exc:
@@ -117,6 +124,36 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
         dump=dump,
     )
     outcome = Outcome()
+    instance_id = services.instance.id if services.instance is not None else None
+
+    def meta_now() -> InterceptionMeta:
+        """The request side as known now (the model and key may be settled later)."""
+        headers = scope["headers"]
+        return InterceptionMeta(
+            id=interception_id,
+            initiator_id=uuid.UUID(principal.user_id),
+            api_key_id=principal.api_key_id,
+            provider_name=provider.name,
+            provider_type=str(provider.type),
+            model=outcome.upstream_model or info.model or "",
+            route=api_path,
+            started_at=started_at,
+            client=detect_client(headers),
+            client_session_id=client_session_id(headers, info.metadata_user_id),
+            user_agent=header_str(headers, b"user-agent"),
+            credential_kind="byok" if credential.byok else "centralized",
+            credential_hint=mask_secret(
+                credential.byok_secret
+                or (failover.current if failover and failover.current else "")
+                or (provider.keys[0] if provider.keys else "")
+            )
+            or None,
+            instance_id=instance_id,
+        )
+
+    # Recorded now, completed in the finally: a process that dies meanwhile
+    # leaves an in_progress row, which a surviving relay marks interrupted.
+    services.recorder.record([interception_started(meta_now())])
     try:
         if provider.type == "bedrock":
             await relay_bedrock(
@@ -164,27 +201,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
             handle.finish()
         if breaker is not None and ticket is not None:
             settle_breaker(breaker, ticket, outcome, provider.type)
-        headers = scope["headers"]
-        meta = InterceptionMeta(
-            id=interception_id,
-            initiator_id=uuid.UUID(principal.user_id),
-            api_key_id=principal.api_key_id,
-            provider_name=provider.name,
-            provider_type=str(provider.type),
-            model=outcome.upstream_model or info.model or "",
-            route=api_path,
-            started_at=started_at,
-            client=detect_client(headers),
-            client_session_id=client_session_id(headers, info.metadata_user_id),
-            user_agent=header_str(headers, b"user-agent"),
-            credential_kind="byok" if credential.byok else "centralized",
-            credential_hint=mask_secret(
-                credential.byok_secret
-                or (failover.current if failover and failover.current else "")
-                or (provider.keys[0] if provider.keys else "")
-            )
-            or None,
-        )
+        meta = meta_now()
         error = (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
         services.recorder.record(
             records_for(

@@ -3,8 +3,12 @@
 The ``providers`` table is the single source of truth at run time.
 
 - ``seed_providers_from_env`` (at boot) upserts the environment's providers as
-  rows with source ``env``. An ``env`` row whose provider is no longer in the
-  environment is disabled, not deleted. Rows with source ``api`` (made or
+  rows with source ``env``: it only adds and updates. It never disables or
+  deletes a row, because one database serves a fleet and the environment of
+  one node says nothing about the providers of the others: an ``env`` row
+  this environment lacks is reported (``SeedResult.absent``) and left as it
+  is. Retiring a provider is explicit: ``relay providers disable`` or
+  ``remove`` (see docs/providers.md). Rows with source ``api`` (made or
   taken over by the CLI) are never touched: when the environment defines a
   provider whose name an ``api`` row already holds, the ``api`` row wins and
   the environment's provider is skipped (reported in ``SeedResult.skipped``).
@@ -58,14 +62,15 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     inserted: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()  # changed, or re-enabled after coming back
     unchanged: tuple[str, ...] = ()
-    disabled: tuple[str, ...] = ()  # env rows no longer in the environment
+    # Enabled env rows this environment does not define (another node's, or
+    # retired): left alone; seeding never disables.
+    absent: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()  # names held by an 'api' row, which wins
 
 
 class SeedPlan(msgspec.Struct, frozen=True, kw_only=True):
     inserts: tuple[Provider, ...]
     updates: tuple[Provider, ...]
-    disables: tuple[str, ...]
     result: SeedResult
 
 
@@ -116,7 +121,7 @@ def plan_seed(existing: Iterable[Provider], wanted: Sequence[Provider]) -> SeedP
             unchanged.append(provider.name)
         else:
             updates.append(provider)
-    disables = tuple(
+    absent = tuple(
         name
         for name, row in sorted(rows.items())
         if row.source == "env" and row.enabled and name not in wanted_names
@@ -124,12 +129,11 @@ def plan_seed(existing: Iterable[Provider], wanted: Sequence[Provider]) -> SeedP
     return SeedPlan(
         inserts=tuple(inserts),
         updates=tuple(updates),
-        disables=disables,
         result=SeedResult(
             inserted=tuple(p.name for p in inserts),
             updated=tuple(p.name for p in updates),
             unchanged=tuple(unchanged),
-            disabled=disables,
+            absent=absent,
             skipped=tuple(skipped),
         ),
     )
@@ -144,7 +148,8 @@ _UPDATE = (
 
 
 async def seed_providers_from_env(db: Database, providers: Sequence[Provider]) -> SeedResult:
-    """Make the ``env`` rows match the environment's providers (see the module doc).
+    """Add and update the ``env`` rows of the environment's providers; never
+    disable or delete one (see the module doc).
 
     Writes only what differs, so a boot with an unchanged environment sends no
     change notification to the running relays.
@@ -159,12 +164,6 @@ async def seed_providers_from_env(db: Database, providers: Sequence[Provider]) -
                 await conn.execute(_INSERT, *_row_args(provider))
             for provider in plan.updates:
                 await conn.execute(_UPDATE, *_row_args(provider))
-            if plan.disables:
-                await conn.execute(
-                    "UPDATE providers SET enabled = false, updated_at = now() "
-                    "WHERE source = 'env' AND name = ANY($1::text[])",
-                    list(plan.disables),
-                )
         return plan.result
 
     result: SeedResult = await db.run(seed)

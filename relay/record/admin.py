@@ -64,7 +64,7 @@ class Interception(msgspec.Struct):
     model: str
     route: str
     started_at: datetime
-    ended_at: datetime
+    ended_at: datetime | None  # null while in_progress
     status: str
     error_type: str | None
     error_message: str | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,12 @@ import msgspec
 
 from relay.intercept.facts import Facts
 
+#: How an interception ended (what the relay itself records at its end).
 Status: TypeAlias = Literal["completed", "failed", "cancelled"]
+#: Every state of an ``interceptions`` row: recorded ``in_progress`` when the
+#: request is accepted, then ended with a ``Status``; or ``interrupted`` when the
+#: relay process serving it was found gone (relay.record.instances).
+RowStatus: TypeAlias = Literal["in_progress", "completed", "failed", "cancelled", "interrupted"]
 CredentialKind: TypeAlias = Literal["centralized", "byok"]
 Headers: TypeAlias = Iterable[tuple[bytes, bytes]]
 # Timestamps are timezone-aware (UTC); the schema says date-time.
@@ -36,13 +42,32 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_id_lock = threading.Lock()
+_last_id_clock = 0  # the 60-bit clock of the latest id: milliseconds and 12 bits below
+
+
 def new_id() -> uuid.UUID:
     """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds,
-    then random bits. Rows arrive roughly in id order, so primary-key inserts
-    touch the right edge of the index instead of random pages of a large one."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    12 bits of sub-millisecond time, then 62 random bits. Python 3.11 has no
+    ``uuid.uuid7``. Within a process the ids are strictly increasing (RFC 9562
+    §6.2 method 3, with the clock bumped when two calls see the same time), so
+    creation order is id order. Rows arrive roughly in id order, so primary-key
+    inserts touch the right edge of the index instead of random pages of a large one.
+    """
+    global _last_id_clock
+    milliseconds, below = divmod(time.time_ns(), 1_000_000)
+    clock = milliseconds << 12 | (below * 4096 // 1_000_000)
+    with _id_lock:
+        if clock <= _last_id_clock:
+            clock = _last_id_clock + 1  # same (or earlier) time: the next value
+        _last_id_clock = clock
+    value = (
+        (clock >> 12) << 80
+        | 0x7 << 76  # version 7
+        | (clock & 0xFFF) << 64
+        | 0x2 << 62  # RFC 4122 variant
+        | int.from_bytes(os.urandom(8)) >> 2
+    )
     return uuid.UUID(int=value)
 
 
@@ -67,10 +92,13 @@ class InterceptionMeta(msgspec.Struct, kw_only=True):
     credential_hint: str | None = None  # masked, e.g. sk-…abcd; never the key
     id: uuid.UUID = msgspec.field(default_factory=new_id)
     started_at: Timestamp = msgspec.field(default_factory=utc_now)
+    instance_id: uuid.UUID | None = None  # relay_instances.id of the process serving it
 
 
 class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_field="kind"):
-    """One intercepted request, written once, when it has ended."""
+    """One intercepted request: written when it starts (``in_progress``, no
+    ``ended_at``) and again when it ends; the later state replaces the earlier
+    (the writer upserts, never moving a row back to an earlier state)."""
 
     id: uuid.UUID
     initiator_id: uuid.UUID | None
@@ -80,8 +108,8 @@ class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_f
     model: str
     route: str
     started_at: Timestamp
-    ended_at: Timestamp
-    status: Status
+    ended_at: Timestamp | None
+    status: RowStatus
     error_type: str | None
     error_message: str | None
     client: str
@@ -89,6 +117,8 @@ class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_f
     user_agent: str | None
     credential_kind: CredentialKind
     credential_hint: str | None
+    # Last, with a default: spool frames written before it existed still decode.
+    instance_id: uuid.UUID | None = None
 
 
 class TokenUsageRecord(msgspec.Struct, kw_only=True, tag="token_usage", tag_field="kind"):
@@ -157,6 +187,34 @@ RECORD_TYPES: tuple[type[Record], ...] = (
 )
 
 
+def interception_started(interception: InterceptionMeta) -> InterceptionRecord:
+    """The row recorded when an interception starts: ``in_progress``, not ended.
+
+    Its end (``records_for``) replaces it; if the process dies first, a relay
+    marks it ``interrupted`` (relay.record.instances).
+    """
+    return InterceptionRecord(
+        id=interception.id,
+        initiator_id=interception.initiator_id,
+        api_key_id=interception.api_key_id,
+        provider_name=interception.provider_name,
+        provider_type=interception.provider_type,
+        model=interception.model,
+        route=interception.route,
+        started_at=interception.started_at,
+        ended_at=None,
+        status="in_progress",
+        error_type=None,
+        error_message=None,
+        client=interception.client,
+        client_session_id=interception.client_session_id,
+        user_agent=interception.user_agent,
+        credential_kind=interception.credential_kind,
+        credential_hint=interception.credential_hint,
+        instance_id=interception.instance_id,
+    )
+
+
 def records_for(
     interception: InterceptionMeta,
     facts: Facts,
@@ -201,6 +259,7 @@ def records_for(
             user_agent=interception.user_agent,
             credential_kind=interception.credential_kind,
             credential_hint=interception.credential_hint,
+            instance_id=interception.instance_id,
         )
     ]
     if facts.usage is not None:

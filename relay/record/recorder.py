@@ -14,6 +14,11 @@ database is away, and replays the spool when the database is back.
 
 Nothing is dropped silently: a record is written, spooled, or counted in
 ``stats.lost`` and logged as an error (spool unwritable, both queues full).
+The log counts rows exactly as ``stats.lost`` (and so the
+``relay_recorder_lost_events`` metric) does: the first loss at once, then a
+summary every ``LOSS_SUMMARY_INTERVAL`` while losses go on, the rest at the end.
+``cannot_record`` tells the request path when usage can go nowhere (database
+away and spool unwritable), for the ``REQUIRE_RECORDING`` option.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +35,15 @@ import msgspec
 import trio
 
 from relay.record.events import Record
-from relay.record.spool import ClaimedSegment, Spool
+from relay.record.spool import ClaimedSegment, Spool, free_bytes, probe_writable
 from relay.record.writer import RecordingDatabase, write_batch_isolating
 
 log = logging.getLogger(__name__)
+
+LOSS_SUMMARY_INTERVAL = 10.0  # seconds between "LOST" lines while losses go on
+FREE_SPACE_CHECK_INTERVAL = 30.0
+FREE_SPACE_WARNING_INTERVAL = 300.0  # at most one low-space warning per this
+DEFAULT_MIN_FREE_BYTES = 512 * 1024 * 1024
 
 
 @dataclass
@@ -68,12 +78,17 @@ class Recorder:
         retention: float | None = None,
         max_backoff: float = 5.0,
         rescan_interval: float = 30.0,
+        watch_interval: float | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         """``db``: an open ``relay.db.bridge.Database``, or a DSN to open (and
         reopen) here. ``queue_size``: record() calls (one per interception)
         that may wait in memory; as many again go straight to the spool when
         the writer is behind. ``retention``: seconds to keep rows, or None to
-        leave deleting old rows to someone else."""
+        leave deleting old rows to someone else. ``watch_interval``: how often to
+        check the database and the spool, so that ``cannot_record`` is at most
+        this old (None: learnt from writes only). ``min_free_bytes``: warn when
+        the spool's filesystem has less free space."""
         self._dsn = db if isinstance(db, str) else None
         self._db: RecordingDatabase | None = None if isinstance(db, str) else db
         self.spool_dir = Path(spool_dir)
@@ -99,10 +114,20 @@ class Recorder:
         self._started = False
         self._closed = False
         self._done = trio.Event()
+        # Called after a spool segment was replayed: it may hold interceptions a
+        # dead process left in_progress (services: Instance.sweep_soon).
+        self.on_replayed: Callable[[], None] | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(list[Record])
-        self._last_loss_log = -math.inf
         self._unlogged_losses = 0
+        self._loss_reason = ""
+        self._losing = trio.Event()  # set while losses go on (the summary loop runs)
+        self._watch_interval = watch_interval
+        self._min_free_bytes = min_free_bytes
+        self._spool_error: str | None = None  # the last spool write or probe failed: why
+        self._watch_wanted = trio.Event()
+        self._unrecordable_since: float | None = None
+        self._last_free_warning = -math.inf
 
     # --- the hot path ------------------------------------------------------------------------
 
@@ -145,6 +170,8 @@ class Recorder:
                     nursery.start_soon(self._keep_database_open, self._dsn)
                 nursery.start_soon(self._replay_loop)
                 nursery.start_soon(self._spool_overflow_loop)
+                nursery.start_soon(self._loss_summary_loop)
+                nursery.start_soon(self._watch_loop)
                 if self._retention is not None:
                     nursery.start_soon(self._retention_loop, self._retention)
                 task_status.started()
@@ -158,8 +185,9 @@ class Recorder:
             with trio.CancelScope(shield=True):
                 await self._spool_leftovers()
             self._done.set()
+            self._log_losses()
             if self.stats.lost:
-                log.error("recorder: %d record(s) were lost in this run", self.stats.lost)
+                log.error("recorder: %d row(s) were lost in this run", self.stats.lost)
 
     async def aclose(self) -> None:
         """Graceful shutdown: stop accepting, write or spool everything queued."""
@@ -238,6 +266,7 @@ class Recorder:
         self.stats.database_up = False
         self._was_down = True
         self._replay_wanted.set()
+        self._watch_wanted.set()  # can the spool take what PostgreSQL does not?
 
     # --- the spool ---------------------------------------------------------------------------
 
@@ -247,8 +276,11 @@ class Recorder:
             async with self._spool_lock:
                 await trio.to_thread.run_sync(self._spool.append, payload)
         except OSError as exc:
+            self._spool_failed(str(exc))
             self._lose(len(batch), f"the spool in {self.spool_dir} cannot be written: {exc}")
             return
+        self._spool_error = None
+        self._update_recordable()
         self.stats.spooled += len(batch)
         self._replay_wanted.set()
 
@@ -306,19 +338,121 @@ class Recorder:
         self.stats.spooled += len(records)
 
     def _lose(self, count: int, why: str) -> None:
+        """Count ``count`` rows as lost; the log says so in the same unit (rows)."""
         self.stats.lost += count
         self._unlogged_losses += count
-        now = time.monotonic()
-        # Loud, but at most one line a second however many records are lost.
-        if now - self._last_loss_log >= 1.0:
-            log.error(
-                "recorder: LOST %d record(s) (%d lost since start): %s",
-                self._unlogged_losses,
-                self.stats.lost,
-                why,
+        self._loss_reason = why
+        if self._done.is_set():
+            self._log_losses()  # after the end (record() spools synchronously): no summary task
+        elif not self._losing.is_set():
+            # The first loss after a quiet spell is logged at once; the ones that
+            # follow are summed up every LOSS_SUMMARY_INTERVAL (_loss_summary_loop).
+            self._losing.set()
+            self._log_losses()
+
+    def _log_losses(self) -> None:
+        if not self._unlogged_losses:
+            return
+        log.error(
+            "recorder: LOST %d row(s) (%d lost since start, as relay_recorder_lost_events "
+            "counts): %s",
+            self._unlogged_losses,
+            self.stats.lost,
+            self._loss_reason,
+        )
+        self._unlogged_losses = 0
+
+    async def _loss_summary_loop(self) -> None:
+        while True:
+            await self._losing.wait()
+            await trio.sleep(LOSS_SUMMARY_INTERVAL)
+            if self._unlogged_losses:
+                self._log_losses()  # losses went on: one line for the interval
+            else:
+                self._losing = trio.Event()  # a quiet interval ends the spell
+
+    # --- can usage be recorded at all? --------------------------------------------------------
+
+    @property
+    def cannot_record(self) -> bool:
+        """True while usage can go nowhere: PostgreSQL away and the spool unwritable."""
+        return not self.stats.database_up and self._spool_error is not None
+
+    def _spool_failed(self, why: str) -> None:
+        self._spool_error = why
+        self._update_recordable()
+
+    def _update_recordable(self) -> None:
+        if self.cannot_record:
+            if self._unrecordable_since is None:
+                self._unrecordable_since = time.monotonic()
+                log.error(
+                    "recorder: usage cannot be recorded: PostgreSQL is away and the spool in %s "
+                    "cannot be written (%s)",
+                    self.spool_dir,
+                    self._spool_error,
+                )
+        elif self._unrecordable_since is not None:
+            log.warning(
+                "recorder: usage can be recorded again (after %.0fs)",
+                time.monotonic() - self._unrecordable_since,
             )
-            self._last_loss_log = now
-            self._unlogged_losses = 0
+            self._unrecordable_since = None
+
+    async def _watch_loop(self) -> None:
+        """Keep ``cannot_record`` current and warn before the spool's disk is full."""
+        # Until the first replay pass, database_up is False even with PostgreSQL
+        # up: a probe now could call a read-only spool fatal for no reason.
+        await self._initial_pass_done.wait()
+        next_free_check = trio.current_time()
+        while True:
+            if trio.current_time() >= next_free_check:
+                await self._check_free_space()
+                next_free_check = trio.current_time() + FREE_SPACE_CHECK_INTERVAL
+            if self._watch_interval is not None:
+                await self._check_database()
+            if self._watch_interval is not None or self._spool_error is not None:
+                if not self.stats.database_up:
+                    error = await trio.to_thread.run_sync(probe_writable, self.spool_dir)
+                    if error is None:
+                        self._spool_error = None
+                        self._update_recordable()
+                    else:
+                        self._spool_failed(error)
+            self._update_recordable()
+            self._watch_wanted = trio.Event()
+            wait = self._watch_interval or FREE_SPACE_CHECK_INTERVAL
+            if self._spool_error is not None:
+                wait = min(wait, 1.0)  # notice a spool that works again soon
+            with trio.move_on_after(wait):
+                await self._watch_wanted.wait()
+
+    async def _check_database(self) -> None:
+        db = self._db
+        if db is None:
+            return
+        try:
+            # As slow as a write may be before the recorder spools instead.
+            with trio.fail_after(self._write_timeout):
+                await db.fetchval("SELECT 1")
+        except Exception as exc:
+            self._database_down(exc)
+        # Coming back is the replay loop's to say (the spool is replayed first).
+
+    async def _check_free_space(self) -> None:
+        free = await trio.to_thread.run_sync(free_bytes, self.spool_dir)
+        if free is None or free >= self._min_free_bytes:
+            return
+        now = time.monotonic()
+        if now - self._last_free_warning >= FREE_SPACE_WARNING_INTERVAL:
+            self._last_free_warning = now
+            log.warning(
+                "recorder: only %d MiB free for the spool in %s (warning below %d MiB): while "
+                "PostgreSQL is away, usage that does not fit is lost",
+                free // (1024 * 1024),
+                self.spool_dir,
+                self._min_free_bytes // (1024 * 1024),
+            )
 
     # --- replaying ---------------------------------------------------------------------------
 
@@ -389,6 +523,8 @@ class Recorder:
                 log.warning("recorder: %s in %s (a crash mid-write)", decoded.problem, segment.path)
             await trio.to_thread.run_sync(self._spool.remove, segment)
             log.info("recorder: replayed spool segment %s", segment.path.name)
+        if self.on_replayed is not None:
+            self.on_replayed()
 
     # --- the database connection and retention -----------------------------------------------
 

@@ -257,3 +257,41 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+# --- health (blocking: call from a worker thread) ----------------------------------------
+
+PROBE_BYTES = 4096
+
+
+def probe_writable(directory: Path) -> str | None:
+    """Whether a frame could be spooled now: None, or why not (the OSError).
+
+    Creates the directory if need be, writes, fsyncs and removes a small file:
+    what a read-only filesystem, a full disk or a missing permission refuse.
+    """
+    probe = Path(directory) / f".probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            _unlink_quietly(probe)
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Bytes free for this process on the filesystem that holds (or will hold) ``directory``."""
+    path = Path(directory)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize

@@ -6,6 +6,13 @@ whose commit did land, a replayed spool), it is copied into staging tables
 instead and merged with ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING``,
 so every row ends up there once.
 
+Interceptions are the exception: each is written twice, ``in_progress`` when
+it starts and finished when it ends, so their rows are upserted (one
+``INSERT ... SELECT FROM unnest(...) ON CONFLICT (id) DO UPDATE`` per batch)
+and a row only ever moves forward: in_progress → interrupted → an end status
+(completed, failed, cancelled). A start and an end of one interception in the
+same batch are collapsed to the end before writing.
+
 A row PostgreSQL refuses as invalid (a NUL byte in a text, a broken CHECK) must
 not block the rows around it, nor the spool behind it: such a batch is retried
 with NUL bytes removed, then split in halves until the bad rows are isolated
@@ -21,7 +28,7 @@ from typing import Any, Protocol
 import asyncpg
 import msgspec
 
-from relay.record.events import RECORD_TYPES, Record
+from relay.record.events import RECORD_TYPES, InterceptionRecord, Record
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,54 @@ def rows_by_table(batch: Sequence[Record]) -> dict[Table, list[tuple[Any, ...]]]
     return {table: rows for table, rows in grouped.items() if rows}
 
 
+INTERCEPTIONS = TABLES[InterceptionRecord]
+# Order of the row states; a row is only replaced by a later one.
+_STATE_RANK = {"in_progress": 0, "interrupted": 1}  # every end status ranks 2
+_STATUS = INTERCEPTIONS.columns.index("status")
+_ID = INTERCEPTIONS.columns.index("id")
+_SQL_TYPES = {
+    "id": "uuid",
+    "initiator_id": "uuid",
+    "instance_id": "uuid",
+    "started_at": "timestamptz",
+    "ended_at": "timestamptz",
+}
+_UPSERT_INTERCEPTIONS = (
+    f"INSERT INTO interceptions ({', '.join(INTERCEPTIONS.columns)}) SELECT * FROM unnest("
+    + ", ".join(
+        f"${i}::{_SQL_TYPES.get(c, 'text')}[]" for i, c in enumerate(INTERCEPTIONS.columns, 1)
+    )
+    + ") ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in INTERCEPTIONS.columns if c != "id")
+    + " WHERE (interceptions.status = 'in_progress' AND EXCLUDED.status <> 'in_progress')"
+    " OR (interceptions.status = 'interrupted'"
+    " AND EXCLUDED.status NOT IN ('in_progress', 'interrupted'))"
+)
+
+
+def _rank(row: tuple[Any, ...]) -> int:
+    return _STATE_RANK.get(row[_STATUS], 2)
+
+
+def latest_interceptions(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per interception id: the most advanced state (the last of equals).
+
+    An upsert may not touch one row twice, and a start written after its own
+    end would be ignored anyway.
+    """
+    latest: dict[Any, tuple[Any, ...]] = {}
+    for row in rows:
+        seen = latest.get(row[_ID])
+        if seen is None or _rank(row) >= _rank(seen):
+            latest[row[_ID]] = row
+    return list(latest.values())
+
+
+async def _upsert_interceptions(conn: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    await conn.execute(_UPSERT_INTERCEPTIONS, *columns)
+
+
 def _staging(table: Table) -> str:
     return f"relay_stage_{table.name}"
 
@@ -84,6 +139,7 @@ async def write_batch(db: RecordingDatabase, batch: Sequence[Record]) -> None:
     grouped = rows_by_table(batch)
     if not grouped:
         return
+    interceptions = latest_interceptions(grouped.pop(INTERCEPTIONS, []))
 
     async def copy_in_transaction(conn: Any) -> None:
         # The common case has no row in the database yet: COPY straight into
@@ -92,6 +148,8 @@ async def write_batch(db: RecordingDatabase, batch: Sequence[Record]) -> None:
         # fact landed, a replayed spool) rolls that back and merges instead.
         try:
             async with conn.transaction():
+                if interceptions:
+                    await _upsert_interceptions(conn, interceptions)
                 for table, rows in grouped.items():
                     await conn.copy_records_to_table(
                         table.name, records=rows, columns=table.columns
@@ -100,6 +158,8 @@ async def write_batch(db: RecordingDatabase, batch: Sequence[Record]) -> None:
         except asyncpg.UniqueViolationError:
             pass
         async with conn.transaction():
+            if interceptions:
+                await _upsert_interceptions(conn, interceptions)
             await conn.execute(
                 "".join(
                     f"CREATE TEMP TABLE {_staging(t)} (LIKE {t.name} INCLUDING DEFAULTS)"

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.intercept.facts import Facts, ToolCall, Usage, response_parse_error
 from relay.streams.sse import SSEEvent
 from relay.wire.common import get_int, openai_error_fields
 from relay.wire.openai_chat import ChatChunk, ChatCompletion, CompletionChoice
@@ -137,7 +137,8 @@ class ChatAccumulator:
         """Account for a blocking response: a ``chat.completion`` object, or an error body."""
         try:
             completion = _COMPLETION.decode(body)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            response_parse_error(self._facts, exc)
             return
         facts = self._facts
         if completion.error is not None:

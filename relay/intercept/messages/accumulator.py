@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.intercept.facts import Facts, ToolCall, Usage, response_parse_error
 from relay.streams.sse import SSEEvent
 from relay.wire.anthropic import (
     BlockDeltaEvent,
@@ -169,7 +169,8 @@ class MessagesAccumulator:
         """Account for a blocking response: a message, or an error body."""
         try:
             response = _RESPONSE.decode(body)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            response_parse_error(self._facts, exc)
             return
         facts = self._facts
         if response.error is not None or response.type == "error":

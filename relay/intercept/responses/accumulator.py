@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.intercept.facts import Facts, ToolCall, Usage, response_parse_error
 from relay.streams.sse import SSEEvent
 from relay.wire.common import get_int, openai_error_fields
 from relay.wire.openai_responses import (
@@ -156,7 +156,8 @@ class ResponsesAccumulator:
         """Account for a blocking response: the response object, or an error body."""
         try:
             response = _RESPONSE.decode(body)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            response_parse_error(self._facts, exc)
             return
         self._apply_response(response)
 
