@@ -46,7 +46,7 @@ from relay.routes import (
     split_gateway_path,
     upstream_path,
 )
-from relay.services import Services, open_services
+from relay.services import Services, open_services, startup_failure
 from relay.upstream.breaker import BreakerState, CircuitBreaker
 from relay.upstream.keypool import Failover, KeyPool, retry_after_header
 
@@ -91,6 +91,10 @@ class RelayApp:
         # One BedrockAuth per bedrock provider: it holds the resolved AWS credentials.
         self.bedrock_auths = BedrockAuths(env)
         self._ready = trio.Event()
+        # What stopped the start, for ``relay serve`` to report (hypercorn only
+        # sees the message); with ``report_startup_failure`` it is also logged.
+        self.startup_error: BaseException | None = None
+        self.report_startup_failure = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -118,11 +122,18 @@ class RelayApp:
                 await receive()  # lifespan.shutdown: hypercorn has drained the requests
                 self.services = None
         except Exception as exc:
-            log.exception("relay failed to start")
-            if not self._ready.is_set():
-                await send({"type": "lifespan.startup.failed", "message": _startup_error(exc)})
-                return
-            raise
+            if self._ready.is_set():
+                log.exception("relay failed")
+                raise
+            expected = startup_failure(exc)
+            self.startup_error = expected or exc
+            if expected is None:
+                log.exception("relay failed to start")
+            elif self.report_startup_failure:
+                log.error("relay failed to start: %s", expected)
+            text = str(expected) if expected is not None else _startup_error(exc)
+            await send({"type": "lifespan.startup.failed", "message": text})
+            return
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
