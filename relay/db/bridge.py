@@ -499,7 +499,8 @@ class DatabaseConnectError(Exception):
 def connect_failure(exc: BaseException) -> str:
     """Why a connection failed, in a few words (never the password)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS failed: {exc.verify_message or exc.reason} (check sslrootcert / sslmode)"
+        why = exc.verify_message or exc.reason
+        return f"TLS failed: certificate verify failed: {why} (check sslrootcert / sslmode)"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
