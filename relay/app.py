@@ -37,6 +37,7 @@ from relay.limits import MAX_HEADER_BLOCK, RequestGuards, header_block_size
 from relay.metrics import Metrics
 from relay.options import Options, load_options
 from relay.providers.types import Provider
+from relay.readiness import readiness
 from relay.record.admin import handle_admin
 from relay.routes import (
     RouteKind,
@@ -147,6 +148,10 @@ class RelayApp:
             await send_response(send, 200, b'{"status":"ok"}')
             return
         services = self.services
+        if path == "/readyz":
+            status, body = await readiness(services)
+            await send_response(send, status, body)
+            return
         if path == "/metrics" and services is not None and not services.options.metrics_address:
             await services.metrics.metrics_endpoint(scope, receive, send)
             return

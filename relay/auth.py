@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import re
 import secrets
@@ -271,6 +272,12 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._positive)
+
+    def can_verify_offline(self) -> bool:
+        """Whether some token could be accepted without the database (``/readyz``)."""
+        now = self._clock()
+        entries = itertools.chain(self._positive.values(), self._stale.values())
+        return any(e.expires_at is None or now < e.expires_at for e in entries)
 
     async def verify(self, token: str) -> Principal | None:
         if parse_token(token) is None:
