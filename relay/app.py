@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import trio
 
+from relay import client_errors
 from relay.access import (
     BYOK_DISABLED_BODY,
     read_client_credential,
@@ -27,6 +28,7 @@ from relay.asgi import (
     Send,
     send_response,
 )
+from relay.auth import Principal
 from relay.db.bridge import UNAVAILABLE_ERRORS
 from relay.intercept.apis import SPECS
 from relay.intercept.base import send_error
@@ -158,8 +160,11 @@ class RelayApp:
         split = split_gateway_path(path)
         if split is None or services is None:
             style = error_style_for(None, path)
-            status = 404 if services is not None else 503
-            await send_error(send, style, status, f"route not supported: {method} {path}")
+            if services is None:
+                await send_error(send, style, 503, "the relay is starting or shutting down")
+            else:
+                message = client_errors.outside_the_gateway(method, path, services.providers.all())
+                await send_error(send, style, 404, message)
             return
         name, api_path = split
         if name == "admin":  # reserved: the admin API, not a provider
@@ -168,11 +173,17 @@ class RelayApp:
         provider = services.providers.get(name)
         style = error_style_for(provider.type if provider else None, api_path)
         if provider is None:
-            await send_error(send, style, 404, f"unknown provider: {name}")
+            if name in services.providers.disabled:
+                body = client_errors.disabled_provider_body(style, name)
+                await send_response(send, 503, body)
+                return
+            message = client_errors.unknown_provider(name, services.providers.all())
+            await send_error(send, style, 404, message)
             return
         kind = match_route(provider.type, method, api_path)
         if kind is None:
-            await send_error(send, style, 404, f"route not supported: {method} {api_path}")
+            message = client_errors.route_not_supported(provider, method, api_path)
+            await send_error(send, style, 404, message)
             return
         headers = scope["headers"]
         if header_block_size(headers) > MAX_HEADER_BLOCK:
@@ -180,8 +191,8 @@ class RelayApp:
             return
         credential = read_client_credential(headers)
         try:
-            principal = (
-                await services.tokens.verify(credential.relay_token)
+            checked = (
+                await services.tokens.check(credential.relay_token)
                 if credential.relay_token
                 else None
             )
@@ -190,9 +201,10 @@ class RelayApp:
             log.warning("cannot verify a token: the database is unavailable")
             await send_error(send, style, 503, "the relay cannot verify tokens right now")
             return
-        if principal is None:
-            await send_error(send, style, 401, "invalid or missing relay API token")
+        if not isinstance(checked, Principal):
+            await send_error(send, style, 401, client_errors.token_refused(credential, checked))
             return
+        principal = checked
         if credential.byok and not services.options.allow_byok:
             await send_response(send, 403, BYOK_DISABLED_BODY)
             return
