@@ -112,8 +112,9 @@ class RelayApp:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         env = self.env if self.env is not None else os.environ
-        options = self.options or load_options(env)
         try:
+            # Under hypercorn the options are read here: a bad one fails the start.
+            options = self.options or load_options(env)
             self.guards = RequestGuards.from_options(options)
             async with open_services(options, env) as services:
                 # A bedrock provider that cannot work (no region) stops the start, saying why.

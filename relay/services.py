@@ -26,8 +26,8 @@ from relay.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from relay.db.migrate import MigrationError, migrate
 from relay.dump import DumpWriter
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
-from relay.options import Options
-from relay.providers.env import providers_from_env
+from relay.options import OptionError, Options
+from relay.providers.env import ProviderConfigError, providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
 from relay.providers.store import seed_providers_from_env
 from relay.record.recorder import Recorder
@@ -75,6 +75,8 @@ def startup_failure(exc: BaseException) -> BaseException | None:
         MigrationError,
         BedrockConfigError,
         ListenError,
+        OptionError,
+        ProviderConfigError,
     )
     return exc if isinstance(exc, expected) else None
 

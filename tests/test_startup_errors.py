@@ -17,10 +17,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import certifi
 import pytest
+import trio
 
+from relay.app import RelayApp
 from tests.conftest import PgCluster, admin_execute
 from tests.test_cli import clean_env
 from tests.test_http11_client import self_signed
@@ -269,3 +272,18 @@ def test_unknown_option_names_are_warned_with_the_closest_name(tmp_path: Path) -
     ]
     assert lines[-1].startswith("relay: configuration error: CODER_AI_GATEWAY_HTTP_ADDRESS")
     assert status == 2
+
+
+async def test_under_hypercorn_a_bad_option_fails_the_lifespan_in_one_message() -> None:
+    """hypercorn drives the lifespan itself: the start must fail, not go on without it."""
+    app = RelayApp(None, {"CODER_AI_GATEWAY_HTTP_ADDRESS": "localhost"})
+    to_app, from_server = trio.open_memory_channel[dict[str, Any]](2)
+    to_server, from_app = trio.open_memory_channel[dict[str, Any]](2)
+    await to_app.send({"type": "lifespan.startup"})
+    with trio.fail_after(30):
+        await app({"type": "lifespan"}, from_server.receive, to_server.send)
+    assert from_app.receive_nowait() == {
+        "type": "lifespan.startup.failed",
+        "message": "CODER_AI_GATEWAY_HTTP_ADDRESS: 'localhost' has no port "
+        "(use HOST:PORT, e.g. localhost:4001)",
+    }
