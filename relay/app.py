@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 import trio
 
+from relay import client_errors
 from relay.access import (
     BYOK_DISABLED_BODY,
     read_client_credential,
@@ -30,6 +31,7 @@ from relay.asgi import (
     Send,
     send_response,
 )
+from relay.auth import Principal
 from relay.db.bridge import UNAVAILABLE_ERRORS
 from relay.intercept.apis import SPECS
 from relay.intercept.base import send_error
@@ -40,6 +42,7 @@ from relay.limits import MAX_HEADER_BLOCK, RequestGuards, header_block_size
 from relay.metrics import Metrics
 from relay.options import Options, load_options
 from relay.providers.types import Provider
+from relay.readiness import readiness
 from relay.record.admin import handle_admin
 from relay.routes import (
     RouteKind,
@@ -49,7 +52,7 @@ from relay.routes import (
     split_gateway_path,
     upstream_path,
 )
-from relay.services import Services, open_services
+from relay.services import Services, open_services, startup_failure
 from relay.upstream.breaker import BreakerState, CircuitBreaker
 from relay.upstream.keypool import Failover, KeyPool, retry_after_header
 
@@ -105,6 +108,10 @@ class RelayApp:
         # One BedrockAuth per bedrock provider: it holds the resolved AWS credentials.
         self.bedrock_auths = BedrockAuths(env)
         self._ready = trio.Event()
+        # What stopped the start, for ``relay serve`` to report (hypercorn only
+        # sees the message); with ``report_startup_failure`` it is also logged.
+        self.startup_error: BaseException | None = None
+        self.report_startup_failure = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -119,10 +126,11 @@ class RelayApp:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         env = self.env if self.env is not None else os.environ
-        options = self.options or load_options(env)
         # Before open_services: the metrics listener is not one of ours to announce.
         binds = listening_addresses() if self._announce is not None else []
         try:
+            # Under hypercorn the options are read here: a bad one fails the start.
+            options = self.options or load_options(env)
             self.guards = RequestGuards.from_options(options)
             async with open_services(options, env) as services:
                 # A bedrock provider that cannot work (no region) stops the start, saying why.
@@ -136,11 +144,18 @@ class RelayApp:
                 await receive()  # lifespan.shutdown: hypercorn has drained the requests
                 self.services = None
         except Exception as exc:
-            log.exception("relay failed to start")
-            if not self._ready.is_set():
-                await send({"type": "lifespan.startup.failed", "message": _startup_error(exc)})
-                return
-            raise
+            if self._ready.is_set():
+                log.exception("relay failed")
+                raise
+            expected = startup_failure(exc)
+            self.startup_error = expected or exc
+            if expected is None:
+                log.exception("relay failed to start")
+            elif self.report_startup_failure:
+                log.error("relay failed to start: %s", expected)
+            text = str(expected) if expected is not None else _startup_error(exc)
+            await send({"type": "lifespan.startup.failed", "message": text})
+            return
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,14 +169,21 @@ class RelayApp:
             await send_response(send, 200, b'{"status":"ok"}')
             return
         services = self.services
+        if path == "/readyz":
+            status, body = await readiness(services)
+            await send_response(send, status, body)
+            return
         if path == "/metrics" and services is not None and not services.options.metrics_address:
             await services.metrics.metrics_endpoint(scope, receive, send)
             return
         split = split_gateway_path(path)
         if split is None or services is None:
             style = error_style_for(None, path)
-            status = 404 if services is not None else 503
-            await send_error(send, style, status, f"route not supported: {method} {path}")
+            if services is None:
+                await send_error(send, style, 503, "the relay is starting or shutting down")
+            else:
+                message = client_errors.outside_the_gateway(method, path, services.providers.all())
+                await send_error(send, style, 404, message)
             return
         name, api_path = split
         if name == "admin":  # reserved: the admin API, not a provider
@@ -170,11 +192,17 @@ class RelayApp:
         provider = services.providers.get(name)
         style = error_style_for(provider.type if provider else None, api_path)
         if provider is None:
-            await send_error(send, style, 404, f"unknown provider: {name}")
+            if name in services.providers.disabled:
+                body = client_errors.disabled_provider_body(style, name)
+                await send_response(send, 503, body)
+                return
+            message = client_errors.unknown_provider(name, services.providers.all())
+            await send_error(send, style, 404, message)
             return
         kind = match_route(provider.type, method, api_path)
         if kind is None:
-            await send_error(send, style, 404, f"route not supported: {method} {api_path}")
+            message = client_errors.route_not_supported(provider, method, api_path)
+            await send_error(send, style, 404, message)
             return
         headers = scope["headers"]
         if header_block_size(headers) > MAX_HEADER_BLOCK:
@@ -182,8 +210,8 @@ class RelayApp:
             return
         credential = read_client_credential(headers)
         try:
-            principal = (
-                await services.tokens.verify(credential.relay_token)
+            checked = (
+                await services.tokens.check(credential.relay_token)
                 if credential.relay_token
                 else None
             )
@@ -192,9 +220,10 @@ class RelayApp:
             log.warning("cannot verify a token: the database is unavailable")
             await send_error(send, style, 503, "the relay cannot verify tokens right now")
             return
-        if principal is None:
-            await send_error(send, style, 401, "invalid or missing relay API token")
+        if not isinstance(checked, Principal):
+            await send_error(send, style, 401, client_errors.token_refused(credential, checked))
             return
+        principal = checked
         if credential.byok and not services.options.allow_byok:
             await send_response(send, 403, BYOK_DISABLED_BODY)
             return

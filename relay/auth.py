@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import re
 import secrets
@@ -25,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import trio
@@ -187,22 +188,31 @@ async def revoke_token(db: Database, key_id: str) -> ApiKeyRow:
     return _key_row(row)
 
 
-async def lookup_token(db: Database, token: str) -> tuple[Principal, float | None] | None:
-    """The token's principal and expiry (unix time), or None if it is not valid now."""
+#: Why a token was refused. ``expired`` and ``revoked`` are only ever told to
+#: whoever holds the whole token (its secret matched): anything else is ``unknown``,
+#: so a guessed id reveals nothing about other people's tokens.
+Refusal = Literal["unknown", "expired", "revoked"]
+
+
+async def check_token(db: Database, token: str) -> tuple[Principal, float | None] | Refusal:
+    """The token's principal and expiry (unix time), or why it is not valid now."""
     parsed = parse_token(token)
     if parsed is None:
-        return None
+        return "unknown"
     key_id, secret = parsed
     row = await db.fetchrow(
         "SELECT k.hash, k.user_id::text AS user_id, u.name AS user_name, k.expires_at, "
-        "  k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()) AS valid "
+        "  k.revoked_at IS NOT NULL AS revoked, "
+        "  k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired "
         "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1",
         key_id,
     )
-    if row is None:
-        return None
-    if not hmac.compare_digest(bytes(row["hash"]), hash_secret(secret)) or not row["valid"]:
-        return None
+    if row is None or not hmac.compare_digest(bytes(row["hash"]), hash_secret(secret)):
+        return "unknown"
+    if row["revoked"]:
+        return "revoked"
+    if row["expired"]:
+        return "expired"
     # At most one write per token per minute, and not announced (see the trigger).
     await db.execute(
         "UPDATE api_keys SET last_used_at = now() WHERE id = $1 "
@@ -212,6 +222,12 @@ async def lookup_token(db: Database, token: str) -> tuple[Principal, float | Non
     expires_at: datetime | None = row["expires_at"]
     principal = Principal(row["user_id"], row["user_name"], key_id)
     return principal, expires_at.timestamp() if expires_at is not None else None
+
+
+async def lookup_token(db: Database, token: str) -> tuple[Principal, float | None] | None:
+    """The token's principal and expiry (unix time), or None if it is not valid now."""
+    found = await check_token(db, token)
+    return found if isinstance(found, tuple) else None
 
 
 async def verify_token(db: Database, token: str) -> Principal | None:
@@ -261,7 +277,7 @@ class TokenCache:
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._positive: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._negative: OrderedDict[bytes, float] = OrderedDict()
+        self._negative: OrderedDict[bytes, tuple[float, Refusal]] = OrderedDict()
         # Positive entries dropped only for freshness, for use while the database is away.
         self._stale: OrderedDict[bytes, _Entry] = OrderedDict()
         self._inflight: dict[bytes, trio.Event] = {}
@@ -272,14 +288,26 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._positive)
 
+    def can_verify_offline(self) -> bool:
+        """Whether some token could be accepted without the database (``/readyz``)."""
+        now = self._clock()
+        entries = itertools.chain(self._positive.values(), self._stale.values())
+        return any(e.expires_at is None or now < e.expires_at for e in entries)
+
     async def verify(self, token: str) -> Principal | None:
+        """Who the token belongs to, or None when it is refused (see ``check``)."""
+        found = await self.check(token)
+        return found if isinstance(found, Principal) else None
+
+    async def check(self, token: str) -> Principal | Refusal:
+        """Who the token belongs to, or why it is refused."""
         if parse_token(token) is None:
-            return None  # malformed: never worth a query
+            return "unknown"  # malformed: never worth a query
         key = hashlib.sha256(token.encode()).digest()
         while True:
-            hit, principal = self._cached(key)
-            if hit:
-                return principal
+            cached = self._cached(key)
+            if cached is not None:
+                return cached
             pending = self._inflight.get(key)
             if pending is None:
                 break
@@ -288,7 +316,7 @@ class TokenCache:
         done = self._inflight[key] = trio.Event()
         generation = self._generation
         try:
-            found = await lookup_token(self._db, token)
+            found = await check_token(self._db, token)
         except UNAVAILABLE_ERRORS:
             stale = self._stale.get(key)
             if stale is None or (
@@ -303,35 +331,37 @@ class TokenCache:
         self._stale.pop(key, None)
         if generation == self._generation:
             now = self._clock()
-            if found is None:
-                self._remember_negative(key, now)
+            if isinstance(found, str):
+                self._remember_negative(key, now, found)
             else:
                 entry = _Entry(found[0], found[1], now + self._positive_ttl)
                 self._positive[key] = entry
                 self._trim(self._positive)
-        return found[0] if found is not None else None
+        return found if isinstance(found, str) else found[0]
 
-    def _cached(self, key: bytes) -> tuple[bool, Principal | None]:
+    def _cached(self, key: bytes) -> Principal | Refusal | None:
+        """The cached answer, or None when the database must be asked."""
         now = self._clock()
         entry = self._positive.get(key)
         if entry is not None:
             if entry.expires_at is not None and now >= entry.expires_at:
                 del self._positive[key]
-                self._remember_negative(key, now)
-                return True, None
+                self._remember_negative(key, now, "expired")
+                return "expired"
             if now < entry.cached_until:
                 self._positive.move_to_end(key)
-                return True, entry.principal
+                return entry.principal
             self._keep_stale(key, self._positive.pop(key))
-        until = self._negative.get(key)
-        if until is not None:
+        negative = self._negative.get(key)
+        if negative is not None:
+            until, refusal = negative
             if now < until:
-                return True, None
+                return refusal
             del self._negative[key]
-        return False, None
+        return None
 
-    def _remember_negative(self, key: bytes, now: float) -> None:
-        self._negative[key] = now + self._negative_ttl
+    def _remember_negative(self, key: bytes, now: float, refusal: Refusal) -> None:
+        self._negative[key] = (now + self._negative_ttl, refusal)
         self._negative.move_to_end(key)
         self._trim(self._negative)
 

@@ -406,17 +406,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as raised:
         exc = _leaf(raised)
         if isinstance(exc, (OptionError, ProviderConfigError)):
-            _stderr("relay: configuration error:\n  " + str(exc).replace("\n", "\n  "))
+            text = str(exc)
+            # One problem, one line; several (provider configuration), one line each.
+            sep = " " if "\n" not in text else "\n  "
+            _stderr("relay: configuration error:" + sep + text.replace("\n", "\n  "))
             return 2
         if isinstance(exc, (CommandError, auth.AuthError, store.ProviderStoreError)):
             _stderr(f"relay: {exc}")
             return 1
         from relay.db.bridge import UNAVAILABLE_ERRORS
-        from relay.db.embedded import EmbeddedPostgresError
-        from relay.db.migrate import MigrationError
+        from relay.services import startup_failure
 
-        if isinstance(exc, (EmbeddedPostgresError, MigrationError)):
-            _stderr(f"relay: {exc}")
+        expected = startup_failure(exc)
+        if expected is not None:
+            _stderr(f"relay: {expected}")
             return 1
         if isinstance(exc, UNAVAILABLE_ERRORS):
             _stderr(f"relay: the database is not available: {exc}")

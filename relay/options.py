@@ -12,6 +12,7 @@ Where both are given the new name wins. Flags win over the environment.
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -77,6 +78,55 @@ def parse_str(text: str) -> str:
     return text
 
 
+_ADDRESS_RE = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Za-z:.%]+)\]|(?P<host>[A-Za-z0-9._-]*)):(?P<port>\d+)$"
+)
+
+
+def parse_address(text: str) -> str:
+    """``HOST:PORT`` (``[::1]:4001`` for IPv6; an empty host listens on every interface).
+
+    The text is returned unchanged; only its shape and the port range are checked,
+    so ``localhost`` (no port) or port 99999 are refused here, before anything starts.
+    """
+    value = text.strip()
+    m = _ADDRESS_RE.match(value)
+    if m is None:
+        if re.fullmatch(r"[A-Za-z0-9._-]+", value):
+            raise ValueError(f"{text!r} has no port (use HOST:PORT, e.g. {value}:4001)")
+        if value.count(":") > 1 and not value.startswith("["):
+            raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:4001")
+        raise ValueError(f"{text!r} is not a HOST:PORT address (e.g. 127.0.0.1:4001)")
+    port = int(m.group("port"))
+    if port > 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range (0-65535)")
+    return value
+
+
+def parse_optional_address(text: str) -> str:
+    """Empty, or ``HOST:PORT`` (see ``parse_address``)."""
+    return parse_address(text) if text.strip() else ""
+
+
+_PG_SCHEMES = ("postgresql", "postgres")
+
+
+def parse_pg_url(text: str) -> str:
+    """Empty (embedded mode) or a ``postgresql://`` / ``postgres://`` URL."""
+    value = text.strip()
+    if not value:
+        return ""
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in _PG_SCHEMES:
+        from relay.db.bridge import mask_dsn
+
+        raise ValueError(
+            f"{mask_dsn(value)} is not a PostgreSQL URL "
+            "(use postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+        )
+    return value
+
+
 def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size and seconds % size == 0:
@@ -128,7 +178,7 @@ OPTIONS: tuple[Option, ...] = (
     # General
     _opt(
         "PG_CONNECTION_URL",
-        parse_str,
+        parse_pg_url,
         "",
         "PostgreSQL URL. Empty: a private PostgreSQL cluster is started inside the "
         "data directory (embedded mode).",
@@ -137,7 +187,12 @@ OPTIONS: tuple[Option, ...] = (
         has_alias=False,
         secret=True,
     ),
-    _opt("HTTP_ADDRESS", parse_str, "127.0.0.1:4001", "Address the relay listens on (host:port)."),
+    _opt(
+        "HTTP_ADDRESS",
+        parse_address,
+        "127.0.0.1:4001",
+        "Address the relay listens on (host:port; [::1]:4001 for IPv6, :4001 for every interface).",
+    ),
     _opt(
         "DATA_DIR",
         parse_str,
@@ -332,7 +387,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _opt(
         "METRICS_ADDRESS",
-        parse_str,
+        parse_optional_address,
         "",
         "Where /metrics (Prometheus text format) is served. Empty: on the main listener; "
         "host:port: on a listener of its own. See docs/metrics.md.",
@@ -415,6 +470,52 @@ PROVIDER_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
+_PROVIDER_VAR_RE = re.compile(r"^(CODER_AI_GATEWAY_|CODER_AIBRIDGE_)PROVIDER_[^_]+_.+$")
+_INDEX_RE = re.compile(r"PROVIDER_?S?_?(\d+)")
+
+
+def closest_env_name(name: str) -> str | None:
+    """The known variable ``name`` most likely meant (indexed providers keep their index).
+
+    Under one of the two prefixes only the rest is compared (the shared prefix would
+    make every name look alike); any other name is compared whole, strictly.
+    """
+    m = _INDEX_RE.search(name)
+    index = m.group(1) if m else "0"
+    keys = [o.key for o in OPTIONS if o.env_override is None]
+    keys += [f"PROVIDER_{index}_{key}" for key, _ in PROVIDER_KEYS]
+    for prefix in (NEW_ENV_PREFIX, OLD_ENV_PREFIX):
+        if name.startswith(prefix):
+            found = difflib.get_close_matches(name[len(prefix) :], keys, n=1, cutoff=0.7)
+            return prefix + found[0] if found else None
+    candidates = [o.env for o in OPTIONS if o.env_override] + [
+        prefix + key for prefix in (NEW_ENV_PREFIX, OLD_ENV_PREFIX) for key in keys
+    ]
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.85)
+    return found[0] if found else None
+
+
+def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
+    """One line per ``CODER_AI_GATEWAY_*`` / ``CODER_AIBRIDGE_*`` variable that is no option.
+
+    A variable under another ``CODER_`` name is only reported when it is very close
+    to a known one (``CODER_AI_GATEWY_...``): Coder's own variables may share the
+    environment. Indexed provider variables are checked by ``relay.providers.env``.
+    """
+    known = {o.env for o in OPTIONS} | {o.alias_env for o in OPTIONS if o.alias_env}
+    lines = []
+    for name in sorted(env):
+        if not name.startswith("CODER_") or name in known or _PROVIDER_VAR_RE.match(name):
+            continue
+        ours = name.startswith((NEW_ENV_PREFIX, OLD_ENV_PREFIX))
+        suggestion = closest_env_name(name)
+        if suggestion is None and not ours:
+            continue
+        hint = f"; did you mean {suggestion}?" if suggestion else ""
+        lines.append(f"WARN: {name} is not a relay option and is ignored{hint}")
+    return lines
+
+
 class Options:
     """Resolved option values, as attributes named after the keys in lower case."""
 
@@ -494,6 +595,8 @@ def load_options(
 ) -> Options:
     """Resolve every option: flag, alias flag, env, alias env, then default."""
     warn = warn or (lambda line: print(line, file=sys.stderr))
+    for line in unknown_env_warnings(env):
+        warn(line)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for opt in OPTIONS:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, cast
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
 
 from relay.app import RelayApp, describe, print_now
 from relay.options import Options
+from relay.services import ListenError
 
 log = logging.getLogger("relay.server")
 
@@ -39,6 +43,30 @@ async def _first_signal(signals: AsyncIterator[int]) -> None:
         return
 
 
+def _bind_failure(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror or exc})"
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another relay, or another program, listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no network interface of this machine has that address"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return exc.strerror or str(exc)
+
+
+def bind_listeners(config: Config, address: str) -> Sockets:
+    """The listening sockets, bound now: a taken or impossible address stops the start
+    before the database (or the embedded cluster) is touched."""
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address}: {_bind_failure(exc)}") from None
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+    return sockets
+
+
 async def run_server(
     options: Options,
     *,
@@ -47,21 +75,43 @@ async def run_server(
     task_status: trio.TaskStatus[RelayApp] = trio.TASK_STATUS_IGNORED,
     out: Callable[[str], None] = print_now,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or ``shutdown_trigger``), then shut down gracefully."""
-    app = RelayApp(options, env)
+    """Serve until SIGINT/SIGTERM (or ``shutdown_trigger``), then shut down gracefully.
+
+    A start that fails for an expected reason (``relay.services.startup_failure``)
+    raises that error itself, not hypercorn's lifespan error around it.
+    """
     config = hypercorn_config(options)
-    with contextlib.ExitStack() as stack:
-        if shutdown_trigger is None:
-            # Caught from the start: a SIGTERM while starting (a supervisor's
-            # quick stop) shuts down cleanly instead of killing the process.
-            signals = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
-            shutdown_trigger = partial(_first_signal, signals)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(hypercorn_serve, cast(Any, app), config, shutdown_trigger=shutdown_trigger)
-            )
-            describe(app, binds, out)
-            task_status.started(app)
+    sockets = bind_listeners(config, options.http_address)
+    app = RelayApp(options, env)
+    app.report_startup_failure = False  # the caller reports it, in one line
+    try:
+        with contextlib.ExitStack() as stack:
+            if shutdown_trigger is None:
+                # Caught from the start: a SIGTERM while starting (a supervisor's
+                # quick stop) shuts down cleanly instead of killing the process.
+                signals = stack.enter_context(
+                    trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+                )
+                shutdown_trigger = partial(_first_signal, signals)
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(
+                    partial(
+                        worker_serve,
+                        ASGIWrapper(cast(Any, app)),
+                        config,
+                        sockets=sockets,
+                        shutdown_trigger=shutdown_trigger,
+                    )
+                )
+                describe(app, binds, out)
+                task_status.started(app)
+    except Exception:
+        if app.startup_error is not None:
+            raise app.startup_error from None
+        raise
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
 
 
 def serve(options: Options, *, demo: bool = False) -> None:

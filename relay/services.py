@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -14,13 +15,19 @@ import platformdirs
 import trio
 
 from relay.auth import TokenCache
-from relay.db.bridge import Database
-from relay.db.embedded import EmbeddedPostgres
-from relay.db.migrate import migrate
+from relay.db.bridge import (
+    CONNECT_ERRORS,
+    Database,
+    DatabaseConnectError,
+    connect_failure,
+    mask_dsn,
+)
+from relay.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from relay.db.migrate import MigrationError, migrate
 from relay.dump import DumpWriter
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
-from relay.options import Options
-from relay.providers.env import providers_from_env
+from relay.options import OptionError, Options
+from relay.providers.env import ProviderConfigError, providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
 from relay.providers.store import seed_providers_from_env
 from relay.record.instances import Instance
@@ -49,6 +56,32 @@ def data_dir(options: Options) -> Path:
     return Path(platformdirs.user_data_dir("relay", appauthor=False))
 
 
+class ListenError(Exception):
+    """The relay cannot listen on its address; the message names the address and why."""
+
+
+def startup_failure(exc: BaseException) -> BaseException | None:
+    """The expected failure that stopped a start (unwrapped from exception groups), or None.
+
+    An expected failure is reported in its one line; anything else is a bug and keeps
+    its traceback.
+    """
+    from relay.upstream.aws import BedrockConfigError
+
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    expected = (
+        DatabaseConnectError,
+        EmbeddedPostgresError,
+        MigrationError,
+        BedrockConfigError,
+        ListenError,
+        OptionError,
+        ProviderConfigError,
+    )
+    return exc if isinstance(exc, expected) else None
+
+
 @dataclass
 class Services:
     options: Options
@@ -75,8 +108,15 @@ async def open_database(options: Options) -> AsyncIterator[tuple[Database, str]]
         embedded = EmbeddedPostgres(directory)
         dsn = await trio.to_thread.run_sync(embedded.start)
         description = f"embedded PostgreSQL in {directory / 'postgres'}"
+    where = f"the {description}" if embedded is not None else f"the database {mask_dsn(dsn)}"
     try:
-        async with Database.open(dsn) as db:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                db = await stack.enter_async_context(Database.open(dsn))
+            except CONNECT_ERRORS as exc:
+                raise DatabaseConnectError(
+                    f"cannot connect to {where}: {connect_failure(exc)}"
+                ) from exc
             yield db, description
     finally:
         if embedded is not None:

@@ -18,9 +18,12 @@ from relay.options import (
     deprecation_line,
     load_options,
     markdown,
+    parse_address,
     parse_bool,
     parse_duration,
     parse_int,
+    parse_optional_address,
+    parse_pg_url,
     parse_size,
 )
 
@@ -36,6 +39,9 @@ def sample(key: str) -> tuple[str, object]:
         parse_duration: ("7s", 7.0),
         parse_size: ("3KiB", 3 * 1024),
         parse_int: ("7", 7),
+        parse_address: ("127.0.0.7:7007", "127.0.0.7:7007"),
+        parse_optional_address: ("127.0.0.7:7008", "127.0.0.7:7008"),
+        parse_pg_url: ("postgresql://u@db.example/relay", "postgresql://u@db.example/relay"),
     }
     if opt.parse in by_parser:
         return by_parser[opt.parse]

@@ -225,6 +225,15 @@ def test_an_unknown_key_is_a_warning_only():
     assert len(warnings) == 1 and f"{NEW}0_TYYYPE" in warnings[0]
 
 
+def test_an_unknown_key_names_the_closest_setting():
+    _, warnings = read({f"{NEW}0_TYPE": "openai", f"{NEW}0_BASE_ULR": "https://x.example/"})
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"WARN: {NEW}0_BASE_ULR is not a provider setting and is ignored "
+        f"(did you mean {NEW}0_BASE_URL? known: TYPE, NAME,"
+    )
+
+
 def test_bedrock_settings_on_another_type_are_a_warning():
     providers, warnings = read({f"{NEW}0_TYPE": "openai", f"{NEW}0_BEDROCK_REGION": "us-east-1"})
     assert providers[0].bedrock_region == ""

@@ -24,6 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import re
+import socket
+import ssl
 import threading
 import urllib.parse
 from collections import deque
@@ -469,16 +472,57 @@ def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def mask_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***``, fit for logs."""
+    """The DSN with its password (in the user info or a ``password=`` parameter)
+    replaced by ``***``, fit for logs and error messages."""
     try:
         parts = urllib.parse.urlsplit(dsn)
     except ValueError:
         return "<unparsable database URL>"
-    if parts.password is None:
-        return dsn
-    userinfo = f"{parts.username or ''}:***@"
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=userinfo + host))
+    if parts.password is not None:
+        userinfo = f"{parts.username or ''}:***@"
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=userinfo + host)
+    if "password=" in parts.query.lower():
+        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        parts = parts._replace(query=query)
+    return urllib.parse.urlunsplit(parts)
+
+
+#: What ``Database.open`` raises when no connection can be made (see ``connect_failure``).
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+class DatabaseConnectError(Exception):
+    """The database cannot be reached or refuses us; the message says which one and why."""
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (never the password)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason
+        return f"TLS failed: certificate verify failed: {why} (check sslrootcert / sslmode)"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is PostgreSQL running and listening there?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror or exc})"
+    if isinstance(exc, FileNotFoundError):
+        return "no PostgreSQL socket there (is PostgreSQL running?)"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time (timeout): is the host reachable?"
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return f"wrong password ({exc})"
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"refused by the server: {exc}"
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return f"unusable connection settings: {exc}"
+    text = str(exc)
+    if "rejected SSL upgrade" in text:
+        return "TLS failed: the server does not accept TLS connections (see sslmode)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return text or type(exc).__name__
 
 
 async def wait_until_available(dsn: str, timeout: float) -> None:

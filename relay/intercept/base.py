@@ -394,7 +394,8 @@ async def fail_before_response(
     outcome.status = "failed"
     outcome.upstream_status = None
     outcome.error_type = "upstream_timeout" if timeout else "upstream_unreachable"
-    outcome.error_message = f"{message} ({type(exc).__name__})"
+    # The error names the provider's host and the cause (DNS, refused, TLS, timeout).
+    outcome.error_message = f"{message}: {exc}" if str(exc) else message
     await send_response(send, status, error_body_for(style, status, outcome.error_message))
 
 

@@ -13,7 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from relay.options import NEW_ENV_PREFIX, OLD_ENV_PREFIX, PROVIDER_KEYS, Options, lookup_env
+from relay.options import (
+    NEW_ENV_PREFIX,
+    OLD_ENV_PREFIX,
+    PROVIDER_KEYS,
+    Options,
+    closest_env_name,
+    lookup_env,
+)
 from relay.providers.types import (
     DEFAULT_BASE_URLS,
     DEFAULT_BEDROCK_MODEL,
@@ -86,7 +93,9 @@ def _scan_indices(env: Mapping[str, str], warn: Warn) -> tuple[dict[int, list[st
         indices.setdefault(index, []).append(name)
         if key not in _KNOWN_KEYS:
             known = ", ".join(k for k, _ in PROVIDER_KEYS)
-            warn(f"WARN: {name} is not a provider setting and is ignored (known: {known}).")
+            close = closest_env_name(name)
+            hint = f"did you mean {close}? " if close else ""
+            warn(f"WARN: {name} is not a provider setting and is ignored ({hint}known: {known}).")
     return indices, problems
 
 

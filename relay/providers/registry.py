@@ -16,7 +16,7 @@ keeps the provider it started with.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol
 
@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from relay.db.bridge import MISSED, Database
-from relay.providers.store import build_providers
+from relay.providers.store import list_providers
 from relay.providers.types import Provider
 
 log = logging.getLogger("relay.config")
@@ -141,6 +141,8 @@ class ProviderRegistry:
 
     def __init__(self, providers: Mapping[str, Provider] | None = None) -> None:
         self._providers: Mapping[str, Provider] = MappingProxyType(dict(providers or {}))
+        # Names of disabled providers: a request for one is told so, not "unknown".
+        self.disabled: frozenset[str] = frozenset()
         self.version = 0  # bumped on every replacement, for caches keyed on it
 
     def get(self, name: str) -> Provider | None:
@@ -155,12 +157,16 @@ class ProviderRegistry:
         """The snapshot itself: read-only, replaced (never changed) on reload."""
         return self._providers
 
-    def replace(self, providers: Mapping[str, Provider]) -> None:
+    def replace(self, providers: Mapping[str, Provider], disabled: Iterable[str] = ()) -> None:
         self._providers = MappingProxyType(dict(providers))
+        self.disabled = frozenset(disabled)
         self.version += 1
 
     async def reload(self, db: Database) -> None:
-        self.replace(await build_providers(db))
+        # One query for both, so they always agree.
+        every = await list_providers(db)
+        enabled = {p.name: p for p in every if p.enabled}
+        self.replace(enabled, [p.name for p in every if not p.enabled])
 
     async def on_config_change(self, changes: Sequence[ConfigChange], db: Database) -> None:
         """Rebuild from the database after a provider change or a resync."""

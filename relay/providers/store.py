@@ -12,8 +12,9 @@ The ``providers`` table is the single source of truth at run time.
   taken over by the CLI) are never touched: when the environment defines a
   provider whose name an ``api`` row already holds, the ``api`` row wins and
   the environment's provider is skipped (reported in ``SeedResult.skipped``).
-- ``build_providers`` returns the enabled rows; it is the only way the rest
-  of the relay gets providers.
+- ``build_providers`` returns the enabled rows. The registry reads every row
+  with ``list_providers`` and keeps the enabled ones (and the names of the
+  disabled ones, so a request for one is told it is disabled).
 - The CLI's changes (add, update, enable, disable) leave rows with source
   ``api``: a CLI change to an ``env`` row takes it over, so the next boot's
   seeding leaves it alone. ``remove`` deletes the row; an ``env`` provider

@@ -158,6 +158,11 @@ class Recorder:
 
     # --- lifetime ----------------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        """Started and not yet finished (``/readyz``)."""
+        return self._started and not self._done.is_set()
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The recorder nursery. Returns after ``aclose()`` has drained everything;
         if cancelled, spools whatever is still in memory before it returns."""

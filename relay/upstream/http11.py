@@ -15,6 +15,8 @@ cancel scopes around each connect, read and write.
 
 from __future__ import annotations
 
+import errno
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
@@ -330,7 +332,7 @@ class HTTP11Client:
                     tcp = await trio.open_tcp_stream(host, port)
                 except OSError as exc:
                     raise UpstreamConnectError(
-                        f"cannot connect to {host}:{port}: {_reason(exc)}"
+                        f"cannot connect to {host}:{port}: {connect_reason(exc)}"
                     ) from exc
                 if scheme != "https":
                     opened = True
@@ -343,12 +345,13 @@ class HTTP11Client:
                 except trio.BrokenResourceError as exc:
                     cause = exc.__cause__ or exc
                     raise UpstreamConnectError(
-                        f"TLS with {host}:{port} failed: {_reason(cause)}"
+                        f"TLS handshake with {host}:{port} failed: {_tls_reason(cause)}"
                     ) from exc
                 opened = True
                 return _Connection(tls)
             raise UpstreamConnectTimeout(
-                f"no connection to {host}:{port} within {self._connect_timeout:g} s"
+                f"cannot connect to {host}:{port}: no connection within "
+                f"{self._connect_timeout:g} s (timeout)"
             )
         finally:
             if tcp is not None and not opened:
@@ -397,3 +400,37 @@ def _framed(
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _attempts(exc: BaseException) -> list[BaseException]:
+    """The errors behind ``exc``: trio's "all attempts to connect failed" keeps one
+    per address in an exception group as its cause."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return [exc, *cause.exceptions]
+    return [exc] if cause is None else [exc, cause]
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why a TCP connection failed, in the words a person can act on."""
+    errors = _attempts(exc)
+    for error in errors:
+        if isinstance(error, socket.gaierror):
+            return f"unknown host (DNS: {error.strerror or error})"
+    for error in errors:
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused (nothing listens on that port)"
+    for error in errors:
+        if isinstance(error, TimeoutError):
+            return "timed out"
+        if isinstance(error, OSError) and error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"unreachable ({error.strerror})"
+    return _reason(errors[-1])
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{exc.reason} (is it an https server?)"
+    return _reason(exc)
