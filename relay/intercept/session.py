@@ -31,6 +31,10 @@ from relay.upstream.http11 import HTTP11Client
 from relay.upstream.keypool import Failover, retry_after_header
 from relay.wire.common import InvalidRequestBody
 
+# Native Bedrock routes carry the model in the path, not in the body.
+_MODEL_IN_PATH = frozenset({RouteKind.BEDROCK_INVOKE, RouteKind.BEDROCK_INVOKE_STREAM})
+MISSING_MODEL = "model: a model name (a string) is required"
+
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
@@ -68,6 +72,10 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
         info = spec.parse_request(body)
     except InvalidRequestBody as exc:
         await send_error(send, spec.error_style, 400, str(exc))
+        return
+    if info.model is None and ctx.kind not in _MODEL_IN_PATH:
+        # The provider would refuse it too; forwarding it would only spend a call.
+        await send_error(send, spec.error_style, 400, MISSING_MODEL)
         return
     upstream_body, drop_injected = (
         spec.prepare_body(body, info) if spec.prepare_body else (body, False)

@@ -180,8 +180,9 @@ def encode_cursor(started_at: datetime, interception_id: uuid.UUID) -> str:
 def decode_cursor(text: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        return msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
-    except (ValueError, msgspec.DecodeError) as exc:
+        started_at, interception_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+        return _in_utc(started_at), interception_id
+    except (ValueError, OverflowError, msgspec.DecodeError) as exc:
         raise BadRequest("cursor is not one this API handed out") from exc
 
 
@@ -201,9 +202,9 @@ def parse_filters(query_string: bytes) -> Filters:
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
     cursor = one("cursor")
     return Filters(
-        user=one("user"),
-        provider=one("provider"),
-        model=one("model"),
+        user=_text(one("user"), "user"),
+        provider=_text(one("provider"), "provider"),
+        model=_text(one("model"), "model"),
         since=_timestamp(one("since"), "since"),
         until=_timestamp(one("until"), "until"),
         limit=limit,
@@ -220,7 +221,25 @@ def _timestamp(text: str | None, name: str) -> datetime | None:
         raise BadRequest(
             f"{name} must be an RFC 3339 timestamp, e.g. 2025-01-31T00:00:00Z"
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return _in_utc(value if value.tzinfo else value.replace(tzinfo=UTC))
+    except OverflowError:
+        raise BadRequest(f"{name} is out of range once converted to UTC") from None
+
+
+def _in_utc(value: datetime) -> datetime:
+    """``value`` in UTC; OverflowError when that leaves years 1 to 9999
+    (``0001-01-01T00:00:00+14:00``), which the database driver cannot send.
+    A naive value (a cursor never holds one) is taken as UTC."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _text(value: str | None, name: str) -> str | None:
+    # PostgreSQL text cannot hold NUL: such a filter can match nothing, and
+    # sending it fails the query.
+    if value is not None and "\x00" in value:
+        raise BadRequest(f"{name} must not contain NUL characters")
+    return value
 
 
 def authorized(scope: Scope, admin_token: str) -> bool:
