@@ -128,6 +128,8 @@ class RequestGuards:
             raise OptionError("MAX_CONCURRENCY cannot be negative (0: unlimited)")
         if options.rate_limit < 0:
             raise OptionError("RATE_LIMIT cannot be negative (0: off)")
+        if options.metrics_max_models < 0:
+            raise OptionError("METRICS_MAX_MODELS cannot be negative")
         if options.circuit_breaker_failure_threshold < 1:
             raise OptionError("CIRCUIT_BREAKER_FAILURE_THRESHOLD must be at least 1")
         if options.circuit_breaker_max_requests < 1:

@@ -328,6 +328,33 @@ OPTIONS: tuple[Option, ...] = (
         "host:port: on a listener of its own. See docs/metrics.md.",
         group="Observability",
     ),
+    _opt(
+        "METRICS_TOKEN",
+        parse_str,
+        "",
+        "Bearer token /metrics requires (Authorization: Bearer <token>), on the main "
+        "listener and on METRICS_ADDRESS alike; others get 401. Empty: /metrics is open "
+        "to whoever reaches it. See docs/security.md.",
+        group="Observability",
+        secret=True,
+    ),
+    _opt(
+        "METRICS_MAX_MODELS",
+        parse_int,
+        "100",
+        "Distinct model names one relay process gives metric series (and circuit breakers) "
+        'of their own; later ones are counted under model="other". Model names are '
+        "chosen by clients: this bounds /metrics.",
+        group="Observability",
+    ),
+    _opt(
+        "METRICS_INITIATOR_ID_LABEL",
+        parse_bool,
+        "false",
+        "Fill the initiator_id label (the user's id) of the interception, prompt and "
+        "token metrics: one series per person. Off: the label is empty.",
+        group="Observability",
+    ),
     # Legacy single-provider options.
     _opt("OPENAI_KEY", parse_str, "", "Key of the provider named 'openai'.", "Providers", True),
     _opt(

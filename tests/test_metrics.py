@@ -124,7 +124,7 @@ def traffic(m: Metrics) -> None:
 
 
 async def test_values_after_known_traffic(nursery: trio.Nursery) -> None:
-    m = Metrics()
+    m = Metrics(initiator_label=True)
     traffic(m)
     samples, _ = parse(await scrape_via_hypercorn(m, nursery))
     user = "7f1c0a53-0000-4000-8000-000000000001"

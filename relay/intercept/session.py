@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import unquote
 
 import trio
 
@@ -24,7 +25,7 @@ from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.limits import RequestGuards
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
-from relay.routes import RouteKind
+from relay.routes import RouteKind, route_label
 from relay.services import Services
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
 from relay.upstream.http11 import HTTP11Client
@@ -81,20 +82,24 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
         spec.prepare_body(body, info) if spec.prepare_body else (body, False)
     )
     guards = ctx.guards
+    metrics = services.metrics
+    # Metric labels and circuit keys: the route pattern, and the model name folded
+    # into "other" beyond the cap (both are chosen by the client).
+    route = route_label(provider.type, "POST", api_path)
+    model_label = metrics.models.fold(info.model or _model_in_path(ctx.kind, api_path))
     breaker: CircuitBreaker | None = None
     ticket: int | None = None
     if guards.breakers is not None:
         now = trio.current_time()
-        breaker = guards.breakers.get(provider.name, api_path, info.model or "", now)
+        breaker = guards.breakers.get(provider.name, route, model_label, now)
         ticket = breaker.allow(now)
         if ticket is None:
-            services.metrics.circuit_breaker_reject(provider.name, api_path, info.model or "")
+            metrics.circuit_breaker_reject(provider.name, route, model_label)
             retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
             await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
             return
     actor = guards.actor_headers(principal.user_id, principal.user_name)
-    metrics = services.metrics
-    timer = metrics.interception_started(provider.name, info.model or "", api_path)
+    timer = metrics.interception_started(provider.name, model_label, route)
     dumps: list[DumpHandle] = []
 
     def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
@@ -242,6 +247,13 @@ def settle_breaker(
         breaker.record(ticket, failure=True, now=now)
     else:
         breaker.release(ticket)
+
+
+def _model_in_path(kind: RouteKind, api_path: str) -> str:
+    """The model id of a native Bedrock path (``/model/{id}/invoke``), else ``""``."""
+    if kind not in _MODEL_IN_PATH:
+        return ""
+    return unquote(api_path.split("/", 3)[2])
 
 
 def _is_cancellation(exc: BaseException) -> bool:
