@@ -253,6 +253,15 @@ OPTIONS: tuple[Option, ...] = (
         group="Requests",
     ),
     _opt(
+        "MAX_BODIES_IN_FLIGHT",
+        parse_size,
+        "256MiB",
+        "Request bytes one relay process holds at once, summed over every intercepted "
+        "request being read or relayed; a request that would go over it gets 503 (with "
+        "Retry-After) in the provider's shape. 0: no limit.",
+        group="Requests",
+    ),
+    _opt(
         "KEEPALIVE_INTERVAL",
         parse_duration,
         "15s",
@@ -301,6 +310,15 @@ OPTIONS: tuple[Option, ...] = (
         "1000",
         "Rows per write: a batch is written when it reaches this size or the flush "
         "interval has passed, whichever comes first.",
+        group="Recording",
+    ),
+    _opt(
+        "MAX_STORED_PROMPT",
+        parse_size,
+        "64KiB",
+        "Longest prompt stored (UTF-8 bytes); a longer one is stored cut, marked "
+        "truncated, with its whole size (user_prompts.truncated, original_bytes). "
+        "0: store whole prompts.",
         group="Recording",
     ),
     _opt(

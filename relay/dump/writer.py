@@ -276,7 +276,8 @@ class DumpWriter:
             elif kind == _REQUEST:
                 method, path_with_query, headers, body, meta = payload
                 head = format_request_head(method, path_with_query, headers)
-                add(Path(stem + SUFFIX_REQUEST), head + body, handle, create=True)
+                add(Path(stem + SUFFIX_REQUEST), head, handle, create=True)
+                add(Path(stem + SUFFIX_REQUEST), body, handle)  # not joined: no copy
                 add(Path(stem + SUFFIX_CHUNKS), line_encoder.encode(meta) + b"\n", handle, True)
             elif kind == _REQUEST_MORE:
                 add(Path(stem + SUFFIX_REQUEST), payload, handle)
@@ -344,7 +345,7 @@ def _write_private(path: Path, mode: str, parts: list[bytes]) -> None:
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "wb" else os.O_APPEND)
     fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
     with open(fd, "wb", closefd=True) as f:
-        f.write(b"".join(parts))
+        f.writelines(parts)  # a multi-megabyte body is written, not copied
 
 
 def _payload_size(kind: int, payload: Any) -> int:

@@ -17,12 +17,21 @@ from urllib.parse import unquote
 import trio
 
 from relay.access import ClientCredential
-from relay.asgi import BodyTooLarge, Headers, Receive, Scope, Send, header_str, read_body
+from relay.asgi import (
+    BodyTooLarge,
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header_str,
+    read_body,
+)
 from relay.auth import Principal
 from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
-from relay.limits import RequestGuards
+from relay.limits import BodyBudgetExceeded, BodyClaim, RequestGuards
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
 from relay.routes import RouteKind, route_label
@@ -58,16 +67,48 @@ class RequestContext:
 
 
 async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths) -> None:
-    """Read, check and relay one intercepted request, then record it."""
+    """Read, check and relay one intercepted request, then record it.
+
+    The body counts against the process's ``BodyBudget`` from its first byte
+    until the request ends (it is held that long: forwarded, maybe again on
+    another key, dumped).
+    """
+    claim = ctx.guards.body_budget.claim()
+    try:
+        await _run_interception(ctx, spec, bedrock_auths, claim)
+    finally:
+        claim.release()
+
+
+def counted(receive: Receive, claim: BodyClaim) -> Receive:
+    """``receive``, with every body chunk taken from ``claim`` as it arrives."""
+
+    async def receive_counted() -> Message:
+        message = await receive()
+        chunk = message.get("body")
+        if chunk:
+            claim.grow(len(chunk))
+        return message
+
+    return receive_counted
+
+
+async def _run_interception(
+    ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths, claim: BodyClaim
+) -> None:
     send, receive, scope = ctx.send, ctx.receive, ctx.scope
     services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
     principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
     started_at = datetime.now(UTC)
     interception_id = uuid.uuid4()
     try:
-        body = await read_body(receive, services.options.max_request_body)
+        body = await read_body(counted(receive, claim), services.options.max_request_body)
     except BodyTooLarge as exc:
         await send_error(send, spec.error_style, 413, str(exc))
+        return
+    except BodyBudgetExceeded as exc:
+        retry = [(b"retry-after", b"1")]
+        await send_error(send, spec.error_style, 503, str(exc), retry)
         return
     try:
         info = spec.parse_request(body)
@@ -207,6 +248,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 outcome.status,
                 error,
                 ended_at=datetime.now(UTC),
+                max_prompt=services.options.max_stored_prompt or None,
             )
         )
         metrics.interception_finished(

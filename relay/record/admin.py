@@ -74,6 +74,8 @@ class Interception(msgspec.Struct):
     credential_kind: str
     credential_hint: str | None
     prompt: str | None = None
+    prompt_truncated: bool = False  # the stored prompt is cut (MAX_STORED_PROMPT)
+    prompt_original_bytes: int | None = None  # UTF-8 size of the whole prompt
     token_usages: list[TokenUsage] = msgspec.field(default_factory=list)
     tool_usages: list[ToolUsage] = msgspec.field(default_factory=list)
     thoughts: list[str] = msgspec.field(default_factory=list)
@@ -125,7 +127,7 @@ SELECT interception_id, id, provider_response_id, tool_call_id, name, input, inj
 FROM tool_usages WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
 """
 _PROMPTS_SQL = """
-SELECT interception_id, prompt FROM user_prompts
+SELECT interception_id, prompt, truncated, original_bytes FROM user_prompts
 WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
 """
 _THOUGHTS_SQL = """
@@ -162,7 +164,10 @@ async def list_interceptions(db: RecordingDatabase, filters: Filters) -> Interce
             fields = dict(row)
             by_id[fields.pop("interception_id")].tool_usages.append(ToolUsage(**fields))
         for row in await db.fetch(_PROMPTS_SQL, ids):
-            by_id[row["interception_id"]].prompt = row["prompt"]
+            owner = by_id[row["interception_id"]]
+            owner.prompt = row["prompt"]
+            owner.prompt_truncated = row["truncated"]
+            owner.prompt_original_bytes = row["original_bytes"]
         for row in await db.fetch(_THOUGHTS_SQL, ids):
             by_id[row["interception_id"]].thoughts.append(row["content"])
     cursor = None
