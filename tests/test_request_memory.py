@@ -144,3 +144,24 @@ async def test_the_stored_prompt_is_capped_and_says_so(pg_dsn, tmp_path):
     assert long["truncated"] is True and long["original_bytes"] == 100_003
     assert len(long["prompt"].encode()) == 64 * 1024
     assert prompt.startswith(long["prompt"])
+
+
+async def test_a_rewritten_body_counts_too(pg_dsn, tmp_path):
+    """A streaming chat request is rewritten (include_usage): both copies are held."""
+    env = {
+        "CODER_AI_GATEWAY_MAX_REQUEST_BODY": "1MiB",
+        "CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT": "1MiB",
+    }
+    content = "z" * 600_000
+    async with mock_and_relay(pg_dsn, tmp_path, extra_env=env) as (mock, relay):
+        async with httpx.AsyncClient(timeout=30) as http:
+            url = relay.gateway("openai") + "/v1/chat/completions"
+            headers = {"authorization": f"Bearer {relay.token}"}
+            body = {"model": "mock-text", "messages": [{"role": "user", "content": content}]}
+            r = await http.post(url, headers=headers, json={**body, "stream": True})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["type"] == "server_error"
+            assert mock.requests == []
+            r = await http.post(url, headers=headers, json=body)  # not rewritten: fits
+            assert r.status_code == 200
+            await given_back(relay.app.guards.body_budget)  # type: ignore[union-attr]

@@ -122,6 +122,12 @@ async def _run_interception(
     upstream_body, drop_injected = (
         spec.prepare_body(body, info) if spec.prepare_body else (body, False)
     )
+    if upstream_body is not body:
+        try:
+            claim.grow(len(upstream_body))  # a rewritten body is held next to the original
+        except BodyBudgetExceeded as exc:
+            await send_error(send, spec.error_style, 503, str(exc), [(b"retry-after", b"1")])
+            return
     guards = ctx.guards
     metrics = services.metrics
     # Metric labels and circuit keys: the route pattern, and the model name folded
