@@ -33,7 +33,13 @@ from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_intercept
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.limits import BodyBudgetExceeded, BodyClaim, RequestGuards
 from relay.providers.types import Provider, mask_secret
-from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
+from relay.record.events import (
+    InterceptionMeta,
+    cap_prompt,
+    client_session_id,
+    detect_client,
+    records_for,
+)
 from relay.routes import RouteKind, route_label
 from relay.services import Services
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
@@ -119,6 +125,13 @@ async def _run_interception(
         # The provider would refuse it too; forwarding it would only spend a call.
         await send_error(send, spec.error_style, 400, MISSING_MODEL)
         return
+    # Cut now: the whole text of a multi-megabyte prompt need not live as long as the stream.
+    prompt = (
+        cap_prompt(info.last_user_prompt, services.options.max_stored_prompt or None)
+        if info.last_user_prompt is not None
+        else None
+    )
+    info.last_user_prompt = None
     upstream_body, drop_injected = (
         spec.prepare_body(body, info) if spec.prepare_body else (body, False)
     )
@@ -250,11 +263,10 @@ async def _run_interception(
             records_for(
                 meta,
                 outcome.facts,
-                info.last_user_prompt,
+                prompt,
                 outcome.status,
                 error,
                 ended_at=datetime.now(UTC),
-                max_prompt=services.options.max_stored_prompt or None,
             )
         )
         metrics.interception_finished(
@@ -270,7 +282,7 @@ async def _run_interception(
             principal.user_id,
             meta.client,
             outcome.facts,
-            info.last_user_prompt,
+            prompt.text if prompt is not None else None,
         )
         if outcome.disconnect_phase:
             metrics.disconnect(outcome.disconnect_phase)

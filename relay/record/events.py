@@ -123,12 +123,25 @@ class UserPromptRecord(msgspec.Struct, kw_only=True, tag="user_prompt", tag_fiel
     original_bytes: int | None = None  # UTF-8 size of the whole prompt
 
 
-def cap_prompt(prompt: str, max_bytes: int | None) -> tuple[str, bool, int]:
-    """``(stored text, truncated, UTF-8 size of the whole prompt)``.
+class CappedPrompt(msgspec.Struct, frozen=True):
+    """A prompt as it will be stored: ``cap_prompt``'s result."""
+
+    text: str
+    truncated: bool
+    original_bytes: int
+
+
+def cap_prompt(prompt: str, max_bytes: int | None) -> CappedPrompt:
+    """The prompt cut at ``max_bytes`` of UTF-8 (None: whole), with its whole size.
 
     The cut never splits a character. An ASCII prompt (the usual case) is
-    measured and cut without encoding it.
+    measured and cut without encoding it. Capping as soon as the request is
+    parsed lets a multi-megabyte prompt go before the stream starts.
     """
+    return CappedPrompt(*_cap(prompt, max_bytes))
+
+
+def _cap(prompt: str, max_bytes: int | None) -> tuple[str, bool, int]:
     if prompt.isascii():
         size = len(prompt)
         if max_bytes is None or size <= max_bytes:
@@ -192,7 +205,7 @@ RECORD_TYPES: tuple[type[Record], ...] = (
 def records_for(
     interception: InterceptionMeta,
     facts: Facts,
-    prompt: str | None,
+    prompt: str | CappedPrompt | None,
     status: Status,
     error: BaseException | tuple[str, str] | None = None,
     *,
@@ -201,7 +214,8 @@ def records_for(
 ) -> list[Record]:
     """Every row one finished interception produces, the interception first.
 
-    ``max_prompt``: the stored prompt is cut at that many UTF-8 bytes (None: whole).
+    ``max_prompt``: a ``str`` prompt is cut at that many UTF-8 bytes (None:
+    whole); a ``CappedPrompt`` is stored as it is.
 
     ``error`` is what ended the interception on the relay's side (an exception,
     or an ``(error_type, message)`` pair); without it, an error the upstream
@@ -255,16 +269,16 @@ def records_for(
             )
         )
     if prompt is not None:
-        stored, truncated, original_bytes = cap_prompt(prompt, max_prompt)
+        capped = cap_prompt(prompt, max_prompt) if isinstance(prompt, str) else prompt
         records.append(
             UserPromptRecord(
                 id=new_id(),
                 interception_id=iid,
                 provider_response_id=response_id,
-                prompt=stored,
+                prompt=capped.text,
                 created_at=ended,
-                truncated=truncated,
-                original_bytes=original_bytes,
+                truncated=capped.truncated,
+                original_bytes=capped.original_bytes,
             )
         )
     for call in facts.tool_calls:
