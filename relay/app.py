@@ -49,6 +49,7 @@ from relay.routes import (
     error_style_for,
     join_url,
     match_route,
+    route_label,
     split_gateway_path,
     upstream_path,
 )
@@ -266,7 +267,8 @@ class RelayApp:
             return
         try:
             if kind is RouteKind.PASSTHROUGH:
-                services.metrics.passthrough(provider.name, api_path, method)
+                route = route_label(provider.type, method, api_path)
+                services.metrics.passthrough(provider.name, route, method)
                 dump = services.dumps.begin_passthrough(
                     provider.name,
                     method,
@@ -345,6 +347,7 @@ def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:
 
     if guards.breakers is not None:
         guards.breakers.on_new_circuit = on_circuit
+        guards.breakers.on_forget = lambda key: metrics.circuit_breaker_forgotten(*key)
     guards.key_pools.on_new_pool = on_pool
 
 

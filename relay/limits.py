@@ -16,7 +16,7 @@ with the circuit breakers (``relay.upstream.breaker``) and key pools
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relay.options import OptionError, Options
 from relay.upstream.breaker import BreakerSettings, CircuitBreakers
@@ -56,6 +56,54 @@ class ConcurrencyLimit:
 
     def release(self) -> None:
         self.active -= 1
+
+
+class BodyBudgetExceeded(Exception):
+    """Taking these bytes would put the process over its budget for request bodies."""
+
+
+class BodyBudget:
+    """Request-body bytes one process holds at once (``MAX_BODIES_IN_FLIGHT``; 0: no limit).
+
+    Each request takes a ``BodyClaim`` that grows as its body arrives and is
+    given back, whole, when the request ends: the body is held until then (it
+    is forwarded, maybe retried on another key, dumped). Sans-io.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("a body budget cannot be negative")
+        self.limit = limit
+        self.used = 0
+        self.refused = 0
+
+    def claim(self) -> BodyClaim:
+        return BodyClaim(self)
+
+
+class BodyClaim:
+    """One request's share of a ``BodyBudget``."""
+
+    __slots__ = ("budget", "size")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow(self, n: int) -> None:
+        """Take ``n`` more bytes, or raise ``BodyBudgetExceeded`` (nothing taken)."""
+        budget = self.budget
+        if budget.limit and budget.used + n > budget.limit:
+            budget.refused += 1
+            raise BodyBudgetExceeded(
+                f"the relay is holding too many request bodies (over {budget.limit} bytes)"
+            )
+        budget.used += n
+        self.size += n
+
+    def release(self) -> None:
+        self.budget.used -= self.size
+        self.size = 0
 
 
 class RateLimiter:
@@ -121,6 +169,7 @@ class RequestGuards:
     # clients send, and set by the relay when send_actor_headers is on.
     actor_header_names: tuple[bytes, bytes]
     send_actor_headers: bool
+    body_budget: BodyBudget = field(default_factory=lambda: BodyBudget(0))
 
     @classmethod
     def from_options(cls, options: Options) -> RequestGuards:
@@ -128,6 +177,12 @@ class RequestGuards:
             raise OptionError("MAX_CONCURRENCY cannot be negative (0: unlimited)")
         if options.rate_limit < 0:
             raise OptionError("RATE_LIMIT cannot be negative (0: off)")
+        if options.max_bodies_in_flight and options.max_bodies_in_flight < options.max_request_body:
+            raise OptionError(
+                "MAX_BODIES_IN_FLIGHT must be 0 (no limit) or at least MAX_REQUEST_BODY"
+            )
+        if options.metrics_max_models < 0:
+            raise OptionError("METRICS_MAX_MODELS cannot be negative")
         if options.circuit_breaker_failure_threshold < 1:
             raise OptionError("CIRCUIT_BREAKER_FAILURE_THRESHOLD must be at least 1")
         if options.circuit_breaker_max_requests < 1:
@@ -153,6 +208,7 @@ class RequestGuards:
             key_pools=KeyPools(auth_cooldown=options.key_auth_cooldown),
             actor_header_names=names,
             send_actor_headers=options.send_actor_headers,
+            body_budget=BodyBudget(options.max_bodies_in_flight),
         )
 
     def actor_headers(self, user_id: str, user_name: str) -> list[tuple[bytes, bytes]]:

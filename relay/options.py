@@ -308,6 +308,15 @@ OPTIONS: tuple[Option, ...] = (
         group="Requests",
     ),
     _opt(
+        "MAX_BODIES_IN_FLIGHT",
+        parse_size,
+        "256MiB",
+        "Request bytes one relay process holds at once, summed over every intercepted "
+        "request being read or relayed; a request that would go over it gets 503 (with "
+        "Retry-After) in the provider's shape. 0: no limit.",
+        group="Requests",
+    ),
+    _opt(
         "KEEPALIVE_INTERVAL",
         parse_duration,
         "15s",
@@ -359,6 +368,15 @@ OPTIONS: tuple[Option, ...] = (
         group="Recording",
     ),
     _opt(
+        "MAX_STORED_PROMPT",
+        parse_size,
+        "64KiB",
+        "Longest prompt stored (UTF-8 bytes); a longer one is stored cut, marked "
+        "truncated, with its whole size (user_prompts.truncated, original_bytes). "
+        "0: store whole prompts.",
+        group="Recording",
+    ),
+    _opt(
         "RECORDER_QUEUE_SIZE",
         parse_int,
         "10000",
@@ -391,6 +409,33 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "Where /metrics (Prometheus text format) is served. Empty: on the main listener; "
         "host:port: on a listener of its own. See docs/metrics.md.",
+        group="Observability",
+    ),
+    _opt(
+        "METRICS_TOKEN",
+        parse_str,
+        "",
+        "Bearer token /metrics requires (Authorization: Bearer <token>), on the main "
+        "listener and on METRICS_ADDRESS alike; others get 401. Empty: /metrics is open "
+        "to whoever reaches it. See docs/security.md.",
+        group="Observability",
+        secret=True,
+    ),
+    _opt(
+        "METRICS_MAX_MODELS",
+        parse_int,
+        "100",
+        "Distinct model names one relay process gives metric series (and circuit breakers) "
+        'of their own; later ones are counted under model="other". Model names are '
+        "chosen by clients: this bounds /metrics.",
+        group="Observability",
+    ),
+    _opt(
+        "METRICS_INITIATOR_ID_LABEL",
+        parse_bool,
+        "false",
+        "Fill the initiator_id label (the user's id) of the interception, prompt and "
+        "token metrics: one series per person. Off: the label is empty.",
         group="Observability",
     ),
     # Legacy single-provider options.

@@ -101,3 +101,26 @@ def join_url(base_url: str, path: str, query_string: bytes = b"") -> str:
     if query_string:
         url += "?" + query_string.decode("latin-1")
     return url
+
+
+_PATTERN_PARTS = ((r"(/.*)?", "/*"), (r"[^/]+", "{id}"))
+
+
+def _label_of(pattern: re.Pattern[str]) -> str:
+    text = pattern.pattern.removeprefix("^").removesuffix("$")
+    for regex, shown in _PATTERN_PARTS:
+        text = text.replace(regex, shown)
+    return text
+
+
+def route_label(provider_type: str, method: str, api_path: str) -> str:
+    """The route pattern an API path matched, for metrics and circuit keys.
+
+    ``/v1/models/gpt-4.1`` → ``/v1/models/*``, ``/model/<id>/invoke`` →
+    ``/model/{id}/invoke``: a metric label must not be a path a client
+    chooses (one series per path, never freed). ``other`` when nothing matches.
+    """
+    for m, pattern, _kind in _TABLES.get(provider_type, ()):
+        if (m == "*" or m == method) and pattern.match(api_path):
+            return _label_of(pattern)
+    return "other"

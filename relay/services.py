@@ -174,7 +174,12 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             await nursery.start(recorder.run)
             await nursery.start(instance.run)
             recorder.on_replayed = instance.sweep_soon
-            metrics = metrics_for_process(data_dir(options))
+            metrics = metrics_for_process(
+                data_dir(options),
+                max_models=options.metrics_max_models,
+                initiator_label=options.metrics_initiator_id_label,
+                token=options.metrics_token,
+            )
 
             async def report_providers(_changes: object = None) -> None:
                 metrics.providers([(p.name, str(p.type), "enabled") for p in registry.all()])

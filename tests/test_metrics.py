@@ -124,7 +124,7 @@ def traffic(m: Metrics) -> None:
 
 
 async def test_values_after_known_traffic(nursery: trio.Nursery) -> None:
-    m = Metrics()
+    m = Metrics(initiator_label=True)
     traffic(m)
     samples, _ = parse(await scrape_via_hypercorn(m, nursery))
     user = "7f1c0a53-0000-4000-8000-000000000001"
@@ -434,3 +434,40 @@ def test_hypercorn_workers_share_their_metrics(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             master.kill()
             master.wait()
+
+
+def test_client_chosen_labels_are_bounded() -> None:
+    """Models beyond the cap, long names and odd methods fold into 'other'; an
+    evicted circuit takes its state series with it."""
+    from relay.app import attach_guard_metrics
+    from relay.limits import RequestGuards
+    from relay.options import load_options
+    from relay.upstream.breaker import BreakerSettings, CircuitBreakers
+
+    m = Metrics(max_models=2)
+    assert [m.models.fold(x) for x in ("a", "b", "c", "a", "", "other", "x" * 300)] == [
+        "a",
+        "b",
+        "other",
+        "a",
+        "",
+        "other",
+        "other",
+    ]
+    m.passthrough("openai", "/v1/conversations/*", "BREW")
+    assert m.registry.get_sample_value(
+        "coder_ai_gateway_passthrough_total",
+        {"provider": "openai", "route": "/v1/conversations/*", "method": "other"},
+    )
+    guards = RequestGuards.from_options(load_options({}, warn=lambda line: None))
+    guards.breakers = CircuitBreakers(BreakerSettings(), max_circuits=2)
+    attach_guard_metrics(guards, m)
+    for model in ("a", "b", "a"):
+        guards.breakers.get("openai", "/v1/responses", model, 0)
+    state = "coder_ai_gateway_circuit_breaker_state"
+    labels = {"provider": "openai", "endpoint": "/v1/responses"}
+    assert m.registry.get_sample_value(state, {**labels, "model": "b"}) == 0
+    guards.breakers.get("openai", "/v1/chat/completions", "a", 0)  # evicts ("/v1/responses", "b")
+    assert len(guards.breakers) == 2
+    assert m.registry.get_sample_value(state, {**labels, "model": "b"}) is None
+    assert m.registry.get_sample_value(state, {**labels, "model": "a"}) == 0

@@ -188,3 +188,34 @@ async def test_bad_requests(serve_admin: Any, db: Database) -> None:
     assert response.status_code == 404
     response = await client.post(BASE, headers=auth())
     assert response.status_code == 405
+
+
+async def test_values_the_database_cannot_take_are_bad_requests(
+    serve_admin: Any, db: Database
+) -> None:
+    """Each of these used to reach PostgreSQL and come back as a 500 with no body."""
+    from relay.record.admin import encode_cursor
+
+    client = await serve_admin(ADMIN_TOKEN)
+    # Valid for Python, but before year 1 (or after 9999) once moved to UTC.
+    early = datetime.fromisoformat("0001-01-01T00:00:00+14:00")
+    late = datetime.fromisoformat("9999-12-31T23:59:59-14:00")
+    for params in (
+        {"until": "0001-01-01T00:00:00+14:00"},
+        {"since": "9999-12-31T23:59:59-14:00"},
+        {"cursor": encode_cursor(early, uuid.uuid4())},
+        {"cursor": encode_cursor(late, uuid.uuid4())},
+        {"user": "ali\x00ce"},
+        {"provider": "\x00"},
+        {"model": "gpt\x00"},
+    ):
+        response = await client.get(BASE, params=params, headers=auth())
+        assert response.status_code == 400, params
+        assert response.json()["error"] == "bad_request", params
+    # The extremes that do fit still work.
+    response = await client.get(
+        BASE,
+        params={"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59Z"},
+        headers=auth(),
+    )
+    assert response.status_code == 200

@@ -15,6 +15,7 @@ Passthrough exchanges use ``passthrough`` in place of the model.
 
 from __future__ import annotations
 
+import hashlib
 import http
 from collections.abc import Iterable
 
@@ -139,10 +140,26 @@ def format_response_head(status: int, headers: Iterable[Header]) -> bytes:
     )
 
 
+# Longest model directory name, in bytes: file systems allow 255 per component.
+MAX_MODEL_DIR_BYTES = 128
+
+
 def safe_model_dir(model: str | None) -> str:
-    """The model as one safe path component (the client chooses it: no escaping the base)."""
+    """The model as one safe path component (the client chooses it: no escaping the base).
+
+    A name longer than ``MAX_MODEL_DIR_BYTES`` (in UTF-8) is cut and given a
+    hash of the whole name, so long names stay apart and the path stays
+    valid (a name over 255 bytes failed the dump with ENAMETOOLONG).
+    """
     name = (model or "").replace("/", "-").replace("\\", "-").replace("\x00", "")
-    return name if name not in ("", ".", "..") else "_"
+    if name in ("", ".", ".."):
+        return "_"
+    encoded = name.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_MODEL_DIR_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    head = encoded[: MAX_MODEL_DIR_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
 # -- reading dumps back ------------------------------------------------------------------------

@@ -276,7 +276,8 @@ class DumpWriter:
             elif kind == _REQUEST:
                 method, path_with_query, headers, body, meta = payload
                 head = format_request_head(method, path_with_query, headers)
-                add(Path(stem + SUFFIX_REQUEST), head + body, handle, create=True)
+                add(Path(stem + SUFFIX_REQUEST), head, handle, create=True)
+                add(Path(stem + SUFFIX_REQUEST), body, handle)  # not joined: no copy
                 add(Path(stem + SUFFIX_CHUNKS), line_encoder.encode(meta) + b"\n", handle, True)
             elif kind == _REQUEST_MORE:
                 add(Path(stem + SUFFIX_REQUEST), payload, handle)
@@ -307,16 +308,44 @@ class DumpWriter:
     def _write_file(self, path: Path, mode: str, parts: list[bytes]) -> None:
         directory = path.parent
         if directory not in self._made_dirs:
-            os.makedirs(directory, exist_ok=True)
+            self._make_private_dirs(directory)
             self._made_dirs.add(directory)
         try:
-            with open(path, mode) as f:
-                f.write(b"".join(parts))
+            _write_private(path, mode, parts)
         except FileNotFoundError:
             # The directory was removed while the relay ran: make it again, once.
-            os.makedirs(directory, exist_ok=True)
-            with open(path, mode) as f:
-                f.write(b"".join(parts))
+            self._make_private_dirs(directory)
+            _write_private(path, mode, parts)
+
+    def _make_private_dirs(self, directory: Path) -> None:
+        """``directory`` and its parents up to the base, each 0700 whatever the umask.
+
+        Dumps hold prompts and answers. ``os.makedirs`` gives its mode to the
+        last directory only, so each level is made (or, made 0755 by an
+        older relay, set) here. The base itself is the operator's: it is
+        made 0700 when missing, never changed when it exists.
+        """
+        assert self.base_dir is not None
+        base = self.base_dir
+        if not base.is_dir():
+            os.makedirs(base, mode=0o700, exist_ok=True)
+        for level in reversed([directory, *directory.parents]):
+            if level == base or base not in level.parents:
+                continue
+            try:
+                os.mkdir(level, 0o700)
+            except FileExistsError:
+                pass
+            if os.stat(level).st_mode & 0o077:
+                os.chmod(level, 0o700)
+
+
+def _write_private(path: Path, mode: str, parts: list[bytes]) -> None:
+    """Write or append ``parts`` to a file created 0600 (the umask can only narrow it)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "wb" else os.O_APPEND)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    with open(fd, "wb", closefd=True) as f:
+        f.writelines(parts)  # a multi-megabyte body is written, not copied
 
 
 def _payload_size(kind: int, payload: Any) -> int:

@@ -12,31 +12,46 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import unquote
 
 import trio
 
 from relay.access import ClientCredential
-from relay.asgi import BodyTooLarge, Headers, Receive, Scope, Send, header_str, read_body
+from relay.asgi import (
+    BodyTooLarge,
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header_str,
+    read_body,
+)
 from relay.auth import Principal
 from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
-from relay.limits import RequestGuards
+from relay.limits import BodyBudgetExceeded, BodyClaim, RequestGuards
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
     InterceptionMeta,
+    cap_prompt,
     client_session_id,
     detect_client,
     interception_started,
     new_id,
     records_for,
 )
-from relay.routes import RouteKind
+from relay.routes import RouteKind, route_label
 from relay.services import Services
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
 from relay.upstream.http11 import HTTP11Client
 from relay.upstream.keypool import Failover, retry_after_header
 from relay.wire.common import InvalidRequestBody
+
+# Native Bedrock routes carry the model in the path, not in the body.
+_MODEL_IN_PATH = frozenset({RouteKind.BEDROCK_INVOKE, RouteKind.BEDROCK_INVOKE_STREAM})
+MISSING_MODEL = "model: a model name (a string) is required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,40 +75,93 @@ class RequestContext:
 
 
 async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths) -> None:
-    """Read, check and relay one intercepted request, then record it."""
+    """Read, check and relay one intercepted request, then record it.
+
+    The body counts against the process's ``BodyBudget`` from its first byte
+    until the request ends (it is held that long: forwarded, maybe again on
+    another key, dumped).
+    """
+    claim = ctx.guards.body_budget.claim()
+    try:
+        await _run_interception(ctx, spec, bedrock_auths, claim)
+    finally:
+        claim.release()
+
+
+def counted(receive: Receive, claim: BodyClaim) -> Receive:
+    """``receive``, with every body chunk taken from ``claim`` as it arrives."""
+
+    async def receive_counted() -> Message:
+        message = await receive()
+        chunk = message.get("body")
+        if chunk:
+            claim.grow(len(chunk))
+        return message
+
+    return receive_counted
+
+
+async def _run_interception(
+    ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths, claim: BodyClaim
+) -> None:
     send, receive, scope = ctx.send, ctx.receive, ctx.scope
     services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
     principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
     started_at = datetime.now(UTC)
     interception_id = new_id()  # time-ordered (UUID version 7)
     try:
-        body = await read_body(receive, services.options.max_request_body)
+        body = await read_body(counted(receive, claim), services.options.max_request_body)
     except BodyTooLarge as exc:
         await send_error(send, spec.error_style, 413, str(exc))
+        return
+    except BodyBudgetExceeded as exc:
+        retry = [(b"retry-after", b"1")]
+        await send_error(send, spec.error_style, 503, str(exc), retry)
         return
     try:
         info = spec.parse_request(body)
     except InvalidRequestBody as exc:
         await send_error(send, spec.error_style, 400, str(exc))
         return
+    if info.model is None and ctx.kind not in _MODEL_IN_PATH:
+        # The provider would refuse it too; forwarding it would only spend a call.
+        await send_error(send, spec.error_style, 400, MISSING_MODEL)
+        return
+    # Cut now: the whole text of a multi-megabyte prompt need not live as long as the stream.
+    prompt = (
+        cap_prompt(info.last_user_prompt, services.options.max_stored_prompt or None)
+        if info.last_user_prompt is not None
+        else None
+    )
+    info.last_user_prompt = None
     upstream_body, drop_injected = (
         spec.prepare_body(body, info) if spec.prepare_body else (body, False)
     )
+    if upstream_body is not body:
+        try:
+            claim.grow(len(upstream_body))  # a rewritten body is held next to the original
+        except BodyBudgetExceeded as exc:
+            await send_error(send, spec.error_style, 503, str(exc), [(b"retry-after", b"1")])
+            return
     guards = ctx.guards
+    metrics = services.metrics
+    # Metric labels and circuit keys: the route pattern, and the model name folded
+    # into "other" beyond the cap (both are chosen by the client).
+    route = route_label(provider.type, "POST", api_path)
+    model_label = metrics.models.fold(info.model or _model_in_path(ctx.kind, api_path))
     breaker: CircuitBreaker | None = None
     ticket: int | None = None
     if guards.breakers is not None:
         now = trio.current_time()
-        breaker = guards.breakers.get(provider.name, api_path, info.model or "", now)
+        breaker = guards.breakers.get(provider.name, route, model_label, now)
         ticket = breaker.allow(now)
         if ticket is None:
-            services.metrics.circuit_breaker_reject(provider.name, api_path, info.model or "")
+            metrics.circuit_breaker_reject(provider.name, route, model_label)
             retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
             await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
             return
     actor = guards.actor_headers(principal.user_id, principal.user_name)
-    metrics = services.metrics
-    timer = metrics.interception_started(provider.name, info.model or "", api_path)
+    timer = metrics.interception_started(provider.name, model_label, route)
     dumps: list[DumpHandle] = []
 
     def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
@@ -207,7 +275,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
             records_for(
                 meta,
                 outcome.facts,
-                info.last_user_prompt,
+                prompt,
                 outcome.status,
                 error,
                 ended_at=datetime.now(UTC),
@@ -226,7 +294,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
             principal.user_id,
             meta.client,
             outcome.facts,
-            info.last_user_prompt,
+            prompt.text if prompt is not None else None,
         )
         if outcome.disconnect_phase:
             metrics.disconnect(outcome.disconnect_phase)
@@ -251,6 +319,13 @@ def settle_breaker(
         breaker.record(ticket, failure=True, now=now)
     else:
         breaker.release(ticket)
+
+
+def _model_in_path(kind: RouteKind, api_path: str) -> str:
+    """The model id of a native Bedrock path (``/model/{id}/invoke``), else ``""``."""
+    if kind not in _MODEL_IN_PATH:
+        return ""
+    return unquote(api_path.split("/", 3)[2])
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -12,6 +12,11 @@ picks the mode: ``PROMETHEUS_MULTIPROC_DIR`` when the operator set it; a
 directory of the data dir keyed by the hypercorn master's pid when this
 process is a hypercorn worker; otherwise (``relay serve``, one process) plain
 in-memory values. See docs/metrics.md.
+
+Label values a client chooses (model, tool name, client) are bounded by
+``relay.metrics.labels.BoundedLabels``; routes are route patterns, never
+paths; ``initiator_id`` (one series per person) is empty unless the operator
+turns it on (``METRICS_INITIATOR_ID_LABEL``).
 """
 
 from __future__ import annotations
@@ -36,13 +41,17 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from relay.intercept.facts import Facts, Usage
 from relay.metrics.exposition import (
     MULTIPROC_ENV,
+    UNAUTHORIZED_BODY,
+    UNAUTHORIZED_HEADERS,
     enable_multiprocess,
     multiprocess_dir_for,
     render_multiprocess,
     send_plain,
     serve_metrics_listener,
     split_address,
+    token_accepted,
 )
+from relay.metrics.labels import OTHER, BoundedLabels, method_label
 
 PREFIX = "coder_ai_gateway_"
 RELAY_PREFIX = "relay_"
@@ -56,6 +65,11 @@ KEY_STATES = ("valid", "temporary", "permanent")
 DURATION_BUCKETS = (0.5, 2, 5, 15, 30, 60, 120)
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 FAILOVER_BUCKETS = (1, 2, 3, 4, 5)
+
+DEFAULT_MAX_MODELS = 100
+# Tool names and SDK names are chosen by clients too; these caps are generous.
+MAX_TOOL_NAMES = 200
+MAX_CLIENTS = 50
 
 
 class RecorderStatsLike(Protocol):
@@ -88,7 +102,21 @@ def _cached(cache: dict[tuple[str, ...], Any], metric: Any, key: tuple[str, ...]
 class Metrics:
     """Every metric of one relay process. Build one per process (see ``metrics_for_process``)."""
 
-    def __init__(self, *, multiprocess_dir: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        multiprocess_dir: Path | str | None = None,
+        max_models: int = DEFAULT_MAX_MODELS,
+        initiator_label: bool = False,
+        token: str = "",
+    ) -> None:
+        # Bearer token a scrape must carry (METRICS_TOKEN); empty: none.
+        self.token = token
+        # Client-chosen label values, each bounded (see relay.metrics.labels).
+        self.models = BoundedLabels(max_models)
+        self.tool_names = BoundedLabels(MAX_TOOL_NAMES)
+        self.clients = BoundedLabels(MAX_CLIENTS)
+        self.initiator_label = initiator_label
         self.multiprocess_dir = Path(multiprocess_dir) if multiprocess_dir else None
         if self.multiprocess_dir is not None:
             enable_multiprocess(self.multiprocess_dir)
@@ -241,7 +269,14 @@ class Metrics:
 
     # -- interceptions ---------------------------------------------------------------------------
 
+    def _initiator(self, initiator_id: object) -> str:
+        if not self.initiator_label or initiator_id is None:
+            return ""
+        return str(initiator_id)
+
     def interception_started(self, provider: str, model: str, route: str) -> InterceptionTimer:
+        """``route``: the route's pattern (``relay.routes.route_label``), not the path."""
+        model = self.models.fold(model)
         inflight = self._child(self.inflight, provider, model, route)
         inflight.inc()
         return InterceptionTimer(provider, model, route, inflight)
@@ -259,16 +294,15 @@ class Metrics:
             return
         timer.done = True
         timer.inflight.dec()
-        initiator = "" if initiator_id is None else str(initiator_id)
         self._child(
             self.interceptions,
             timer.provider,
             timer.model,
             status,
             timer.route,
-            method,
-            initiator,
-            client,
+            method_label(method),
+            self._initiator(initiator_id),
+            self.clients.fold(client),
         ).inc()
         self._child(self.duration, timer.provider, timer.model).observe(
             time.perf_counter() - timer.started
@@ -284,13 +318,16 @@ class Metrics:
         prompt: str | None,
     ) -> None:
         """Prompt, token and tool-selection counts of one finished interception."""
-        initiator = "" if initiator_id is None else str(initiator_id)
+        model = self.models.fold(model)
+        client = self.clients.fold(client)
+        initiator = self._initiator(initiator_id)
         if prompt:
             self._child(self.prompts, provider, model, initiator, client).inc()
         if facts.usage is not None:
             self.tokens(provider, model, initiator, client, facts.usage)
         for call in facts.tool_calls:
-            self._child(self.tool_selections, provider, model, call.name).inc()
+            name = self.tool_names.fold(call.name)
+            self._child(self.tool_selections, provider, model, name).inc()
 
     def tokens(
         self, provider: str, model: str, initiator_id: str, client: str, usage: Usage
@@ -311,7 +348,8 @@ class Metrics:
                 )
 
     def passthrough(self, provider: str, route: str, method: str) -> None:
-        self._child(self.passthroughs, provider, route, method).inc()
+        """``route``: the route's pattern (``relay.routes.route_label``), not the path."""
+        self._child(self.passthroughs, provider, route, method_label(method)).inc()
 
     def ttfb(self, provider: str, seconds: float) -> None:
         self._child(self.ttfb_seconds, provider).observe(seconds)
@@ -323,13 +361,26 @@ class Metrics:
 
     def circuit_breaker_state(self, provider: str, endpoint: str, model: str, state: str) -> None:
         """state: ``closed``, ``half-open`` or ``open`` (a BreakerState or its value)."""
+        model = self.models.fold(model)
         self._child(self.breaker_state, provider, endpoint, model).set(_BREAKER_VALUES[state])
 
     def circuit_breaker_trip(self, provider: str, endpoint: str, model: str) -> None:
-        self._child(self.breaker_trips, provider, endpoint, model).inc()
+        self._child(self.breaker_trips, provider, endpoint, self.models.fold(model)).inc()
 
     def circuit_breaker_reject(self, provider: str, endpoint: str, model: str) -> None:
-        self._child(self.breaker_rejects, provider, endpoint, model).inc()
+        self._child(self.breaker_rejects, provider, endpoint, self.models.fold(model)).inc()
+
+    def circuit_breaker_forgotten(self, provider: str, endpoint: str, model: str) -> None:
+        """A circuit was evicted: its state series goes with it (its counters stay)."""
+        key = (provider, endpoint, self.models.fold(model))
+        cache = self._children.get(id(self.breaker_state), {})
+        if cache.pop(key, None) is None:
+            return
+        if self.multiprocess_dir is not None:
+            # Removing a child does not remove it from the mmap files.
+            self.breaker_state.labels(*key).set(0)
+        else:
+            self.breaker_state.remove(*key)
 
     def key_pool_state(self, provider: str, counts: Mapping[str, int]) -> None:
         """How many keys are ``valid``, ``temporary`` (cooling down) and ``permanent`` (failed)."""
@@ -410,6 +461,11 @@ class Metrics:
 
     async def metrics_endpoint(self, scope: Any, receive: Any, send: Any) -> None:
         """ASGI handler for ``GET /metrics``."""
+        if not token_accepted(scope.get("headers", ()), self.token):
+            await send_plain(
+                send, 401, UNAUTHORIZED_BODY, b"text/plain; charset=utf-8", UNAUTHORIZED_HEADERS
+            )
+            return
         if scope.get("method", "GET") not in ("GET", "HEAD"):
             await send_plain(send, 405, b"method not allowed\n", b"text/plain; charset=utf-8")
             return
@@ -423,7 +479,14 @@ class Metrics:
 _process_metrics: Metrics | None = None
 
 
-def metrics_for_process(data_dir: Path | None, env: Mapping[str, str] | None = None) -> Metrics:
+def metrics_for_process(
+    data_dir: Path | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    max_models: int = DEFAULT_MAX_MODELS,
+    initiator_label: bool = False,
+    token: str = "",
+) -> Metrics:
     """The ``Metrics`` of this process, in the mode its deployment needs.
 
     In multiprocess mode there can be only one per process (its values live in
@@ -433,14 +496,21 @@ def metrics_for_process(data_dir: Path | None, env: Mapping[str, str] | None = N
     if _process_metrics is not None:
         return _process_metrics
     directory = multiprocess_dir_for(data_dir, os.environ if env is None else env)
+    labels: dict[str, Any] = {
+        "max_models": max_models,
+        "initiator_label": initiator_label,
+        "token": token,
+    }
     if directory is None:
-        return Metrics()
-    _process_metrics = Metrics(multiprocess_dir=directory)
+        return Metrics(**labels)
+    _process_metrics = Metrics(multiprocess_dir=directory, **labels)
     return _process_metrics
 
 
 __all__ = [
     "MULTIPROC_ENV",
+    "OTHER",
+    "BoundedLabels",
     "InterceptionTimer",
     "Metrics",
     "metrics_for_process",

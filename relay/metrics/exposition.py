@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import hmac
 import logging
 import multiprocessing
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +33,33 @@ log = logging.getLogger("relay.metrics")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-async def send_plain(send: Any, status: int, body: bytes, content_type: bytes) -> None:
+async def send_plain(
+    send: Any,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers += extra_headers or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+UNAUTHORIZED_BODY = b"metrics token required\n"
+UNAUTHORIZED_HEADERS = [(b"www-authenticate", b'Bearer realm="relay metrics"')]
+
+
+def token_accepted(headers: Iterable[tuple[bytes, bytes]], token: str) -> bool:
+    """Whether ``Authorization: Bearer <token>`` is among ``headers`` (always, without a token)."""
+    if not token:
+        return True
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, given = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                return hmac.compare_digest(given.strip(), token.encode())
+    return False
 
 
 # -- multiprocess mode ---------------------------------------------------------------------------
@@ -164,8 +188,12 @@ async def _serve_connection(metrics: Metrics, stream: trio.abc.Stream) -> None:
         if request is None:
             return
         path = request.target.split(b"?")[0]
+        extra: list[tuple[bytes, bytes]] = []
         if path != b"/metrics":
             status, body, ctype = 404, b"not found\n", b"text/plain; charset=utf-8"
+        elif not token_accepted(request.headers, metrics.token):
+            status, body, ctype = 401, UNAUTHORIZED_BODY, b"text/plain; charset=utf-8"
+            extra = UNAUTHORIZED_HEADERS
         elif request.method not in (b"GET", b"HEAD"):
             status, body, ctype = 405, b"method not allowed\n", b"text/plain; charset=utf-8"
         else:
@@ -175,6 +203,7 @@ async def _serve_connection(metrics: Metrics, stream: trio.abc.Stream) -> None:
             (b"content-type", ctype),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
+            *extra,
         ]
         out = conn.send(h11.Response(status_code=status, headers=headers))
         if request.method != b"HEAD":

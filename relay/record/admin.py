@@ -74,6 +74,8 @@ class Interception(msgspec.Struct):
     credential_kind: str
     credential_hint: str | None
     prompt: str | None = None
+    prompt_truncated: bool = False  # the stored prompt is cut (MAX_STORED_PROMPT)
+    prompt_original_bytes: int | None = None  # UTF-8 size of the whole prompt
     token_usages: list[TokenUsage] = msgspec.field(default_factory=list)
     tool_usages: list[ToolUsage] = msgspec.field(default_factory=list)
     thoughts: list[str] = msgspec.field(default_factory=list)
@@ -125,7 +127,7 @@ SELECT interception_id, id, provider_response_id, tool_call_id, name, input, inj
 FROM tool_usages WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
 """
 _PROMPTS_SQL = """
-SELECT interception_id, prompt FROM user_prompts
+SELECT interception_id, prompt, truncated, original_bytes FROM user_prompts
 WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
 """
 _THOUGHTS_SQL = """
@@ -162,7 +164,10 @@ async def list_interceptions(db: RecordingDatabase, filters: Filters) -> Interce
             fields = dict(row)
             by_id[fields.pop("interception_id")].tool_usages.append(ToolUsage(**fields))
         for row in await db.fetch(_PROMPTS_SQL, ids):
-            by_id[row["interception_id"]].prompt = row["prompt"]
+            owner = by_id[row["interception_id"]]
+            owner.prompt = row["prompt"]
+            owner.prompt_truncated = row["truncated"]
+            owner.prompt_original_bytes = row["original_bytes"]
         for row in await db.fetch(_THOUGHTS_SQL, ids):
             by_id[row["interception_id"]].thoughts.append(row["content"])
     cursor = None
@@ -180,8 +185,9 @@ def encode_cursor(started_at: datetime, interception_id: uuid.UUID) -> str:
 def decode_cursor(text: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        return msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
-    except (ValueError, msgspec.DecodeError) as exc:
+        started_at, interception_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+        return _in_utc(started_at), interception_id
+    except (ValueError, OverflowError, msgspec.DecodeError) as exc:
         raise BadRequest("cursor is not one this API handed out") from exc
 
 
@@ -201,9 +207,9 @@ def parse_filters(query_string: bytes) -> Filters:
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
     cursor = one("cursor")
     return Filters(
-        user=one("user"),
-        provider=one("provider"),
-        model=one("model"),
+        user=_text(one("user"), "user"),
+        provider=_text(one("provider"), "provider"),
+        model=_text(one("model"), "model"),
         since=_timestamp(one("since"), "since"),
         until=_timestamp(one("until"), "until"),
         limit=limit,
@@ -220,7 +226,25 @@ def _timestamp(text: str | None, name: str) -> datetime | None:
         raise BadRequest(
             f"{name} must be an RFC 3339 timestamp, e.g. 2025-01-31T00:00:00Z"
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return _in_utc(value if value.tzinfo else value.replace(tzinfo=UTC))
+    except OverflowError:
+        raise BadRequest(f"{name} is out of range once converted to UTC") from None
+
+
+def _in_utc(value: datetime) -> datetime:
+    """``value`` in UTC; OverflowError when that leaves years 1 to 9999
+    (``0001-01-01T00:00:00+14:00``), which the database driver cannot send.
+    A naive value (a cursor never holds one) is taken as UTC."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _text(value: str | None, name: str) -> str | None:
+    # PostgreSQL text cannot hold NUL: such a filter can match nothing, and
+    # sending it fails the query.
+    if value is not None and "\x00" in value:
+        raise BadRequest(f"{name} must not contain NUL characters")
+    return value
 
 
 def authorized(scope: Scope, admin_token: str) -> bool:

@@ -142,13 +142,58 @@ class TokenUsageRecord(msgspec.Struct, kw_only=True, tag="token_usage", tag_fiel
 
 
 class UserPromptRecord(msgspec.Struct, kw_only=True, tag="user_prompt", tag_field="kind"):
-    """The text of the last user message of the request."""
+    """The text of the last user message of the request, cut at the stored-prompt cap."""
 
     id: uuid.UUID
     interception_id: uuid.UUID
     provider_response_id: str | None
     prompt: str
     created_at: Timestamp
+    truncated: bool = False  # ``prompt`` is the first ``max_prompt`` bytes only
+    original_bytes: int | None = None  # UTF-8 size of the whole prompt
+
+
+class CappedPrompt(msgspec.Struct, frozen=True):
+    """A prompt as it will be stored: ``cap_prompt``'s result."""
+
+    text: str
+    truncated: bool
+    original_bytes: int
+
+
+def cap_prompt(prompt: str, max_bytes: int | None) -> CappedPrompt:
+    """The prompt cut at ``max_bytes`` of UTF-8 (None: whole), with its whole size.
+
+    The cut never splits a character. An ASCII prompt (the usual case) is
+    measured and cut without encoding it. Capping as soon as the request is
+    parsed lets a multi-megabyte prompt go before the stream starts.
+    """
+    return CappedPrompt(*_cap(prompt, max_bytes))
+
+
+def _cap(prompt: str, max_bytes: int | None) -> tuple[str, bool, int]:
+    if prompt.isascii():
+        size = len(prompt)
+        if max_bytes is None or size <= max_bytes:
+            return prompt, False, size
+        return prompt[:max_bytes], True, size
+    if max_bytes is not None and len(prompt) > max_bytes:
+        # Over the cap in characters already: encode only what could be kept.
+        size = _utf8_size(prompt)
+        head = prompt[:max_bytes].encode("utf-8", "surrogatepass")[:max_bytes]
+        return head.decode("utf-8", "ignore"), True, size
+    encoded = prompt.encode("utf-8", "surrogatepass")
+    size = len(encoded)
+    if max_bytes is None or size <= max_bytes:
+        return prompt, False, size
+    return encoded[:max_bytes].decode("utf-8", "ignore"), True, size
+
+
+def _utf8_size(text: str, step: int = 1 << 20) -> int:
+    """UTF-8 size of ``text``, encoding at most ``step`` characters at a time."""
+    return sum(
+        len(text[i : i + step].encode("utf-8", "surrogatepass")) for i in range(0, len(text), step)
+    )
 
 
 class ToolUsageRecord(msgspec.Struct, kw_only=True, tag="tool_usage", tag_field="kind"):
@@ -218,13 +263,17 @@ def interception_started(interception: InterceptionMeta) -> InterceptionRecord:
 def records_for(
     interception: InterceptionMeta,
     facts: Facts,
-    prompt: str | None,
+    prompt: str | CappedPrompt | None,
     status: Status,
     error: BaseException | tuple[str, str] | None = None,
     *,
     ended_at: datetime | None = None,
+    max_prompt: int | None = None,
 ) -> list[Record]:
     """Every row one finished interception produces, the interception first.
+
+    ``max_prompt``: a ``str`` prompt is cut at that many UTF-8 bytes (None:
+    whole); a ``CappedPrompt`` is stored as it is.
 
     ``error`` is what ended the interception on the relay's side (an exception,
     or an ``(error_type, message)`` pair); without it, an error the upstream
@@ -279,13 +328,16 @@ def records_for(
             )
         )
     if prompt is not None:
+        capped = cap_prompt(prompt, max_prompt) if isinstance(prompt, str) else prompt
         records.append(
             UserPromptRecord(
                 id=new_id(),
                 interception_id=iid,
                 provider_response_id=response_id,
-                prompt=prompt,
+                prompt=capped.text,
                 created_at=ended,
+                truncated=capped.truncated,
+                original_bytes=capped.original_bytes,
             )
         )
     for call in facts.tool_calls:

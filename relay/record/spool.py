@@ -150,7 +150,10 @@ class Spool:
         self.rotate()
 
     def _open_segment(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Segments hold prompts: the directory is the relay's alone, whatever the umask.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.directory.stat().st_mode & 0o077:
+            os.chmod(self.directory, 0o700)
         self._seq += 1
         name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}"
         temporary = self.directory / f".{name}.tmp"

@@ -25,6 +25,7 @@ __all__ = ["SSEDecoder", "SSEEvent"]
 _BOM = b"\xef\xbb\xbf"
 _COLON = 0x3A  # ord(":")
 _LINE_END = b"\r\n"
+_MAX_RETRY_DIGITS = 18  # fits an i64
 
 
 class SSEEvent(msgspec.Struct, frozen=True, gc=False):
@@ -197,7 +198,9 @@ class SSEDecoder:
             if b"\x00" not in value:
                 self._id = self.last_event_id = value.decode("utf-8", "replace")
         elif name == b"retry":
-            if value.isdigit():  # ASCII digits only, and not empty
+            # ASCII digits only, and not empty. More digits than any delay in
+            # milliseconds needs are ignored: int() refuses over 4,300 digits.
+            if value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
                 self._retry = int(value)
         # Any other field name is ignored.
 

@@ -167,11 +167,14 @@ BreakerKey = tuple[str, str, str]  # provider name, route, model
 class CircuitBreakers:
     """Every circuit of this process, made on first use.
 
-    Model names come from clients, so the number of circuits is capped:
-    beyond ``max_circuits`` the least recently used closed circuit is
-    forgotten (a closed circuit with no recent use carries no state worth
-    keeping). ``on_new_circuit(key, breaker)`` lets metrics attach a state
-    listener to each circuit as it is made.
+    Model names come from clients, so callers key circuits by the route
+    pattern (not the path) and by the model name folded by
+    ``relay.metrics.labels.BoundedLabels``, and the number of circuits is
+    capped too: beyond ``max_circuits`` the least recently used closed
+    circuit is forgotten (a closed circuit with no recent use carries no
+    state worth keeping), or the least recently used one when all are open.
+    ``on_new_circuit(key, breaker)`` lets metrics attach a state listener to
+    each circuit as it is made; ``on_forget(key)`` drops its series.
     """
 
     def __init__(self, settings: BreakerSettings, *, max_circuits: int = 10_000) -> None:
@@ -179,6 +182,7 @@ class CircuitBreakers:
         self.max_circuits = max_circuits
         self._circuits: OrderedDict[BreakerKey, CircuitBreaker] = OrderedDict()
         self.on_new_circuit: Callable[[BreakerKey, CircuitBreaker], None] | None = None
+        self.on_forget: Callable[[BreakerKey], None] | None = None
 
     def get(self, provider: str, route: str, model: str, now: float) -> CircuitBreaker:
         key = (provider, route, model)
@@ -187,9 +191,9 @@ class CircuitBreakers:
             self._circuits.move_to_end(key)
             return breaker
         breaker = CircuitBreaker(self.settings, now)
-        self._circuits[key] = breaker
-        if len(self._circuits) > self.max_circuits:
+        if len(self._circuits) >= self.max_circuits:
             self._forget_one()
+        self._circuits[key] = breaker
         if self.on_new_circuit is not None:
             self.on_new_circuit(key, breaker)
         return breaker
@@ -198,9 +202,14 @@ class CircuitBreakers:
         """((provider, route, model), circuit) of every circuit, for metrics."""
         return list(self._circuits.items())
 
+    def __len__(self) -> int:
+        return len(self._circuits)
+
     def _forget_one(self) -> None:
-        for key, breaker in self._circuits.items():
-            if breaker.state is BreakerState.CLOSED:
-                del self._circuits[key]
-                return
-        self._circuits.popitem(last=False)
+        gone = next(
+            (k for k, b in self._circuits.items() if b.state is BreakerState.CLOSED),
+            next(iter(self._circuits)),
+        )
+        del self._circuits[gone]
+        if self.on_forget is not None:
+            self.on_forget(gone)

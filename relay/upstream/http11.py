@@ -38,6 +38,9 @@ from relay.upstream.errors import (
 __all__ = ["HTTP11Client", "RequestBody", "ResponseHeaders", "UpstreamResponse"]
 
 READ_SIZE = 64 * 1024
+# A request body up to this size goes out in one write with its head.
+_COALESCE_BODY = 64 * 1024
+
 # Methods that always carry a body length, as httpx sends them (content-length: 0).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -230,7 +233,13 @@ class HTTP11Client:
         try:
             try:
                 head = protocol.send(request)
-                if isinstance(body, bytes):
+                if isinstance(body, bytes) and len(body) > _COALESCE_BODY:
+                    # Written as it is: joining it to the head would copy it twice.
+                    await self._write(conn, head)
+                    for piece in protocol.send_with_data_passthrough(h11.Data(data=body)) or ():
+                        await self._write(conn, piece)
+                    await self._write(conn, protocol.send(h11.EndOfMessage()))
+                elif isinstance(body, bytes):
                     if body:
                         head += protocol.send(h11.Data(data=body))
                     await self._write(conn, head + protocol.send(h11.EndOfMessage()))

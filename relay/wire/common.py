@@ -1,7 +1,8 @@
 """What every API's request parsing shares: the facts taken from a request body.
 
-Request parsing is lenient by design. Only a body that is not JSON, or not a
-JSON object, is refused (the provider would refuse it too, and the relay
+Request parsing is lenient by design. Only a body that is not JSON (invalid
+UTF-8 anywhere in it included, RFC 8259 §8.1), nested too deeply to decode,
+or not a JSON object, is refused (the provider would refuse it too, and the relay
 answers 400 without calling upstream). Any other oddity (a field of an
 unexpected type, a message that is not an object) makes the affected fact
 "unknown" (``None`` or empty), never an exception: the relay must forward
@@ -14,6 +15,7 @@ and decode them separately, each in its own ``try``.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -34,6 +36,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# Bodies are checked for UTF-8 in slices of this size, so the check never holds
+# a decoded copy of a whole multi-megabyte body.
+_UTF8_SLICE = 1 << 20
 
 
 class InvalidRequestBody(Exception):
@@ -59,14 +65,35 @@ def decode_request(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     """Decode a request body with a top-level Struct whose fields accept anything.
 
     Because every field is ``Any`` or ``Raw``, a ``ValidationError`` can only
-    mean the top level is not an object.
+    mean the top level is not an object. msgspec checks UTF-8 only in the
+    strings it decodes, not in the ``Raw`` parts it skips, so the whole body
+    is checked first: the provider must never get a body the relay could not
+    read. Nesting deeper than the interpreter's recursion limit raises
+    ``RecursionError`` in msgspec; that is a refused body too.
     """
+    check_utf8(body)
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidRequestBody(f"request body is not a JSON object: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequestBody(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestBody("request body is not valid JSON: nested too deeply") from None
+
+
+def check_utf8(body: bytes) -> None:
+    """Raise ``InvalidRequestBody`` unless ``body`` is valid UTF-8."""
+    if body.isascii():  # no copy, and the common case
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(body)
+    try:
+        for start in range(0, len(view), _UTF8_SLICE):
+            decoder.decode(view[start : start + _UTF8_SLICE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidRequestBody("request body is not valid JSON: invalid UTF-8") from None
 
 
 def decode_part(raw: msgspec.Raw, decoder: msgspec.json.Decoder[T]) -> T | None:
@@ -75,7 +102,7 @@ def decode_part(raw: msgspec.Raw, decoder: msgspec.json.Decoder[T]) -> T | None:
         return None
     try:
         return decoder.decode(raw)
-    except msgspec.DecodeError:  # ValidationError is a subclass
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a subclass
         return None
 
 

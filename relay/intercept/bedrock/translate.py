@@ -91,6 +91,8 @@ def to_bedrock_body(anthropic_body: bytes, anthropic_beta_header: str | None) ->
         request = msgspec.json.decode(anthropic_body)
     except msgspec.DecodeError as exc:
         raise InvalidAnthropicBody(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidAnthropicBody("request body is not valid JSON: nested too deeply") from None
     if not isinstance(request, dict):
         raise InvalidAnthropicBody("request body must be a JSON object")
 
