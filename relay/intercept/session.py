@@ -22,6 +22,7 @@ from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.limits import RequestGuards
+from relay.metrics import InterceptionTimer
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import InterceptionMeta, client_session_id, detect_client, records_for
 from relay.routes import RouteKind
@@ -73,51 +74,54 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
         spec.prepare_body(body, info) if spec.prepare_body else (body, False)
     )
     guards = ctx.guards
+    metrics = services.metrics
     breaker: CircuitBreaker | None = None
     ticket: int | None = None
+    timer: InterceptionTimer | None = None
+    dumps: list[DumpHandle] = []
+    outcome = Outcome()
     if guards.breakers is not None:
         now = trio.current_time()
         breaker = guards.breakers.get(provider.name, api_path, info.model or "", now)
         ticket = breaker.allow(now)
         if ticket is None:
-            services.metrics.circuit_breaker_reject(provider.name, api_path, info.model or "")
+            metrics.circuit_breaker_reject(provider.name, api_path, info.model or "")
             retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
             await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
             return
-    actor = guards.actor_headers(principal.user_id, principal.user_name)
-    metrics = services.metrics
-    timer = metrics.interception_started(provider.name, info.model or "", api_path)
-    dumps: list[DumpHandle] = []
+    # From the ticket on, everything is inside the try: whatever raises, the
+    # finally hands the ticket back and takes the request off the in-flight gauge.
+    try:
+        timer = metrics.interception_started(provider.name, info.model or "", api_path)
+        actor = guards.actor_headers(principal.user_id, principal.user_name)
 
-    def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
-        """Start the dump of what goes upstream (the Bedrock handler calls it once signed)."""
-        handle = services.dumps.begin(
-            provider.name, info.model, interception_id, "POST", path, headers, dumped_body
+        def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
+            """Start the dump of what goes upstream (the Bedrock handler calls it once signed)."""
+            handle = services.dumps.begin(
+                provider.name, info.model, interception_id, "POST", path, headers, dumped_body
+            )
+            if handle is not None:
+                dumps.append(handle)
+            return handle
+
+        dump = (
+            None
+            if provider.type == "bedrock"
+            else begin_dump(
+                with_query(api_path, scope.get("query_string", b"")),
+                ctx.upstream_headers + actor,
+                upstream_body,
+            )
         )
-        if handle is not None:
-            dumps.append(handle)
-        return handle
-
-    dump = (
-        None
-        if provider.type == "bedrock"
-        else begin_dump(
-            with_query(api_path, scope.get("query_string", b"")),
+        call = UpstreamCall(
+            ctx.client,
+            "POST",
+            ctx.url,
             ctx.upstream_headers + actor,
             upstream_body,
+            failover=failover,
+            dump=dump,
         )
-    )
-    call = UpstreamCall(
-        ctx.client,
-        "POST",
-        ctx.url,
-        ctx.upstream_headers + actor,
-        upstream_body,
-        failover=failover,
-        dump=dump,
-    )
-    outcome = Outcome()
-    try:
         if provider.type == "bedrock":
             await relay_bedrock(
                 send,
@@ -196,13 +200,14 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 ended_at=datetime.now(UTC),
             )
         )
-        metrics.interception_finished(
-            timer,
-            status=outcome.status,
-            method="POST",
-            initiator_id=principal.user_id,
-            client=meta.client,
-        )
+        if timer is not None:
+            metrics.interception_finished(
+                timer,
+                status=outcome.status,
+                method="POST",
+                initiator_id=principal.user_id,
+                client=meta.client,
+            )
         metrics.interception_facts(
             provider.name,
             meta.model,
