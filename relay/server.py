@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from relay.app import RelayApp
 from relay.options import Options
+from relay.services import ServiceFailure
 
 log = logging.getLogger("relay.server")
 
@@ -63,20 +64,39 @@ async def run_server(
     task_status: trio.TaskStatus[RelayApp] = trio.TASK_STATUS_IGNORED,
     out: Callable[[str], None] = print,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or ``shutdown_trigger``), then shut down gracefully."""
+    """Serve until SIGINT/SIGTERM (or ``shutdown_trigger``), then shut down gracefully.
+
+    A background service that fails while serving shuts the server down the
+    same way, then raises ``ServiceFailure`` (``relay serve`` exits 1, so a
+    supervisor restarts it).
+    """
     app = RelayApp(options, env)
     config = hypercorn_config(options)
+    trigger = shutdown_trigger or wait_for_signal
+
+    async def until_shutdown() -> None:
+        async with trio.open_nursery() as waiting:
+
+            async def first(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(first, trigger)
+            waiting.start_soon(first, app.failed.wait)
+
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
             partial(
                 hypercorn_serve,
                 cast(Any, app),
                 config,
-                shutdown_trigger=shutdown_trigger or wait_for_signal,
+                shutdown_trigger=until_shutdown,
             )
         )
         describe(app, binds, out)
         task_status.started(app)
+    if app.failure is not None:
+        raise ServiceFailure(app.failure)
 
 
 def serve(options: Options, *, demo: bool = False) -> None:
