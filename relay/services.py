@@ -168,7 +168,8 @@ async def open_services(
             listener = ConfigListener(db, registry, tokens)
             await nursery.start(supervised, "config listener", on_failure, listener.run)
             await nursery.start(supervised, "recorder", on_failure, recorder.run)
-            metrics = metrics_for_process(data_dir(options))
+            # Multiprocess mode sets up its directory (mkdir, glob, rmtree): off the loop.
+            metrics = await trio.to_thread.run_sync(metrics_for_process, data_dir(options))
 
             async def report_providers(_changes: object = None) -> None:
                 metrics.providers([(p.name, str(p.type), "enabled") for p in registry.all()])

@@ -123,3 +123,22 @@ def test_a_service_that_dies_stops_the_process_with_status_1(pg_dsn, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_the_metrics_directory_is_set_up_off_the_event_loop(pg_dsn, tmp_path, monkeypatch):
+    import threading
+
+    import relay.services
+
+    loop_thread = threading.current_thread()
+    set_up_in: list[threading.Thread] = []
+    original = relay.services.metrics_for_process
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        set_up_in.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(relay.services, "metrics_for_process", recording)
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, _relay):
+        pass
+    assert len(set_up_in) == 1 and set_up_in[0] is not loop_thread
