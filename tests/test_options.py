@@ -21,6 +21,8 @@ from relay.options import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_non_negative_int,
+    parse_positive_int,
     parse_size,
 )
 
@@ -36,6 +38,8 @@ def sample(key: str) -> tuple[str, object]:
         parse_duration: ("7s", 7.0),
         parse_size: ("3KiB", 3 * 1024),
         parse_int: ("7", 7),
+        parse_non_negative_int: ("7", 7),
+        parse_positive_int: ("7", 7),
     }
     if opt.parse in by_parser:
         return by_parser[opt.parse]
