@@ -113,6 +113,10 @@ class RelayApp:
         # sees the message); with ``report_startup_failure`` it is also logged.
         self.startup_error: BaseException | None = None
         self.report_startup_failure = True
+        # Set when a background service failed while serving: the server shuts
+        # down (``relay serve`` waits on ``failed``) and new requests get a 503.
+        self.failure: str | None = None
+        self.failed = trio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -133,7 +137,7 @@ class RelayApp:
             # Under hypercorn the options are read here: a bad one fails the start.
             options = self.options or load_options(env)
             self.guards = RequestGuards.from_options(options)
-            async with open_services(options, env) as services:
+            async with open_services(options, env, self._service_failed) as services:
                 # A bedrock provider that cannot work (no region) stops the start, saying why.
                 await self.bedrock_auths.prepare(services.providers.all())
                 attach_guard_metrics(self.guards, services.metrics)
@@ -159,6 +163,12 @@ class RelayApp:
             return
         await send({"type": "lifespan.shutdown.complete"})
 
+    def _service_failed(self, name: str, exc: BaseException) -> None:
+        log.critical("the %s failed; the relay shuts down", name, exc_info=exc)
+        if self.failure is None:
+            self.failure = f"the {name} failed: {type(exc).__name__}: {_startup_error(exc)}"
+        self.failed.set()
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Route on the path as sent: an escaped "/" (a Bedrock inference
         # profile ARN's %2F) stays inside its segment, and escapes reach the
@@ -166,6 +176,14 @@ class RelayApp:
         raw_path: bytes | None = scope.get("raw_path")
         path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
         method: str = scope["method"]
+        if self.failure is not None:
+            # Shutting down after a service failed: nothing new is taken on.
+            if path == "/healthz":
+                await send_response(send, 503, b'{"status":"failing"}')
+                return
+            style = error_style_for(None, path)
+            await send_error(send, style, 503, "the relay is restarting; retry shortly")
+            return
         if path == "/healthz":
             await send_response(send, 200, b'{"status":"ok"}')
             return

@@ -424,6 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, UNAVAILABLE_ERRORS):
             _stderr(f"relay: the database is not available: {exc}")
             return 1
+        from relay.services import ServiceFailure
+
+        if isinstance(exc, ServiceFailure):
+            _stderr(f"relay: stopped: {exc}")
+            return 1
         raise
     return 0
 

@@ -127,6 +127,29 @@ def parse_pg_url(text: str) -> str:
     return value
 
 
+def parse_non_negative_int(text: str) -> int:
+    value = parse_int(text)
+    if value < 0:
+        raise ValueError(f"cannot be negative: {value} (0 means no limit)")
+    return value
+
+
+def parse_positive_int(text: str) -> int:
+    value = parse_int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1: {value}")
+    return value
+
+
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def parse_header_name(text: str) -> str:
+    if not _HEADER_NAME_RE.match(text):
+        raise ValueError(f"{text!r} is not a valid HTTP header name")
+    return text
+
+
 def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size and seconds % size == 0:
@@ -226,21 +249,21 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _opt(
         "ACTOR_ID_HEADER",
-        parse_str,
+        parse_header_name,
         "X-AI-Bridge-Actor-ID",
         "Header carrying the person's user id when actor headers are sent.",
         group="Access",
     ),
     _opt(
         "ACTOR_USERNAME_HEADER",
-        parse_str,
+        parse_header_name,
         "X-AI-Bridge-Actor-Metadata-Username",
         "Header carrying the person's user name when actor headers are sent.",
         group="Access",
     ),
     _opt(
         "RATE_LIMIT",
-        parse_int,
+        parse_non_negative_int,
         "0",
         "Requests per second per relay token, per relay process (bursts of this many pass); "
         "beyond it 429 with Retry-After. 0: off.",
@@ -248,7 +271,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _opt(
         "MAX_CONCURRENCY",
-        parse_int,
+        parse_non_negative_int,
         "0",
         "Requests one relay process serves at a time; beyond it 503 at once (no queueing). "
         "0: unlimited.",
@@ -272,7 +295,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _opt(
         "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
-        parse_int,
+        parse_positive_int,
         "5",
         "Consecutive failures that open a circuit.",
         group="Resilience",
@@ -294,7 +317,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _opt(
         "CIRCUIT_BREAKER_MAX_REQUESTS",
-        parse_int,
+        parse_positive_int,
         "3",
         "Trial requests a half-open circuit lets through; when all succeed it closes, the "
         "first failure opens it again.",

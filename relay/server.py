@@ -19,7 +19,7 @@ from hypercorn.trio.run import worker_serve
 
 from relay.app import RelayApp, describe, print_now
 from relay.options import Options
-from relay.services import ListenError
+from relay.services import ListenError, ServiceFailure
 
 log = logging.getLogger("relay.server")
 
@@ -78,7 +78,10 @@ async def run_server(
     """Serve until SIGINT/SIGTERM (or ``shutdown_trigger``), then shut down gracefully.
 
     A start that fails for an expected reason (``relay.services.startup_failure``)
-    raises that error itself, not hypercorn's lifespan error around it.
+    raises that error itself, not hypercorn's lifespan error around it. A
+    background service that fails while serving shuts the server down the
+    same way as a signal, then raises ``ServiceFailure`` (``relay serve`` exits
+    1, so a supervisor restarts it).
     """
     config = hypercorn_config(options)
     sockets = bind_listeners(config, options.http_address)
@@ -93,6 +96,18 @@ async def run_server(
                     trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
                 )
                 shutdown_trigger = partial(_first_signal, signals)
+            trigger = shutdown_trigger
+
+            async def until_shutdown() -> None:
+                async with trio.open_nursery() as waiting:
+
+                    async def first(wait: Callable[[], Awaitable[object]]) -> None:
+                        await wait()
+                        waiting.cancel_scope.cancel()
+
+                    waiting.start_soon(first, trigger)
+                    waiting.start_soon(first, app.failed.wait)
+
             async with trio.open_nursery() as nursery:
                 binds = await nursery.start(
                     partial(
@@ -100,7 +115,7 @@ async def run_server(
                         ASGIWrapper(cast(Any, app)),
                         config,
                         sockets=sockets,
-                        shutdown_trigger=shutdown_trigger,
+                        shutdown_trigger=until_shutdown,
                     )
                 )
                 describe(app, binds, out)
@@ -112,6 +127,8 @@ async def run_server(
     finally:
         for sock in sockets.insecure_sockets:
             sock.close()
+    if app.failure is not None:
+        raise ServiceFailure(app.failure)
 
 
 def serve(options: Options, *, demo: bool = False) -> None:

@@ -6,10 +6,12 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import trio
@@ -82,6 +84,48 @@ def startup_failure(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, expected) else None
 
 
+ServiceFailed = Callable[[str, BaseException], None]
+
+
+class ServiceFailure(RuntimeError):
+    """A background service failed while the relay was serving; it shut down (exit status 1)."""
+
+
+class _Started:
+    """A task status that remembers whether the service reported itself started."""
+
+    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
+        self._inner = inner
+        self.done = False
+
+    def started(self, value: Any = None) -> None:
+        self.done = True
+        self._inner.started(value)
+
+
+async def supervised(
+    name: str,
+    on_failure: ServiceFailed,
+    run: Callable[..., Awaitable[None]],
+    *args: Any,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one background service; a failure once it has started goes to ``on_failure``.
+
+    A failure before it started is raised: the start fails, saying why. One
+    after it is not left to cancel the services nursery (that would stop the
+    recorder under requests still being served): ``on_failure`` is told, and
+    the process shuts down the way it does on SIGTERM, then exits non-zero.
+    """
+    status = _Started(task_status)
+    try:
+        await run(*args, task_status=status)
+    except Exception as exc:
+        if not status.done:
+            raise
+        on_failure(name, exc)
+
+
 @dataclass
 class Services:
     options: Options
@@ -125,11 +169,15 @@ async def open_database(options: Options) -> AsyncIterator[tuple[Database, str]]
 
 
 @asynccontextmanager
-async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterator[Services]:
+async def open_services(
+    options: Options, env: Mapping[str, str], on_failure: ServiceFailed
+) -> AsyncIterator[Services]:
     """Everything one relay process needs, in the order it needs it.
 
     The background tasks (config listener, recorder) live in a nursery inside
-    the database's lifetime, so they are gone before the database closes.
+    the database's lifetime, so they are gone before the database closes. A
+    task that fails once started is reported to ``on_failure`` (see
+    ``supervised``); the others keep running until the process shuts down.
     """
     async with open_database(options) as (db, description):
         await migrate(db)
@@ -170,15 +218,19 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
             # One LISTEN per process feeds both: provider changes and
             # revocations reach this process within a second.
             listener = ConfigListener(db, registry, tokens)
-            await nursery.start(listener.run)
-            await nursery.start(recorder.run)
-            await nursery.start(instance.run)
+            await nursery.start(supervised, "config listener", on_failure, listener.run)
+            await nursery.start(supervised, "recorder", on_failure, recorder.run)
+            await nursery.start(supervised, "instance heartbeat", on_failure, instance.run)
             recorder.on_replayed = instance.sweep_soon
-            metrics = metrics_for_process(
-                data_dir(options),
-                max_models=options.metrics_max_models,
-                initiator_label=options.metrics_initiator_id_label,
-                token=options.metrics_token,
+            # Multiprocess mode sets up its directory (mkdir, glob, rmtree): off the loop.
+            metrics = await trio.to_thread.run_sync(
+                partial(
+                    metrics_for_process,
+                    data_dir(options),
+                    max_models=options.metrics_max_models,
+                    initiator_label=options.metrics_initiator_id_label,
+                    token=options.metrics_token,
+                )
             )
 
             async def report_providers(_changes: object = None) -> None:
@@ -186,11 +238,20 @@ async def open_services(options: Options, env: Mapping[str, str]) -> AsyncIterat
 
             await report_providers()
             listener.add_callback(report_providers)
-            await nursery.start(metrics.watch_recorder, recorder.stats)
+            await nursery.start(
+                supervised, "recorder metrics", on_failure, metrics.watch_recorder, recorder.stats
+            )
             if options.metrics_address:
-                await nursery.start(serve_metrics_listener, metrics, options.metrics_address)
+                await nursery.start(
+                    supervised,
+                    "metrics listener",
+                    on_failure,
+                    serve_metrics_listener,
+                    metrics,
+                    options.metrics_address,
+                )
             dumps = DumpWriter(options.dump_dir or None, metrics)
-            await nursery.start(dumps.run)
+            await nursery.start(supervised, "dump writer", on_failure, dumps.run)
             try:
                 yield Services(
                     options,

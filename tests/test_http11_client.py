@@ -484,3 +484,32 @@ async def test_https_round_trip_and_reuse(nursery: trio.Nursery, tmp_path: Path)
     with pytest.raises(UpstreamConnectError):
         async with untrusting.stream("GET", f"https://127.0.0.1:{port}/", []):
             pass
+
+
+async def test_the_ca_bundle_is_loaded_off_the_event_loop(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading certifi's bundle is blocking file I/O: never on the trio thread.
+    import threading
+
+    loop_thread = threading.current_thread()
+    loaded_in: list[threading.Thread] = []
+    create = ssl.create_default_context
+
+    def recording(*args: object, **kwargs: object) -> ssl.SSLContext:
+        loaded_in.append(threading.current_thread())
+        return create(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", recording)
+
+    async def close_at_once(stream: trio.SocketStream) -> None:
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, close_at_once, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    client = HTTP11Client(connect_timeout=2.0, read_timeout=5.0)
+    for _ in range(2):
+        with pytest.raises(UpstreamConnectError):  # no TLS there; the bundle was loaded first
+            async with client.stream("GET", f"https://127.0.0.1:{port}/", []):
+                pass
+    assert len(loaded_in) == 1 and loaded_in[0] is not loop_thread

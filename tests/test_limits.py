@@ -1,6 +1,13 @@
-"""Concurrency and rate limits, and the guards built from the options (no I/O)."""
+"""Concurrency and rate limits, and the guards built from the options.
+
+All without I/O but one: `relay serve` refusing an unusable limit before it starts.
+"""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -130,9 +137,30 @@ def test_guards_from_options():
         {"ACTOR_ID_HEADER": ""},
     ],
 )
-def test_unusable_options_are_refused(env):
-    with pytest.raises(OptionError):
-        guards_for(**env)
+def test_unusable_options_are_refused_when_options_load(env):
+    # At load time, before anything is started or bound (not in the lifespan).
+    with pytest.raises(OptionError) as refused:
+        load_options({f"CODER_AI_GATEWAY_{k}": v for k, v in env.items()}, warn=lambda _: None)
+    assert f"CODER_AI_GATEWAY_{next(iter(env))}" in str(refused.value)
+
+
+def test_serve_refuses_an_unusable_limit_before_starting(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
+    env.update(
+        CODER_AI_GATEWAY_MAX_CONCURRENCY="-1",
+        # Never reached: the option is refused first (else: "database not available", 1).
+        CODER_PG_CONNECTION_URL="postgresql://x@127.0.0.1:1/x",
+        CODER_AI_GATEWAY_DATA_DIR=str(tmp_path),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "CODER_AI_GATEWAY_MAX_CONCURRENCY" in result.stderr
 
 
 def test_legacy_option_names_work():

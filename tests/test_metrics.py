@@ -291,6 +291,27 @@ async def test_listener_of_its_own(nursery: trio.Nursery) -> None:
     assert value(samples, "relay_client_disconnects_total", phase="before-first-byte") == 1
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nbad header\r\n\r\n",
+    ],
+)
+async def test_a_malformed_request_does_not_end_the_listener(nursery: trio.Nursery, garbage):
+    m = Metrics()
+    port = await nursery.start(serve_metrics_listener, m, "127.0.0.1:0")
+    with trio.fail_after(10):
+        bad = await trio.open_tcp_stream("127.0.0.1", port)
+        async with bad:
+            await bad.send_all(garbage)
+            while await bad.receive_some(65536):
+                pass  # until the listener closes it
+    async with httpx.AsyncClient(trust_env=False) as client:
+        ok = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert ok.status_code == 200
+
+
 # -- several processes ------------------------------------------------------------------------
 
 WRITER = """

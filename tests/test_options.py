@@ -22,8 +22,10 @@ from relay.options import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_non_negative_int,
     parse_optional_address,
     parse_pg_url,
+    parse_positive_int,
     parse_size,
 )
 
@@ -42,6 +44,8 @@ def sample(key: str) -> tuple[str, object]:
         parse_address: ("127.0.0.7:7007", "127.0.0.7:7007"),
         parse_optional_address: ("127.0.0.7:7008", "127.0.0.7:7008"),
         parse_pg_url: ("postgresql://u@db.example/relay", "postgresql://u@db.example/relay"),
+        parse_non_negative_int: ("7", 7),
+        parse_positive_int: ("7", 7),
     }
     if opt.parse in by_parser:
         return by_parser[opt.parse]

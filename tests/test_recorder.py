@@ -20,7 +20,13 @@ import trio.lowlevel
 
 from relay.db import Database
 from relay.intercept.facts import Facts, ToolCall, Usage
-from relay.record.events import InterceptionMeta, InterceptionRecord, Record, records_for
+from relay.record.events import (
+    InterceptionMeta,
+    InterceptionRecord,
+    Record,
+    TokenUsageRecord,
+    records_for,
+)
 from relay.record.recorder import Recorder
 from relay.record.retention import delete_expired, run_retention
 from relay.record.spool import Spool
@@ -412,3 +418,41 @@ async def test_retention_deletes_only_old_rows(db: Database) -> None:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     await assert_exactly(db, new)
+
+
+async def test_a_poisoned_spooled_record_is_set_aside_and_the_rest_replayed(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A value the driver cannot encode (out of bigint range) is no data error
+    # PostgreSQL reports: the batch fails as a whole, every time.
+    spool_dir = tmp_path / "spool"
+    good = [interception(n) for n in range(4)]
+    poisoned = [
+        msgspec.structs.replace(r, input_tokens=2**63) if isinstance(r, TokenUsageRecord) else r
+        for r in interception(99)
+    ]
+    poison = next(r for r in poisoned if isinstance(r, TokenUsageRecord))
+    spool = Spool(spool_dir)
+    encode = msgspec.msgpack.Encoder().encode
+    spool.append(encode(good[0]))
+    spool.append(encode(good[1] + poisoned + good[2]))
+    spool.append(encode(good[3]))
+    spool.close()
+
+    recorder = Recorder(db, spool_dir, flush_interval=0.01)
+    later = interception(100)
+    expected = [r for batch in good for r in batch] + [r for r in poisoned if r is not poison]
+    with caplog.at_level(logging.WARNING, logger="relay.record.recorder"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            await wait_until(lambda: spool_files(spool_dir) == [], timeout=15)
+            recorder.record(later)  # and the recorder writes directly again
+            await wait_until(lambda: recorder.stats.written >= len(expected) + len(later))
+            await recorder.aclose()
+    await assert_exactly(db, expected + later)
+    assert recorder.stats.rejected == 1
+    assert recorder.stats.replayed == len(expected)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("batch 1 failed" in w and "OverflowError" in w for w in warnings), warnings
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("set aside" in e and str(poison.id) in e for e in errors), errors

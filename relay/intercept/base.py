@@ -372,15 +372,24 @@ async def send_body(send: Send, state: StreamState, data: bytes) -> None:
 
 
 async def keepalive(send: Send, state: StreamState, interval: float) -> None:
-    """An SSE comment after ``interval`` of silence, only between events."""
+    """An SSE comment after ``interval`` of silence, only between events.
+
+    One timer per interval: a send that is blocked (a slow client) or a
+    decoder in the middle of an event (an upstream pausing mid-event) puts the
+    next look a whole interval later, never into a loop that wakes at once.
+    """
+    deadline = state.last_send + interval
     while True:
-        await trio.sleep_until(state.last_send + interval)
-        if (
-            trio.current_time() >= state.last_send + interval
-            and not state.sending
-            and state.at_boundary
-        ):
+        await trio.sleep_until(deadline)
+        now = trio.current_time()
+        due = state.last_send + interval
+        if now < due:
+            deadline = due  # something was sent meanwhile
+        elif state.sending or not state.at_boundary:
+            deadline = now + interval
+        else:
             await send_body(send, state, KEEPALIVE_COMMENT)
+            deadline = state.last_send + interval
 
 
 async def fail_before_response(

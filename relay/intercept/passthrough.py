@@ -8,6 +8,7 @@ replayed with the next key when the provider refuses one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import trio
@@ -35,6 +36,8 @@ from relay.intercept.base import (
 from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import HTTP11Client, RequestBody
 from relay.upstream.keypool import Exhausted, Failover
+
+log = logging.getLogger("relay.intercept")
 
 _DROP = HOP_BY_HOP | {b"host", b"expect", b"content-length"}
 
@@ -84,9 +87,24 @@ async def relay_passthrough(
     elif has_body:
         content = _request_body(receive, dump)
 
+    body_read = trio.Event()
+    if isinstance(content, AsyncIterator):
+        content = _request_body_then(content, body_read)
+    else:
+        body_read.set()
     try:
         return await _exchange(
-            send, receive, client, method, url, out_headers, content, style, failover, dump
+            send,
+            receive,
+            client,
+            method,
+            url,
+            out_headers,
+            content,
+            style,
+            failover,
+            dump,
+            body_read,
         )
     finally:
         if dump is not None:
@@ -104,44 +122,83 @@ async def _exchange(
     style: ErrorStyle,
     failover: Failover | None,
     dump: DumpHandle | None,
+    body_read: trio.Event,
+) -> int | None:
+    """The upstream exchange inside the disconnect watcher's scope.
+
+    The watcher starts as soon as the client's body is read (at once when
+    there is none, or it was buffered): a client that leaves while the
+    upstream has not answered yet cancels the upstream request.
+    """
+    outcome = Outcome()  # passthrough records nothing; the shell's helpers fill it anyway
+    status: int | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_once_read, body_read, receive, nursery.cancel_scope, outcome)
+        try:
+            status = await _relay(
+                send, client, method, url, headers, body, style, failover, dump, outcome
+            )
+        finally:
+            nursery.cancel_scope.cancel()
+    return status
+
+
+async def _watch_once_read(
+    body_read: trio.Event, receive: Receive, scope: trio.CancelScope, outcome: Outcome
+) -> None:
+    await body_read.wait()  # until then the body's reader is the one calling receive()
+    await watch_disconnect(receive, scope, outcome)
+
+
+async def _relay(
+    send: Send,
+    client: HTTP11Client,
+    method: str,
+    url: str,
+    headers: Headers,
+    body: RequestBody,
+    style: ErrorStyle,
+    failover: Failover | None,
+    dump: DumpHandle | None,
+    outcome: Outcome,
 ) -> int | None:
     started = False  # the response head went to the client: errors can only cut the body
-    outcome = Outcome()  # passthrough records nothing; the shell's helpers fill it anyway
     try:
         async with send_upstream(client, method, url, headers, body, failover) as answer:
             if isinstance(answer, Exhausted):
                 await answer_exhausted(send, style, outcome, failover, answer)
                 return None
             response = answer
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
-                try:
-                    if dump is not None:
-                        dump.response_start(response.status_code, response.headers.raw)
-                    length = response.headers.get("content-length")
-                    headers_out = forwardable_response_headers(
-                        response.headers.raw, streaming=length is None
-                    )
-                    started = True
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": response.status_code,
-                            "headers": headers_out,
-                        }
-                    )
-                    async for chunk in response.aiter_raw():
-                        if dump is not None:
-                            dump.response_chunk(chunk)
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return response.status_code
-                finally:
-                    nursery.cancel_scope.cancel()
+            if dump is not None:
+                dump.response_start(response.status_code, response.headers.raw)
+            length = response.headers.get("content-length")
+            headers_out = forwardable_response_headers(
+                response.headers.raw, streaming=length is None
+            )
+            started = True
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": headers_out,
+                }
+            )
+            async for chunk in response.aiter_raw():
+                if dump is not None:
+                    dump.response_chunk(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            outcome.upstream_complete = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return response.status_code
     except UpstreamError as exc:
-        if started:
-            raise
-        await fail_before_response(send, style, outcome, exc)
+        if not started:
+            await fail_before_response(send, style, outcome, exc)
+            return None
+        # The head is out: the body can only be cut. The response is left
+        # unfinished, so hypercorn closes the connection without a clean end
+        # and the client sees a truncated body, not a complete one.
+        outcome.upstream_complete = True  # a client leaving now cancels nothing
+        log.warning("upstream failed mid-body (passthrough): %s", type(exc).__name__)
         return None
 
 
@@ -157,3 +214,10 @@ async def _request_body(receive: Receive, dump: DumpHandle | None) -> AsyncItera
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+async def _request_body_then(body: AsyncIterator[bytes], done: trio.Event) -> AsyncIterator[bytes]:
+    """``body``, then ``done`` is set: from then on the disconnect watcher may receive()."""
+    async for chunk in body:
+        yield chunk
+    done.set()

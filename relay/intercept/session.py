@@ -32,6 +32,7 @@ from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.limits import BodyBudgetExceeded, BodyClaim, RequestGuards
+from relay.metrics import InterceptionTimer
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
     InterceptionMeta,
@@ -151,6 +152,9 @@ async def _run_interception(
     model_label = metrics.models.fold(info.model or _model_in_path(ctx.kind, api_path))
     breaker: CircuitBreaker | None = None
     ticket: int | None = None
+    timer: InterceptionTimer | None = None
+    dumps: list[DumpHandle] = []
+    outcome = Outcome()
     if guards.breakers is not None:
         now = trio.current_time()
         breaker = guards.breakers.get(provider.name, route, model_label, now)
@@ -160,38 +164,6 @@ async def _run_interception(
             retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
             await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
             return
-    actor = guards.actor_headers(principal.user_id, principal.user_name)
-    timer = metrics.interception_started(provider.name, model_label, route)
-    dumps: list[DumpHandle] = []
-
-    def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
-        """Start the dump of what goes upstream (the Bedrock handler calls it once signed)."""
-        handle = services.dumps.begin(
-            provider.name, info.model, interception_id, "POST", path, headers, dumped_body
-        )
-        if handle is not None:
-            dumps.append(handle)
-        return handle
-
-    dump = (
-        None
-        if provider.type == "bedrock"
-        else begin_dump(
-            with_query(api_path, scope.get("query_string", b"")),
-            ctx.upstream_headers + actor,
-            upstream_body,
-        )
-    )
-    call = UpstreamCall(
-        ctx.client,
-        "POST",
-        ctx.url,
-        ctx.upstream_headers + actor,
-        upstream_body,
-        failover=failover,
-        dump=dump,
-    )
-    outcome = Outcome()
     instance_id = services.instance.id if services.instance is not None else None
 
     def meta_now() -> InterceptionMeta:
@@ -219,10 +191,42 @@ async def _run_interception(
             instance_id=instance_id,
         )
 
-    # Recorded now, completed in the finally: a process that dies meanwhile
-    # leaves an in_progress row, which a surviving relay marks interrupted.
-    services.recorder.record([interception_started(meta_now())])
+    # From the ticket on, everything is inside the try: whatever raises, the
+    # finally hands the ticket back and takes the request off the in-flight gauge.
     try:
+        # Recorded now, completed in the finally: a process that dies meanwhile
+        # leaves an in_progress row, which a surviving relay marks interrupted.
+        services.recorder.record([interception_started(meta_now())])
+        timer = metrics.interception_started(provider.name, model_label, route)
+        actor = guards.actor_headers(principal.user_id, principal.user_name)
+
+        def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
+            """Start the dump of what goes upstream (the Bedrock handler calls it once signed)."""
+            handle = services.dumps.begin(
+                provider.name, info.model, interception_id, "POST", path, headers, dumped_body
+            )
+            if handle is not None:
+                dumps.append(handle)
+            return handle
+
+        dump = (
+            None
+            if provider.type == "bedrock"
+            else begin_dump(
+                with_query(api_path, scope.get("query_string", b"")),
+                ctx.upstream_headers + actor,
+                upstream_body,
+            )
+        )
+        call = UpstreamCall(
+            ctx.client,
+            "POST",
+            ctx.url,
+            ctx.upstream_headers + actor,
+            upstream_body,
+            failover=failover,
+            dump=dump,
+        )
         if provider.type == "bedrock":
             await relay_bedrock(
                 send,
@@ -281,13 +285,14 @@ async def _run_interception(
                 ended_at=datetime.now(UTC),
             )
         )
-        metrics.interception_finished(
-            timer,
-            status=outcome.status,
-            method="POST",
-            initiator_id=principal.user_id,
-            client=meta.client,
-        )
+        if timer is not None:
+            metrics.interception_finished(
+                timer,
+                status=outcome.status,
+                method="POST",
+                initiator_id=principal.user_id,
+                client=meta.client,
+            )
         metrics.interception_facts(
             provider.name,
             meta.model,

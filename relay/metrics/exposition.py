@@ -169,6 +169,21 @@ async def serve_metrics_listener(
 
 
 async def _serve_connection(metrics: Metrics, stream: trio.abc.Stream) -> None:
+    """One connection; whatever goes wrong with it ends it, never the listener.
+
+    ``trio.serve_listeners`` lets a handler's exception end the whole listener
+    (and with it the services nursery): a malformed request or a peer that
+    resets must stop here.
+    """
+    try:
+        await _answer(metrics, stream)
+    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        log.debug("metrics: connection dropped: %s: %s", type(exc).__name__, exc)
+    except Exception:
+        log.exception("metrics: a scrape failed")
+
+
+async def _answer(metrics: Metrics, stream: trio.abc.Stream) -> None:
     """One request per connection: enough for a scraper, and nothing to keep alive."""
     conn = h11.Connection(h11.SERVER)
     async with stream:

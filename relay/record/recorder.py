@@ -61,6 +61,17 @@ class RecorderStats:
     database_up: bool = False
 
 
+class ReplayFailure(Exception):
+    """A spooled batch failed while PostgreSQL answered: the batch, not the database."""
+
+    def __init__(self, segment: str, frame: int, attempts: int, cause: BaseException) -> None:
+        super().__init__(f"{segment} batch {frame}: {cause!r}")
+        self.segment = segment
+        self.frame = frame
+        self.attempts = attempts
+        self.cause = cause
+
+
 class Recorder:
     """Owns the path from ``record()`` to PostgreSQL. Start ``run()`` in the
     server's nursery (``await nursery.start(recorder.run)``); call ``aclose()``
@@ -80,6 +91,7 @@ class Recorder:
         rescan_interval: float = 30.0,
         watch_interval: float | None = None,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        isolate_after: int = 3,
     ) -> None:
         """``db``: an open ``relay.db.bridge.Database``, or a DSN to open (and
         reopen) here. ``queue_size``: record() calls (one per interception)
@@ -88,7 +100,9 @@ class Recorder:
         leave deleting old rows to someone else. ``watch_interval``: how often to
         check the database and the spool, so that ``cannot_record`` is at most
         this old (None: learnt from writes only). ``min_free_bytes``: warn when
-        the spool's filesystem has less free space."""
+        the spool's filesystem has less free space. ``isolate_after``: failed
+        replays of one spooled batch (with PostgreSQL answering) after which
+        its records are written one by one and those that fail alone set aside."""
         self._dsn = db if isinstance(db, str) else None
         self._db: RecordingDatabase | None = None if isinstance(db, str) else db
         self.spool_dir = Path(spool_dir)
@@ -100,6 +114,11 @@ class Recorder:
         self._retention = retention
         self._max_backoff = max_backoff
         self._rescan_interval = rescan_interval
+        self._isolate_after = isolate_after
+        # (segment name, frame index) -> failed replays of that batch in a row.
+        self._frame_failures: dict[tuple[str, int], int] = {}
+        # segment name -> its leading batches already committed (a retry skips them).
+        self._frames_done: dict[str, int] = {}
         self.stats = RecorderStats()
         self._was_down = False  # only a database seen away can come "back"
 
@@ -468,18 +487,40 @@ class Recorder:
             with trio.move_on_after(self._rescan_interval):
                 await self._replay_wanted.wait()
             self._replay_wanted = trio.Event()
+            failures = 0
             while True:
                 try:
                     await self._replay_pass()
                 except Exception as exc:
+                    failures += 1
                     self._database_down(exc)
-                    log.debug("recorder: replay attempt failed: %r", exc)
+                    self._log_replay_failure(exc, failures, backoff)
                     self._initial_pass_done.set()  # new records go to the spool meanwhile
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff)
                     continue
                 backoff = 0.05
                 break
+
+    def _log_replay_failure(self, exc: Exception, failures: int, backoff: float) -> None:
+        if isinstance(exc, ReplayFailure):
+            # PostgreSQL answers, yet this batch fails: say which, and why, every time.
+            log.warning(
+                "recorder: replaying spooled %s failed (%s time(s) in a row): %r; retrying in %.2g s%s",
+                f"{exc.segment} batch {exc.frame}",
+                exc.attempts,
+                exc.cause,
+                backoff,
+                ", then its records one by one" if exc.attempts >= self._isolate_after else "",
+            )
+        elif failures == 1:
+            log.warning(
+                "recorder: cannot replay the spool yet: %r; retrying with backoff (at most %g s)",
+                exc,
+                self._max_backoff,
+            )
+        else:
+            log.debug("recorder: replay attempt %d failed: %r", failures, exc)
 
     async def _replay_pass(self) -> None:
         db = self._db
@@ -505,17 +546,33 @@ class Recorder:
     async def _replay_segment(self, db: RecordingDatabase, segment: ClaimedSegment) -> None:
         decoded = await trio.to_thread.run_sync(segment.read)
         damaged = decoded.damaged
-        for frame in decoded.frames:
+        done = self._frames_done.get(segment.path.name, 0)
+        for index, frame in enumerate(decoded.frames):
+            if index < done:
+                continue
             try:
                 batch = self._decoder.decode(frame)
             except msgspec.DecodeError as exc:
                 log.error("recorder: undecodable frame in %s: %s", segment.path, exc)
                 damaged = True
                 continue
-            with trio.fail_after(self._write_timeout):
-                written, rejected = await write_batch_isolating(db, batch)
+            key = (segment.path.name, index)
+            try:
+                if self._frame_failures.get(key, 0) >= self._isolate_after:
+                    written, rejected = await self._replay_one_by_one(db, batch)
+                else:
+                    with trio.fail_after(self._write_timeout):
+                        written, rejected = await write_batch_isolating(db, batch)
+            except Exception as exc:
+                await self._probe(db)  # the database is away: not this batch's fault
+                attempts = self._frame_failures.get(key, 0) + 1
+                self._frame_failures[key] = attempts
+                raise ReplayFailure(segment.path.name, index, attempts, exc) from exc
+            self._frame_failures.pop(key, None)
+            self._frames_done[segment.path.name] = index + 1
             self._count_written(written, rejected)
             self.stats.replayed += written
+        self._frames_done.pop(segment.path.name, None)
         if damaged:
             kept = await trio.to_thread.run_sync(self._spool.quarantine, segment)
             log.error(
@@ -530,6 +587,35 @@ class Recorder:
             log.info("recorder: replayed spool segment %s", segment.path.name)
         if self.on_replayed is not None:
             self.on_replayed()
+
+    async def _probe(self, db: RecordingDatabase) -> None:
+        with trio.fail_after(self._write_timeout):
+            await db.fetchval("SELECT 1")
+
+    async def _replay_one_by_one(
+        self, db: RecordingDatabase, batch: list[Record]
+    ) -> tuple[int, list[Record]]:
+        """A batch that failed repeatedly: halves, down to single records; a record
+        that fails alone while PostgreSQL answers is rejected (logged), the rest written.
+
+        As ``write_batch_isolating`` does for the rows PostgreSQL refuses, but
+        for any error (a bug, a value the driver cannot encode), so that one
+        bad record never holds up the spool behind it.
+        """
+        try:
+            with trio.fail_after(self._write_timeout):
+                return await write_batch_isolating(db, batch)
+        except Exception as exc:
+            if len(batch) > 1:
+                middle = len(batch) // 2
+                w1, r1 = await self._replay_one_by_one(db, batch[:middle])
+                w2, r2 = await self._replay_one_by_one(db, batch[middle:])
+                return w1 + w2, r1 + r2
+            await self._probe(db)  # raises while the database is away: keep the record
+            log.error(
+                "recorder: a spooled record fails on its own (%r), set aside: %r", exc, batch[0]
+            )
+            return 0, batch
 
     # --- the database connection and retention -----------------------------------------------
 

@@ -346,9 +346,8 @@ class HTTP11Client:
                 if scheme != "https":
                     opened = True
                     return _Connection(tcp)
-                tls = trio.SSLStream(
-                    tcp, self._tls_context(), server_hostname=host, https_compatible=True
-                )
+                context = self._ssl_context or await self._load_tls_context()
+                tls = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
                 try:
                     await tls.do_handshake()
                 except trio.BrokenResourceError as exc:
@@ -366,14 +365,20 @@ class HTTP11Client:
             if tcp is not None and not opened:
                 await trio.aclose_forcefully(tcp)
 
-    def _tls_context(self) -> ssl.SSLContext:
+    async def _load_tls_context(self) -> ssl.SSLContext:
+        # Reading and parsing the CA bundle takes milliseconds of blocking
+        # file I/O and CPU: a worker thread's job, once per client.
         if self._ssl_context is None:
-            import certifi
-
-            context = ssl.create_default_context(cafile=certifi.where())
-            context.set_alpn_protocols(["http/1.1"])
-            self._ssl_context = context
+            self._ssl_context = await trio.to_thread.run_sync(_default_tls_context)
         return self._ssl_context
+
+
+def _default_tls_context() -> ssl.SSLContext:
+    import certifi
+
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _split_url(url: str) -> tuple[Origin, bytes, bytes]:

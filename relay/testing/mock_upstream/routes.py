@@ -184,7 +184,7 @@ class Responder:
         if method == "GET" and parts[:2] == ["v1", "models"] and len(parts) <= 3:
             wire = anthropic if api == "anthropic" else openai_chat
             found = wire.models_body() if len(parts) == 2 else wire.model_body(parts[2])
-            return self._json(api, 200, uid, found)
+            return _with_knobs(self._json(api, 200, uid, found), headers)
         if parts[:2] == ["v1", "responses"] and len(parts) >= 3:
             response_id = parts[2]
             model = "mock-text"
@@ -360,3 +360,15 @@ class Responder:
 
 def _bounded(cache: dict[tuple[object, ...], _Cached]) -> dict[tuple[object, ...], _Cached]:
     return {} if len(cache) >= CACHE_LIMIT else cache
+
+
+def _with_knobs(reply: JsonReply, headers: Mapping[str, str]) -> JsonReply:
+    """The model list with the knobs a passthrough test needs: a delayed head
+    (``x-mock-headers-delay-ms``) and a cut body (``x-mock-scenario: drop`` or
+    ``error-midstream``: half the body, then FIN or RST)."""
+    knobs = parse_knobs(None, headers)
+    reply.delay_s = knobs.headers_delay_s
+    if knobs.scenario in ("drop", "error-midstream"):
+        reply.truncate_to = len(reply.body) // 2
+        reply.ending = "drop" if knobs.scenario == "drop" else "reset"
+    return reply
