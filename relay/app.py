@@ -39,10 +39,13 @@ from relay.options import Options, load_options
 from relay.providers.types import Provider
 from relay.record.admin import handle_admin
 from relay.routes import (
+    PathRefused,
     RouteKind,
+    check_passthrough_path,
     error_style_for,
     join_url,
     match_route,
+    normalise_api_path,
     split_gateway_path,
     upstream_path,
 )
@@ -154,7 +157,15 @@ class RelayApp:
         if provider is None:
             await send_error(send, style, 404, f"unknown provider: {name}")
             return
-        kind = match_route(provider.type, method, api_path)
+        try:
+            # Matched, forwarded and dumped as normalised: what matched is what runs upstream.
+            api_path = normalise_api_path(api_path)
+            kind = match_route(provider.type, method, api_path)
+            if kind is RouteKind.PASSTHROUGH:
+                check_passthrough_path(api_path)
+        except PathRefused as exc:
+            await send_error(send, style, 400, str(exc))
+            return
         if kind is None:
             await send_error(send, style, 404, f"route not supported: {method} {api_path}")
             return
