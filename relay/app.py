@@ -9,6 +9,7 @@ worker migrates, seeds and serves on its own and they all share PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -21,10 +22,13 @@ from relay.access import (
     upstream_request_headers,
 )
 from relay.asgi import (
+    BodyTimeout,
+    BodyTooLarge,
     ClientDisconnected,
     Receive,
     Scope,
     Send,
+    read_body,
     send_response,
 )
 from relay.db.bridge import UNAVAILABLE_ERRORS
@@ -33,12 +37,19 @@ from relay.intercept.base import send_error
 from relay.intercept.bedrock.handler import BedrockAuths
 from relay.intercept.passthrough import relay_passthrough
 from relay.intercept.session import RequestContext, run_interception, with_query
-from relay.limits import MAX_HEADER_BLOCK, RequestGuards, header_block_size
+from relay.limits import (
+    MAX_HEADER_BLOCK,
+    RequestGuards,
+    ambiguous_framing,
+    has_body,
+    header_block_size,
+)
 from relay.metrics import Metrics
 from relay.options import Options, load_options
 from relay.providers.types import Provider
 from relay.record.admin import handle_admin
 from relay.routes import (
+    ErrorStyle,
     PathRefused,
     RouteKind,
     check_passthrough_path,
@@ -135,6 +146,18 @@ class RelayApp:
         raw_path: bytes | None = scope.get("raw_path")
         path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
         method: str = scope["method"]
+        if ambiguous_framing(scope["headers"]):
+            # A front end may frame this request by Content-Length, hypercorn frames
+            # it by Transfer-Encoding: what one takes for the body the other runs as
+            # the next request. Refused, and the connection with it. The body (as
+            # hypercorn frames it) is read first: answering mid-body races
+            # hypercorn's own close of the connection, and the answer is lost.
+            with contextlib.suppress(BodyTooLarge, BodyTimeout, ClientDisconnected):
+                await read_body(receive, 64 * 1024, total=2.0, idle=1.0)
+            style = self._error_style(path)
+            close = [(b"connection", b"close")]
+            await send_error(send, style, 400, AMBIGUOUS_FRAMING, close)
+            return
         if path == "/healthz":
             await send_response(send, 200, b'{"status":"ok"}')
             return
@@ -215,6 +238,26 @@ class RelayApp:
             upstream_path(provider.type, api_path),
             scope.get("query_string", b""),
         )
+        # The body is read before a concurrency slot is taken, against a deadline:
+        # a client trickling its body holds its connection, not a slot.
+        options = services.options
+        body: bytes | None = None
+        if kind is not RouteKind.PASSTHROUGH or has_body(headers):
+            try:
+                body = await read_body(
+                    receive,
+                    options.max_request_body,
+                    total=options.request_body_timeout,
+                    idle=options.request_body_idle_timeout,
+                )
+            except BodyTooLarge as exc:
+                await send_error(send, style, 413, str(exc))
+                return
+            except BodyTimeout as exc:
+                await send_error(send, style, 408, str(exc), [(b"connection", b"close")])
+                return
+            except ClientDisconnected:
+                return
         if not guards.concurrency.try_acquire():
             message = f"too many concurrent requests (at most {guards.concurrency.limit})"
             await send_error(send, style, 503, message)
@@ -237,8 +280,8 @@ class RelayApp:
                     upstream_headers,
                     headers,
                     style,
+                    body,
                     failover=failover,
-                    max_body=services.options.max_request_body,
                     dump=dump,
                 )
                 return
@@ -248,6 +291,7 @@ class RelayApp:
                     send, style, 501, f"route not implemented yet: {method} {api_path}"
                 )
                 return
+            assert body is not None
             ctx = RequestContext(
                 scope=scope,
                 receive=receive,
@@ -263,12 +307,24 @@ class RelayApp:
                 client=client,
                 url=url,
                 failover=failover,
+                body=body,
             )
             await run_interception(ctx, spec, self.bedrock_auths)
         except ClientDisconnected:
             return
         finally:
             guards.concurrency.release()
+
+    def _error_style(self, path: str) -> ErrorStyle:
+        """The error shape for ``path`` before it is routed (its provider's, when known)."""
+        split = split_gateway_path(path)
+        provider = None
+        if split is not None and self.services is not None:
+            provider = self.services.providers.get(split[0])
+        return error_style_for(provider.type if provider else None, split[1] if split else path)
+
+
+AMBIGUOUS_FRAMING = "a request may not have both Content-Length and Transfer-Encoding"
 
 
 def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:

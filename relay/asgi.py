@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from math import inf
 from typing import Any
+
+import trio
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,23 +54,49 @@ def header_str(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | Non
     return v.decode("latin-1") if v is not None else None
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes."""
+class BodyTimeout(Exception):
+    """The client did not send its request body in time."""
+
+
+async def read_body(
+    receive: Receive, limit: int, *, total: float = inf, idle: float = inf
+) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes.
+
+    ``total``: seconds the whole body may take; ``idle``: seconds of silence
+    allowed between two parts (either 0 or inf: no limit). ``BodyTimeout``
+    when one runs out: a client that declares a body and trickles it must
+    not hold the request (and what it holds) open.
+    """
     parts: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            parts.append(chunk)
-        if not message.get("more_body", False):
-            break
+    total = total or inf
+    idle = idle or inf
+    try:
+        with trio.fail_after(total):
+            while True:
+                with trio.fail_after(idle):
+                    message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(limit)
+                    parts.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except trio.TooSlowError:
+        raise BodyTimeout(
+            f"request body not received in time ({size} bytes arrived; "
+            f"at most {_seconds(total)} in all, {_seconds(idle)} without data)"
+        ) from None
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _seconds(value: float) -> str:
+    return "no limit" if value == inf else f"{value:g}s"
 
 
 async def send_response(

@@ -200,6 +200,15 @@ OPTIONS: tuple[Option, ...] = (
         group="Resilience",
     ),
     _opt(
+        "MAX_CONNECTIONS",
+        parse_int,
+        "1000",
+        "Client connections one relay process holds open; one more is answered 503 "
+        "(connection: close) before its request is read. Keep it well under the process's "
+        "fd limit (a streaming request also holds an upstream connection). 0: unlimited.",
+        group="Resilience",
+    ),
+    _opt(
         "KEY_AUTH_COOLDOWN",
         parse_duration,
         "10m",
@@ -250,6 +259,22 @@ OPTIONS: tuple[Option, ...] = (
         parse_size,
         "32MiB",
         "Largest request body accepted; larger bodies get 413.",
+        group="Requests",
+    ),
+    _opt(
+        "REQUEST_BODY_TIMEOUT",
+        parse_duration,
+        "30s",
+        "Longest time a client may take to send a whole request body; beyond it 408 and "
+        "the connection is closed. The body is read before a MAX_CONCURRENCY slot is taken.",
+        group="Requests",
+    ),
+    _opt(
+        "REQUEST_BODY_IDLE_TIMEOUT",
+        parse_duration,
+        "10s",
+        "Longest silence while a request body is being sent; beyond it 408 and the "
+        "connection is closed.",
         group="Requests",
     ),
     _opt(

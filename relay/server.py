@@ -13,6 +13,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from relay import hypercorn_fixes
 from relay.app import RelayApp
 from relay.options import Options
 
@@ -27,8 +28,11 @@ def hypercorn_config(options: Options) -> Config:
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
-    # Long agent sessions keep connections open between requests.
+    # Long agent sessions keep connections open between requests (an idle
+    # connection the client closes is closed at once: relay.hypercorn_fixes).
     config.keep_alive_timeout = 75
+    hypercorn_fixes.install()
+    hypercorn_fixes.set_connection_limit(config, options.max_connections)
     return config
 
 

@@ -7,10 +7,24 @@ bundled mock upstream; "nothing ran" means the mock saw no request.
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+from functools import partial
+from importlib.metadata import version
 
+import httpx
+import hypercorn.protocol
+import hypercorn.trio.run
+import pytest
+import trio
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
+
+from relay.auth import create_token, create_user
+from relay.hypercorn_fixes import TESTED_VERSIONS, RelayH11Protocol, RelayTCPServer
+from relay.options import load_options
 from relay.routes import PathRefused, normalise_api_path
-from tests.raw_http import exchange, request_bytes
+from relay.server import hypercorn_config
+from tests.raw_http import exchange, host_port, parse_responses, request_bytes
 from tests.relay_harness import mock_and_relay
 
 pytestmark = pytest.mark.usefixtures("pg_dsn")
@@ -87,3 +101,140 @@ async def test_passthrough_paths_cannot_reach_other_routes(pg_dsn, tmp_path):
         result = await exchange(relay.url, raw, quiet=0.5)
         assert [r.status for r in result.responses] == [200]
         assert [r.path for r in mock.requests] == ["/v1/models"]
+
+
+# -- request bodies: a deadline, and read before a concurrency slot is taken ----------------
+
+SLOW_BODY_ENV = {
+    "CODER_AI_GATEWAY_MAX_CONCURRENCY": "2",
+    "CODER_AI_GATEWAY_REQUEST_BODY_TIMEOUT": "3s",
+    "CODER_AI_GATEWAY_REQUEST_BODY_IDLE_TIMEOUT": "1s",
+}
+
+
+async def _read_until_closed(stream: trio.SocketStream) -> bytes:
+    data = b""
+    with trio.fail_after(15):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
+async def _slow_body(url: str, token: str, *, trickle: bool, answers: list[bytes]) -> None:
+    """Declare a large body, send 8 bytes, then trickle (or go silent); keep the answer."""
+    head = request_bytes(
+        "POST",
+        "/api/v2/ai-gateway/openai/v1/chat/completions",
+        {"authorization": f"Bearer {token}", "content-length": "100000"},
+    )
+    stream = await trio.open_tcp_stream(*host_port(url))
+    async with stream:
+        await stream.send_all(head + b'{"model"')
+        async with trio.open_nursery() as nursery:
+            if trickle:
+
+                async def dribble() -> None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        while True:
+                            await trio.sleep(0.2)
+                            await stream.send_all(b" ")
+
+                nursery.start_soon(dribble)
+            answers.append(await _read_until_closed(stream))
+            nursery.cancel_scope.cancel()
+
+
+async def test_slow_bodies_hold_no_slot_and_get_408(pg_dsn, tmp_path):
+    async with mock_and_relay(pg_dsn, tmp_path, extra_env=SLOW_BODY_ENV) as (mock, relay):
+        await create_user(relay.db, "bob")
+        bob, _ = await create_token(relay.db, "bob")
+        answers: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            for i in range(4):  # twice MAX_CONCURRENCY
+                nursery.start_soon(
+                    partial(_slow_body, relay.url, relay.token, trickle=i % 2 == 0, answers=answers)
+                )
+            await trio.sleep(0.5)  # their heads have arrived; their bodies never will
+            async with httpx.AsyncClient() as http:
+                r = await http.post(
+                    relay.gateway("openai") + "/v1/chat/completions",
+                    headers={"authorization": f"Bearer {bob}"},
+                    content=CHAT_BODY,
+                )
+            assert r.status_code == 200, r.text
+        assert len(answers) == 4
+        for answer in answers:  # read to EOF: the relay closed each connection
+            responses: list = []
+            parse_responses(answer, responses)
+            assert [x.status for x in responses] == [408]
+            assert responses[0].headers.get("connection") == "close"
+            error = responses[0].json()["error"]
+            assert error["type"] == "invalid_request_error"
+            assert "not received in time" in error["message"]
+        assert len(mock.requests) == 1  # only bob's
+
+
+# -- request smuggling and h2c --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("te_first", [False, True])
+async def test_content_length_with_transfer_encoding_is_refused_and_closed(
+    pg_dsn, tmp_path, te_first
+):
+    async with mock_and_relay(pg_dsn, tmp_path) as (mock, relay):
+        auth = f"Bearer {relay.token}"
+        hidden = request_bytes(
+            "GET", "/api/v2/ai-gateway/openai/v1/models", {"authorization": auth}
+        )
+        body = b"0\r\n\r\n" + hidden
+        framing = {"content-length": str(len(body)), "transfer-encoding": "chunked"}
+        if te_first:
+            framing = dict(reversed(framing.items()))
+        headers = {"authorization": auth, "content-type": "application/json", **framing}
+        raw = request_bytes("POST", "/api/v2/ai-gateway/openai/v1/chat/completions", headers, body)
+        result = await exchange(relay.url, raw, quiet=3)
+        assert [r.status for r in result.responses] == [400]
+        assert result.closed
+        assert (
+            "Content-Length and Transfer-Encoding" in result.responses[0].json()["error"]["message"]
+        )
+        assert mock.requests == []  # neither the request nor the hidden one ran
+
+
+async def test_cleartext_http2_is_not_served(pg_dsn, tmp_path):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
+        # An h2c upgrade is ignored: the request is answered in HTTP/1.1.
+        upgrade = request_bytes(
+            "GET",
+            "/healthz",
+            {
+                "connection": "Upgrade, HTTP2-Settings, close",
+                "upgrade": "h2c",
+                "http2-settings": "AAMAAABkAARAAAAAAAIAAAAA",
+            },
+        )
+        result = await exchange(relay.url, upgrade, quiet=3)
+        assert [r.status for r in result.responses] == [200]
+        assert result.responses[0].json() == {"status": "ok"}
+        # Prior knowledge: the HTTP/2 preface gets an HTTP/1.1 answer, never a SETTINGS frame.
+        stream = await trio.open_tcp_stream(*host_port(relay.url))
+        async with stream:
+            await stream.send_all(
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            )
+            reply = await _read_until_closed(stream)
+        assert reply.startswith(b"HTTP/1.1 ")
+        async with httpx.AsyncClient(http1=False, http2=True) as h2:
+            with pytest.raises(httpx.HTTPError):
+                await h2.get(relay.url + "/healthz")
+
+
+def test_hypercorn_is_a_version_the_fixes_were_checked_against():
+    """relay.hypercorn_fixes overrides private methods: re-read them on any upgrade."""
+    assert version("hypercorn") in TESTED_VERSIONS
+    hypercorn_config(load_options({}, warn=lambda line: None))
+    assert hypercorn.trio.run.TCPServer is RelayTCPServer
+    assert hypercorn.protocol.H11Protocol is RelayH11Protocol
+    for name in ("_read_data", "_idle_timeout", "_initiate_server_close", "run"):
+        assert callable(getattr(TCPServer, name))
+    assert callable(H11Protocol._check_protocol)

@@ -1,26 +1,22 @@
 """Routes forwarded unparsed (models, count_tokens, stored responses, ...).
 
-Both bodies stream through as they are, content-encoding included; the
-provider key is injected as for intercepted routes. Nothing is recorded.
-With a centralized key pool the request body is read first, so it can be
-replayed with the next key when the provider refuses one.
+The request body arrives already read (the dispatcher reads it, within
+its deadline, before taking a concurrency slot), so it can be replayed with
+the next key of a key pool; the response body streams through as it arrives,
+content-encoding included. The provider key is injected as for intercepted
+routes. Nothing is recorded.
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import trio
 
 from relay.asgi import (
     HOP_BY_HOP,
-    BodyTooLarge,
-    ClientDisconnected,
     Headers,
     Receive,
     Send,
     forwardable_response_headers,
-    read_body,
 )
 from relay.dump import DumpHandle
 from relay.intercept.base import (
@@ -28,7 +24,6 @@ from relay.intercept.base import (
     Outcome,
     answer_exhausted,
     fail_before_response,
-    send_error,
     send_upstream,
     watch_disconnect,
 )
@@ -48,41 +43,30 @@ async def relay_passthrough(
     headers: list[tuple[bytes, bytes]],
     client_headers: list[tuple[bytes, bytes]],
     style: ErrorStyle,
+    body: bytes | None,
     *,
     failover: Failover | None = None,
-    max_body: int = 32 * 1024 * 1024,
     dump: DumpHandle | None = None,
 ) -> int | None:
     """Forward one request; returns the upstream status (None when unreachable).
 
     ``headers`` are the upstream headers (credentials already swapped);
     ``client_headers`` the client's own, for its accept-encoding and
-    content-length (kept, so the body streams as it is instead of being
-    re-framed as chunked). ``failover``: the provider's key pool walk
-    (then ``headers`` carry no credential and the body is buffered, up to
-    ``max_body``).
-
-    The request body streams from the client to the provider as it arrives;
-    the disconnect watcher starts once it has been read.
+    accept-encoding; ``body``: the request body (None: the request had
+    none). ``failover``: the provider's key pool walk (then ``headers``
+    carry no credential).
     """
-    has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in client_headers)
     # Passthrough keeps the client's accept-encoding and relays bytes raw.
     out_headers = [(k, v) for k, v in headers if k not in _DROP and k != b"accept-encoding"]
     for k, v in client_headers:
-        if k in (b"accept-encoding", b"content-length"):
+        if k == b"accept-encoding":
             out_headers.append((k, v))
     content: RequestBody = None
-    if has_body and failover is not None:
-        try:
-            buffered = await read_body(receive, max_body)
-        except BodyTooLarge as exc:
-            await send_error(send, style, 413, str(exc))
-            return None
+    if body is not None:
+        # Framed by its length upstream (the client's framing is dropped with _DROP).
         if dump is not None:
-            dump.request_chunk(buffered)
-        content = buffered
-    elif has_body:
-        content = _request_body(receive, dump)
+            dump.request_chunk(body)
+        content = body
 
     try:
         return await _exchange(
@@ -143,17 +127,3 @@ async def _exchange(
             raise
         await fail_before_response(send, style, outcome, exc)
         return None
-
-
-async def _request_body(receive: Receive, dump: DumpHandle | None) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            if dump is not None:
-                dump.request_chunk(chunk)
-            yield chunk
-        if not message.get("more_body", False):
-            return

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import trio
 
 from relay.access import ClientCredential
-from relay.asgi import BodyTooLarge, Headers, Receive, Scope, Send, header_str, read_body
+from relay.asgi import Headers, Receive, Scope, Send, header_str
 from relay.auth import Principal
 from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
@@ -50,6 +50,7 @@ class RequestContext:
     client: HTTP11Client
     url: str
     failover: Failover | None
+    body: bytes  # read (within its deadline) before the concurrency slot was taken
 
 
 async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths) -> None:
@@ -59,11 +60,7 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
     principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
     started_at = datetime.now(UTC)
     interception_id = uuid.uuid4()
-    try:
-        body = await read_body(receive, services.options.max_request_body)
-    except BodyTooLarge as exc:
-        await send_error(send, spec.error_style, 413, str(exc))
-        return
+    body = ctx.body
     try:
         info = spec.parse_request(body)
     except InvalidRequestBody as exc:
