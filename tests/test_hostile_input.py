@@ -8,6 +8,7 @@ bundled mock upstream; "nothing ran" means the mock saw no request.
 from __future__ import annotations
 
 import contextlib
+import os
 from functools import partial
 from importlib.metadata import version
 
@@ -238,3 +239,78 @@ def test_hypercorn_is_a_version_the_fixes_were_checked_against():
     for name in ("_read_data", "_idle_timeout", "_initiate_server_close", "run"):
         assert callable(getattr(TCPServer, name))
     assert callable(H11Protocol._check_protocol)
+
+
+# -- connections: closed when the client closes, and at most MAX_CONNECTIONS ----------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))  # the relay runs in the test's process
+
+
+def _close_wait_sockets(port: int) -> int:
+    """Server-side sockets of ``port`` the client closed and the relay has not (CLOSE-WAIT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "08":
+                    count += 1
+    return count
+
+
+async def _held_until_released(relay_port: int, baseline: int) -> None:
+    # Generous deadline, far below the 75 s keep-alive timeout that held them before.
+    with trio.fail_after(30):
+        while _close_wait_sockets(relay_port) or _open_fds() > baseline + 5:
+            await trio.sleep(0.1)
+
+
+async def test_connections_the_client_closed_are_released(pg_dsn, tmp_path):
+    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay):
+        host, port = host_port(relay.url)
+        baseline = _open_fds()
+        healthz = request_bytes("GET", "/healthz")
+        for i in range(300):
+            stream = await trio.open_tcp_stream(host, port)
+            if i % 3 == 1:  # a request head that never completes
+                await stream.send_all(healthz[:20])
+            elif i % 3 == 2:  # a whole request, then the client leaves a kept-alive connection
+                await stream.send_all(healthz)
+                assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
+            await stream.aclose()
+        await _held_until_released(port, baseline)
+
+
+async def test_connections_beyond_max_connections_are_refused(pg_dsn, tmp_path):
+    env = {"CODER_AI_GATEWAY_MAX_CONNECTIONS": "5"}
+    async with mock_and_relay(pg_dsn, tmp_path, extra_env=env) as (_mock, relay):
+        host, port = host_port(relay.url)
+        healthz = request_bytes("GET", "/healthz")
+        held = []
+        for _ in range(5):  # each served, then kept alive (and counted)
+            stream = await trio.open_tcp_stream(host, port)
+            await stream.send_all(healthz)
+            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
+            held.append(stream)
+        result = await exchange(relay.url, healthz, quiet=3)
+        assert [r.status for r in result.responses] == [503]
+        assert result.closed
+        refusal = result.responses[0]
+        assert refusal.headers["connection"] == "close"
+        message = "too many connections to this relay process (at most 5)"
+        assert refusal.json()["error"]["message"] == message  # OpenAI's shape
+        assert refusal.json()["type"] == "error"  # and Anthropic's
+        # A connection the client closes frees its place.
+        await held.pop().aclose()
+        healthz_close = request_bytes("GET", "/healthz", {"connection": "close"})
+        with trio.fail_after(30):
+            while True:
+                result = await exchange(relay.url, healthz_close, quiet=3)
+                if [r.status for r in result.responses] == [200]:
+                    break
+                await trio.sleep(0.1)
+        for stream in held:
+            await stream.aclose()
