@@ -72,8 +72,11 @@ async def exchange(url: str, data: bytes, *, quiet: float = 1.0, timeout: float 
     return result
 
 
-def parse_responses(buffer: bytes, out: list[RawResponse]) -> bytes:
-    """Append every complete response in ``buffer`` to ``out``; return what is left."""
+def parse_responses(buffer: bytes, out: list[RawResponse], *, to_head: bool = False) -> bytes:
+    """Append every complete response in ``buffer`` to ``out``; return what is left.
+
+    ``to_head``: answers to HEAD (their framing headers describe a body never sent).
+    """
     while True:
         head, sep, rest = buffer.partition(b"\r\n\r\n")
         if not sep:
@@ -84,7 +87,9 @@ def parse_responses(buffer: bytes, out: list[RawResponse]) -> bytes:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
+        if to_head:
+            body = b""
+        elif "content-length" in headers:
             size = int(headers["content-length"])
             if len(rest) < size:
                 return buffer
