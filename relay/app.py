@@ -11,6 +11,7 @@ worker migrates, seeds and serves on its own and they all share PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,14 +22,19 @@ import trio
 from relay import client_errors
 from relay.access import (
     BYOK_DISABLED_BODY,
+    ClientCredential,
     read_client_credential,
     upstream_request_headers,
 )
 from relay.asgi import (
+    BodyTimeout,
+    BodyTooLarge,
     ClientDisconnected,
+    Headers,
     Receive,
     Scope,
     Send,
+    read_body,
     send_response,
 )
 from relay.auth import Principal
@@ -37,24 +43,37 @@ from relay.intercept.apis import SPECS
 from relay.intercept.base import send_error
 from relay.intercept.bedrock.handler import BedrockAuths
 from relay.intercept.passthrough import relay_passthrough
-from relay.intercept.session import RequestContext, run_interception, with_query
-from relay.limits import MAX_HEADER_BLOCK, RequestGuards, header_block_size
+from relay.intercept.session import RequestContext, counted, run_interception, with_query
+from relay.limits import (
+    MAX_HEADER_BLOCK,
+    BodyBudgetExceeded,
+    BodyClaim,
+    RequestGuards,
+    ambiguous_framing,
+    has_body,
+    header_block_size,
+)
 from relay.metrics import Metrics
 from relay.options import Options, load_options
 from relay.providers.types import Provider
 from relay.readiness import readiness
 from relay.record.admin import handle_admin
 from relay.routes import (
+    ErrorStyle,
+    PathRefused,
     RouteKind,
+    check_passthrough_path,
     error_style_for,
     join_url,
     match_route,
+    normalise_api_path,
     route_label,
     split_gateway_path,
     upstream_path,
 )
 from relay.services import Services, open_services, startup_failure
 from relay.upstream.breaker import BreakerState, CircuitBreaker
+from relay.upstream.http11 import HTTP11Client
 from relay.upstream.keypool import Failover, KeyPool, retry_after_header
 
 log = logging.getLogger("relay.app")
@@ -184,6 +203,18 @@ class RelayApp:
             style = error_style_for(None, path)
             await send_error(send, style, 503, "the relay is restarting; retry shortly")
             return
+        if ambiguous_framing(scope["headers"]):
+            # A front end may frame this request by Content-Length, hypercorn frames
+            # it by Transfer-Encoding: what one takes for the body the other runs as
+            # the next request. Refused, and the connection with it. The body (as
+            # hypercorn frames it) is read first: answering mid-body races
+            # hypercorn's own close of the connection, and the answer is lost.
+            with contextlib.suppress(BodyTooLarge, BodyTimeout, ClientDisconnected):
+                await read_body(receive, 64 * 1024, total=2.0, idle=1.0)
+            style = self._error_style(path)
+            close = [(b"connection", b"close")]
+            await send_error(send, style, 400, AMBIGUOUS_FRAMING, close)
+            return
         if path == "/healthz":
             await send_response(send, 200, b'{"status":"ok"}')
             return
@@ -218,7 +249,15 @@ class RelayApp:
             message = client_errors.unknown_provider(name, services.providers.all())
             await send_error(send, style, 404, message)
             return
-        kind = match_route(provider.type, method, api_path)
+        try:
+            # Matched, forwarded and dumped as normalised: what matched is what runs upstream.
+            api_path = normalise_api_path(api_path)
+            kind = match_route(provider.type, method, api_path)
+            if kind is RouteKind.PASSTHROUGH:
+                check_passthrough_path(api_path)
+        except PathRefused as exc:
+            await send_error(send, style, 400, str(exc))
+            return
         if kind is None:
             message = client_errors.route_not_supported(provider, method, api_path)
             await send_error(send, style, 404, message)
@@ -279,6 +318,65 @@ class RelayApp:
             retry = [(b"retry-after", b"5")]
             await send_error(send, style, 503, UNRECORDABLE_MESSAGE, retry)
             return
+        # The body is read before a concurrency slot is taken, against a deadline:
+        # a client trickling its body holds its connection, not a slot. From its
+        # first byte it counts against the process's budget for bodies in flight,
+        # until the request ends.
+        claim = guards.body_budget.claim()
+        try:
+            await self._admit(
+                scope, receive, send, services, guards, provider, kind, api_path, style,
+                principal, credential, failover, upstream_headers, client, url, claim,
+            )  # fmt: skip
+        finally:
+            claim.release()
+            if failover is not None and failover.attempts:
+                # Keys tried by this request (intercepted or passthrough), once it is over.
+                services.metrics.key_pool_attempts(provider.name, failover.attempts)
+
+    async def _admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        services: Services,
+        guards: RequestGuards,
+        provider: Provider,
+        kind: RouteKind,
+        api_path: str,
+        style: ErrorStyle,
+        principal: Principal,
+        credential: ClientCredential,
+        failover: Failover | None,
+        upstream_headers: Headers,
+        client: HTTP11Client,
+        url: str,
+        claim: BodyClaim,
+    ) -> None:
+        """Read the body (deadline, budget), take a concurrency slot, dispatch."""
+        method: str = scope["method"]
+        headers = scope["headers"]
+        options = services.options
+        body: bytes | None = None
+        if kind is not RouteKind.PASSTHROUGH or has_body(headers):
+            try:
+                body = await read_body(
+                    counted(receive, claim),
+                    options.max_request_body,
+                    total=options.request_body_timeout,
+                    idle=options.request_body_idle_timeout,
+                )
+            except BodyTooLarge as exc:
+                await send_error(send, style, 413, str(exc))
+                return
+            except BodyBudgetExceeded as exc:
+                await send_error(send, style, 503, str(exc), [(b"retry-after", b"1")])
+                return
+            except BodyTimeout as exc:
+                await send_error(send, style, 408, str(exc), [(b"connection", b"close")])
+                return
+            except ClientDisconnected:
+                return
         if not guards.concurrency.try_acquire():
             message = f"too many concurrent requests (at most {guards.concurrency.limit})"
             await send_error(send, style, 503, message)
@@ -302,8 +400,8 @@ class RelayApp:
                     upstream_headers,
                     headers,
                     style,
+                    body,
                     failover=failover,
-                    max_body=services.options.max_request_body,
                     dump=dump,
                 )
                 return
@@ -313,6 +411,7 @@ class RelayApp:
                     send, style, 501, f"route not implemented yet: {method} {api_path}"
                 )
                 return
+            assert body is not None
             ctx = RequestContext(
                 scope=scope,
                 receive=receive,
@@ -328,15 +427,25 @@ class RelayApp:
                 client=client,
                 url=url,
                 failover=failover,
+                body=body,
+                claim=claim,
             )
             await run_interception(ctx, spec, self.bedrock_auths)
         except ClientDisconnected:
             return
         finally:
             guards.concurrency.release()
-            if failover is not None and failover.attempts:
-                # Keys tried by this request (intercepted or passthrough), once it is over.
-                services.metrics.key_pool_attempts(provider.name, failover.attempts)
+
+    def _error_style(self, path: str) -> ErrorStyle:
+        """The error shape for ``path`` before it is routed (its provider's, when known)."""
+        split = split_gateway_path(path)
+        provider = None
+        if split is not None and self.services is not None:
+            provider = self.services.providers.get(split[0])
+        return error_style_for(provider.type if provider else None, split[1] if split else path)
+
+
+AMBIGUOUS_FRAMING = "a request may not have both Content-Length and Transfer-Encoding"
 
 
 def attach_guard_metrics(guards: RequestGuards, metrics: Metrics) -> None:
@@ -374,7 +483,13 @@ def create_app() -> RelayApp:
 
     Options come from the environment, as for ``relay serve``; every worker
     opens its own services (so they must share an external PostgreSQL).
+    hypercorn calls it in each worker before serving, so the worker's
+    connections get ``relay.hypercorn_fixes`` too (a connection the client
+    closed is closed at once); ``MAX_CONNECTIONS`` applies to ``relay serve``.
     """
+    from relay import hypercorn_fixes
+
+    hypercorn_fixes.install()
     return RelayApp(announce=print_now)
 
 

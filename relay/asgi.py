@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from math import inf
 from typing import Any
+
+import trio
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,8 +55,19 @@ def header_str(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | Non
     return v.decode("latin-1") if v is not None else None
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+class BodyTimeout(Exception):
+    """The client did not send its request body in time."""
+
+
+async def read_body(
+    receive: Receive, limit: int, *, total: float = inf, idle: float = inf
+) -> bytes:
     """The whole request body, refusing more than ``limit`` bytes.
+
+    ``total``: seconds the whole body may take; ``idle``: seconds of silence
+    allowed between two parts (either 0 or inf: no limit). ``BodyTimeout``
+    when one runs out: a client that declares a body and trickles it must
+    not hold the request (and what it holds) open.
 
     Chunks go into a ``BytesIO``, whose ``getvalue()`` hands its buffer over
     without a copy: a list joined at the end held the body twice.
@@ -61,26 +75,40 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     first = b""  # a body of one chunk (the usual case) is returned as it came
     buffer: io.BytesIO | None = None
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            if buffer is None and not first:
-                first = chunk
-            else:
-                if buffer is None:
-                    buffer = io.BytesIO()
-                    buffer.write(first)
-                    first = b""
-                buffer.write(chunk)
-        if not message.get("more_body", False):
-            break
+    total = total or inf
+    idle = idle or inf
+    try:
+        with trio.fail_after(total):
+            while True:
+                with trio.fail_after(idle):
+                    message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(limit)
+                    if buffer is None and not first:
+                        first = chunk
+                    else:
+                        if buffer is None:
+                            buffer = io.BytesIO()
+                            buffer.write(first)
+                            first = b""
+                        buffer.write(chunk)
+                if not message.get("more_body", False):
+                    break
+    except trio.TooSlowError:
+        raise BodyTimeout(
+            f"request body not received in time ({size} bytes arrived; "
+            f"at most {_seconds(total)} in all, {_seconds(idle)} without data)"
+        ) from None
     return buffer.getvalue() if buffer is not None else first
+
+
+def _seconds(value: float) -> str:
+    return "no limit" if value == inf else f"{value:g}s"
 
 
 async def send_response(

@@ -37,6 +37,17 @@ def header_block_size(headers: list[tuple[bytes, bytes]]) -> int:
     return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
+def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request declares a body (HTTP/1.1 framing headers)."""
+    return any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)
+
+
+def ambiguous_framing(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Both Content-Length and Transfer-Encoding: the request smuggling ambiguity (RFC 9112 §6.3)."""
+    names = {name for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
 class ConcurrencyLimit:
     """At most ``limit`` requests at a time (0: unlimited). ``rejected`` counts refusals."""
 

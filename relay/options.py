@@ -278,6 +278,15 @@ OPTIONS: tuple[Option, ...] = (
         group="Resilience",
     ),
     _opt(
+        "MAX_CONNECTIONS",
+        parse_int,
+        "1000",
+        "Client connections one relay process holds open; one more is answered 503 "
+        "(connection: close) before its request is read. Keep it well under the process's "
+        "fd limit (a streaming request also holds an upstream connection). 0: unlimited.",
+        group="Resilience",
+    ),
+    _opt(
         "KEY_AUTH_COOLDOWN",
         parse_duration,
         "10m",
@@ -334,9 +343,25 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_BODIES_IN_FLIGHT",
         parse_size,
         "256MiB",
-        "Request bytes one relay process holds at once, summed over every intercepted "
-        "request being read or relayed; a request that would go over it gets 503 (with "
+        "Request bytes one relay process holds at once, summed over every "
+        "request body being read or relayed; a request that would go over it gets 503 (with "
         "Retry-After) in the provider's shape. 0: no limit.",
+        group="Requests",
+    ),
+    _opt(
+        "REQUEST_BODY_TIMEOUT",
+        parse_duration,
+        "30s",
+        "Longest time a client may take to send a whole request body; beyond it 408 and "
+        "the connection is closed. The body is read before a MAX_CONCURRENCY slot is taken.",
+        group="Requests",
+    ),
+    _opt(
+        "REQUEST_BODY_IDLE_TIMEOUT",
+        parse_duration,
+        "10s",
+        "Longest silence while a request body is being sent; beyond it 408 and the "
+        "connection is closed.",
         group="Requests",
     ),
     _opt(

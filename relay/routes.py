@@ -36,6 +36,50 @@ def split_gateway_path(path: str) -> tuple[str, str] | None:
     return None
 
 
+# RFC 3986 §2.3 unreserved characters: escaping them changes nothing, so
+# "%6Dodels" is "models" to every server behind the relay.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+# An escaped "/" or "\\": a front end or the provider may turn it into a separator.
+_ESCAPED_SEPARATOR_RE = re.compile(r"%(2[Ff]|5[Cc])")
+
+
+class PathRefused(ValueError):
+    """An API path the relay will not route (the message says why)."""
+
+
+def normalise_api_path(api_path: str) -> str:
+    """The API path routes are matched on and that is sent upstream.
+
+    Escaped unreserved characters are decoded (RFC 3986 §6.2.2.2) so that
+    the route the relay matches is the route every server behind it sees.
+    Paths a front end or the provider could resolve to another route are
+    refused (``PathRefused``): "." and ".." segments, raw or escaped in any
+    case, empty segments and a raw backslash. An escaped "/" stays as sent
+    (a Bedrock ARN's %2F); passthrough routes refuse it (``check_passthrough_path``).
+    """
+    path = _ESCAPE_RE.sub(_decode_unreserved, api_path)
+    if "\\" in path:
+        raise PathRefused("path not allowed: it holds a backslash")
+    segments = path.split("/")[1:]
+    if any(s in (".", "..") for s in segments):
+        raise PathRefused("path not allowed: it holds a '.' or '..' segment")
+    if "" in segments and path != "/":
+        raise PathRefused("path not allowed: it holds an empty segment")
+    return path
+
+
+def _decode_unreserved(m: re.Match[str]) -> str:
+    char = chr(int(m.group(1), 16))
+    return char if char in _UNRESERVED else m.group(0)
+
+
+def check_passthrough_path(api_path: str) -> None:
+    """Passthrough routes forward the path unparsed: no escaped separators either."""
+    if _ESCAPED_SEPARATOR_RE.search(api_path):
+        raise PathRefused("path not allowed: it holds an escaped '/' or '\\'")
+
+
 _ANTHROPIC: list[tuple[str, re.Pattern[str], RouteKind]] = [
     ("POST", re.compile(r"^/v1/messages$"), RouteKind.MESSAGES),
     ("POST", re.compile(r"^/v1/messages/count_tokens$"), RouteKind.PASSTHROUGH),

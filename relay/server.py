@@ -17,6 +17,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 
+from relay import hypercorn_fixes
 from relay.app import RelayApp, describe, print_now
 from relay.options import Options
 from relay.services import ListenError, ServiceFailure
@@ -32,8 +33,11 @@ def hypercorn_config(options: Options) -> Config:
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
-    # Long agent sessions keep connections open between requests.
+    # Long agent sessions keep connections open between requests (an idle
+    # connection the client closes is closed at once: relay.hypercorn_fixes).
     config.keep_alive_timeout = 75
+    hypercorn_fixes.install()
+    hypercorn_fixes.set_connection_limit(config, options.max_connections)
     return config
 
 

@@ -1,27 +1,24 @@
 """Routes forwarded unparsed (models, count_tokens, stored responses, ...).
 
-Both bodies stream through as they are, content-encoding included; the
-provider key is injected as for intercepted routes. Nothing is recorded.
-With a centralized key pool the request body is read first, so it can be
-replayed with the next key when the provider refuses one.
+The request body arrives already read (the dispatcher reads it, within
+its deadline, before taking a concurrency slot), so it can be replayed with
+the next key of a key pool; the response body streams through as it arrives,
+content-encoding included. The provider key is injected as for intercepted
+routes. Nothing is recorded.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import trio
 
 from relay.asgi import (
     HOP_BY_HOP,
-    BodyTooLarge,
-    ClientDisconnected,
     Headers,
     Receive,
     Send,
     forwardable_response_headers,
-    read_body,
 )
 from relay.dump import DumpHandle
 from relay.intercept.base import (
@@ -29,7 +26,6 @@ from relay.intercept.base import (
     Outcome,
     answer_exhausted,
     fail_before_response,
-    send_error,
     send_upstream,
     watch_disconnect,
 )
@@ -51,60 +47,33 @@ async def relay_passthrough(
     headers: list[tuple[bytes, bytes]],
     client_headers: list[tuple[bytes, bytes]],
     style: ErrorStyle,
+    body: bytes | None,
     *,
     failover: Failover | None = None,
-    max_body: int = 32 * 1024 * 1024,
     dump: DumpHandle | None = None,
 ) -> int | None:
     """Forward one request; returns the upstream status (None when unreachable).
 
     ``headers`` are the upstream headers (credentials already swapped);
     ``client_headers`` the client's own, for its accept-encoding and
-    content-length (kept, so the body streams as it is instead of being
-    re-framed as chunked). ``failover``: the provider's key pool walk
-    (then ``headers`` carry no credential and the body is buffered, up to
-    ``max_body``).
-
-    The request body streams from the client to the provider as it arrives;
-    the disconnect watcher starts once it has been read.
+    accept-encoding; ``body``: the request body (None: the request had
+    none). ``failover``: the provider's key pool walk (then ``headers``
+    carry no credential).
     """
-    has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in client_headers)
     # Passthrough keeps the client's accept-encoding and relays bytes raw.
     out_headers = [(k, v) for k, v in headers if k not in _DROP and k != b"accept-encoding"]
     for k, v in client_headers:
-        if k in (b"accept-encoding", b"content-length"):
+        if k == b"accept-encoding":
             out_headers.append((k, v))
     content: RequestBody = None
-    if has_body and failover is not None:
-        try:
-            buffered = await read_body(receive, max_body)
-        except BodyTooLarge as exc:
-            await send_error(send, style, 413, str(exc))
-            return None
+    if body is not None:
+        # Framed by its length upstream (the client's framing is dropped with _DROP).
         if dump is not None:
-            dump.request_chunk(buffered)
-        content = buffered
-    elif has_body:
-        content = _request_body(receive, dump)
-
-    body_read = trio.Event()
-    if isinstance(content, AsyncIterator):
-        content = _request_body_then(content, body_read)
-    else:
-        body_read.set()
+            dump.request_chunk(body)
+        content = body
     try:
         return await _exchange(
-            send,
-            receive,
-            client,
-            method,
-            url,
-            out_headers,
-            content,
-            style,
-            failover,
-            dump,
-            body_read,
+            send, receive, client, method, url, out_headers, content, style, failover, dump
         )
     finally:
         if dump is not None:
@@ -122,18 +91,16 @@ async def _exchange(
     style: ErrorStyle,
     failover: Failover | None,
     dump: DumpHandle | None,
-    body_read: trio.Event,
 ) -> int | None:
     """The upstream exchange inside the disconnect watcher's scope.
 
-    The watcher starts as soon as the client's body is read (at once when
-    there is none, or it was buffered): a client that leaves while the
-    upstream has not answered yet cancels the upstream request.
+    The body was read before, so the watcher starts at once: a client that
+    leaves while the upstream has not answered yet cancels the upstream request.
     """
     outcome = Outcome()  # passthrough records nothing; the shell's helpers fill it anyway
     status: int | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_once_read, body_read, receive, nursery.cancel_scope, outcome)
+        nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
         try:
             status = await _relay(
                 send, client, method, url, headers, body, style, failover, dump, outcome
@@ -141,13 +108,6 @@ async def _exchange(
         finally:
             nursery.cancel_scope.cancel()
     return status
-
-
-async def _watch_once_read(
-    body_read: trio.Event, receive: Receive, scope: trio.CancelScope, outcome: Outcome
-) -> None:
-    await body_read.wait()  # until then the body's reader is the one calling receive()
-    await watch_disconnect(receive, scope, outcome)
 
 
 async def _relay(
@@ -200,24 +160,3 @@ async def _relay(
         outcome.upstream_complete = True  # a client leaving now cancels nothing
         log.warning("upstream failed mid-body (passthrough): %s", type(exc).__name__)
         return None
-
-
-async def _request_body(receive: Receive, dump: DumpHandle | None) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            if dump is not None:
-                dump.request_chunk(chunk)
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
-async def _request_body_then(body: AsyncIterator[bytes], done: trio.Event) -> AsyncIterator[bytes]:
-    """``body``, then ``done`` is set: from then on the disconnect watcher may receive()."""
-    async for chunk in body:
-        yield chunk
-    done.set()

@@ -17,16 +17,7 @@ from urllib.parse import unquote
 import trio
 
 from relay.access import ClientCredential
-from relay.asgi import (
-    BodyTooLarge,
-    Headers,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    header_str,
-    read_body,
-)
+from relay.asgi import Headers, Message, Receive, Scope, Send, header_str
 from relay.auth import Principal
 from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
@@ -73,23 +64,21 @@ class RequestContext:
     client: HTTP11Client
     url: str
     failover: Failover | None
+    body: bytes  # read (within its deadline) before the concurrency slot was taken
+    claim: BodyClaim  # the body's share of the process's budget, released by the dispatcher
 
 
 async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths) -> None:
-    """Read, check and relay one intercepted request, then record it.
+    """Check and relay one intercepted request (its body already read), then record it.
 
-    The body counts against the process's ``BodyBudget`` from its first byte
-    until the request ends (it is held that long: forwarded, maybe again on
-    another key, dumped).
+    The body counts against the process's ``BodyBudget`` (``ctx.claim``, taken
+    and released by the dispatcher) from its first byte until the request ends:
+    it is held that long (forwarded, maybe again on another key, dumped).
     """
-    claim = ctx.guards.body_budget.claim()
-    try:
-        await _run_interception(ctx, spec, bedrock_auths, claim)
-    finally:
-        claim.release()
+    await _run_interception(ctx, spec, bedrock_auths, ctx.claim)
 
 
-def counted(receive: Receive, claim: BodyClaim) -> Receive:
+def counted(receive: Receive, claim: BodyClaim) -> Receive:  # used by the dispatcher
     """``receive``, with every body chunk taken from ``claim`` as it arrives."""
 
     async def receive_counted() -> Message:
@@ -110,15 +99,7 @@ async def _run_interception(
     principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
     started_at = datetime.now(UTC)
     interception_id = new_id()  # time-ordered (UUID version 7)
-    try:
-        body = await read_body(counted(receive, claim), services.options.max_request_body)
-    except BodyTooLarge as exc:
-        await send_error(send, spec.error_style, 413, str(exc))
-        return
-    except BodyBudgetExceeded as exc:
-        retry = [(b"retry-after", b"1")]
-        await send_error(send, spec.error_style, 503, str(exc), retry)
-        return
+    body = ctx.body
     try:
         info = spec.parse_request(body)
     except InvalidRequestBody as exc:

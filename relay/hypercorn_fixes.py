@@ -1,0 +1,154 @@
+"""Three changes to hypercorn 0.18's trio worker, installed before it serves.
+
+**A connection the client closed is closed at once.** hypercorn's
+``TCPServer.run`` holds the socket inside a task group that also runs the
+keep-alive idle timer. When the client closes an idle connection (or one
+whose request head never completed), ``_read_data`` sees EOF and tells the
+protocol, which has no stream to close, so nothing stops the timer: the
+socket sits in CLOSE-WAIT, holding an fd, until ``keep_alive_timeout`` (75 s
+here) has run out. ``RelayTCPServer`` marks the EOF and restarts the timer
+with no wait, so the connection closes as soon as it is idle.
+
+**At most ``MAX_CONNECTIONS`` connections per process.** One more is
+answered ``503`` with ``connection: close`` before its request is read, so
+an unauthenticated client cannot walk the process to its fd limit.
+
+**Cleartext HTTP/2 is not served.** hypercorn answers ``Upgrade: h2c`` with
+101 and takes ``PRI * HTTP/2.0`` (prior knowledge) as HTTP/2. The relay's
+limits and refusals are built and tested for HTTP/1.1, no supported client
+or front end speaks h2c to it, and h2's multiplexing would put 100 streams
+behind each counted connection. ``RelayH11Protocol`` ignores the upgrade
+(RFC 9110 §7.8 lets a server) and leaves a PRI request to be answered as
+HTTP/1.1 (404, then the connection breaks on the preface).
+
+hypercorn's worker looks these classes up by module global at call time,
+so ``install`` swaps them in; it is idempotent. The overridden methods are
+private: ``TESTED_VERSIONS`` names the hypercorn versions they were read
+against, and tests/test_hostile_input.py fails on any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from typing import Any
+
+import hypercorn.protocol
+import hypercorn.trio.run
+import msgspec
+import trio
+from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
+
+log = logging.getLogger("relay.server")
+
+TESTED_VERSIONS = frozenset({"0.18.0"})
+
+# How long a refused connection may take to read our answer before it is closed.
+_REFUSAL_LINGER = 1.0
+
+
+class ConnectionLimit:
+    """Connections open on one listener set (one ``Config``): at most ``limit`` (0: no limit)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("a connection limit cannot be negative")
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+
+
+def set_connection_limit(config: Config, limit: int) -> None:
+    config.relay_connections = ConnectionLimit(limit)  # type: ignore[attr-defined]
+
+
+def _refusal(limit: int) -> bytes:
+    # Before the request is read the provider is not known: a body both SDKs parse.
+    message = f"too many connections to this relay process (at most {limit})"
+    body = msgspec.json.encode(
+        {
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": message, "code": "overloaded"},
+        }
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "retry-after: 1\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class RelayTCPServer(TCPServer):
+    _peer_closed = False
+
+    async def run(self) -> None:
+        connections: ConnectionLimit | None = getattr(self.config, "relay_connections", None)
+        if connections is None:
+            await super().run()
+            return
+        if connections.limit and connections.open >= connections.limit:
+            connections.refused += 1
+            await self._refuse(connections.limit)
+            return
+        connections.open += 1
+        try:
+            await super().run()
+        finally:
+            connections.open -= 1
+
+    async def _refuse(self, limit: int) -> None:
+        stream: Any = self.stream
+        try:
+            with trio.move_on_after(_REFUSAL_LINGER):
+                await stream.send_all(_refusal(limit))
+                await stream.send_eof()
+                # Read what the client sent until it closes: closing with unread
+                # bytes would reset the connection and lose the answer.
+                while await stream.receive_some(65536):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, AttributeError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            self._peer_closed = True
+            # The idle timer runs only between requests: restart it so it closes now.
+            # Otherwise the request in flight finishes first, and the timer it
+            # starts (Updated(idle=True)) closes at once too.
+            if self.idle_task._handle is not None:
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+
+    async def _idle_timeout(self) -> None:
+        if self._peer_closed:
+            with trio.CancelScope(shield=True):
+                await self._initiate_server_close()
+            return
+        await super()._idle_timeout()
+
+
+class RelayH11Protocol(H11Protocol):
+    async def _check_protocol(self, event: Any) -> None:
+        """No switch to HTTP/2: every request is served as HTTP/1.1."""
+        return
+
+
+def install() -> None:
+    """Swap the relay's classes into hypercorn's trio worker (idempotent)."""
+    installed = version("hypercorn")
+    if installed not in TESTED_VERSIONS:
+        log.warning(
+            "hypercorn %s is not a version relay.hypercorn_fixes was checked against (%s)",
+            installed,
+            ", ".join(sorted(TESTED_VERSIONS)),
+        )
+    hypercorn.trio.run.TCPServer = RelayTCPServer  # type: ignore[misc]
+    hypercorn.protocol.H11Protocol = RelayH11Protocol  # type: ignore[misc]
