@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from pathlib import Path
 
 import h11
 import msgspec
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,8 +24,9 @@ from bench.load import loadgen, report, scenarios, stream_lifetimes
 from bench.load.floors.trio_splice import SpliceProxy
 from bench.load.response import ResponseReader
 from bench.load.suite import SUITES, Measurer, run_suite
-from bench.load.targets import RunningTarget
+from bench.load.targets import RunningTarget, _port, start_target
 from relay.testing.mock_upstream import MockUpstream
+from relay.testing.mock_upstream.scenarios import ID_PLACEHOLDER
 
 STREAM_EVENTS = scenarios.litellm_shaped_events("bench-litellm-fast")
 STREAM_BODY = b"".join(STREAM_EVENTS)
@@ -245,3 +248,75 @@ async def test_a_keep_alive_connection_closed_while_idle_is_retried_not_counted(
         nursery.cancel_scope.cancel()
     assert run.errors == {}
     assert len(run.samples) == 6 and {s.nbytes for s in run.samples} == {len(body)}
+
+
+async def _raw_exchange(port: int, scenario: scenarios.Scenario, count: int) -> list[bytes]:
+    """``count`` requests on one keep-alive connection, over a raw socket; the bodies."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = h11.Connection(h11.CLIENT)
+    bodies = []
+    async with stream:
+        for _ in range(count):
+            headers = [
+                (b"host", b"127.0.0.1"),
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(scenario.body)),
+                *CREDENTIALS["openai"],
+                *scenario.headers,
+            ]
+            await stream.send_all(
+                client.send(h11.Request(method="POST", target=scenario.path, headers=headers))
+                + client.send(h11.Data(data=scenario.body))
+                + client.send(h11.EndOfMessage())
+            )
+            body = b""
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    assert event.status_code == 200
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            bodies.append(body)
+            client.start_next_cycle()
+    return bodies
+
+
+def _same_id(body: bytes) -> bytes:
+    placeholder = b"chatcmpl-" + ID_PLACEHOLDER.encode()
+    return re.sub(rb"chatcmpl-[0-9a-f]{%d}" % len(ID_PLACEHOLDER), placeholder, body)
+
+
+@pytest.mark.parametrize("name", ["asgi", "asgi-httpx"])
+async def test_the_asgi_floors_start_and_relay_streams_byte_identically(
+    name: str, tmp_path: Path
+) -> None:
+    mock = MockUpstream()
+    scenarios.install_bench_responder(mock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mock.serve)
+        async with start_target(name, mock, tmp_path) as target:
+            assert target.pid is not None
+            for pacing in ("fast", "paced"):
+                scenario = scenarios.litellm_stream(pacing)
+                direct = await _raw_exchange(_port(mock), scenario, 1)
+                through = await _raw_exchange(target.endpoint.port, scenario, 3)
+                expected = b"".join(
+                    scenarios.litellm_shaped_events(scenarios.BENCH_MODEL_PREFIX + pacing)
+                )
+                # The mock gives every response a fresh id; the rest is the same bytes.
+                assert [_same_id(b) for b in direct] == [expected]
+                assert [_same_id(b) for b in through] == [expected] * 3
+        nursery.cancel_scope.cancel()
+    # The floor keeps its upstream connections alive: at most one per pacing, not per request.
+    assert mock.connection_count <= 2 + 2
+
+
+def test_the_default_floor_uses_the_relays_upstream_client() -> None:
+    from bench.load.floors import asgi_passthrough
+
+    source = Path(asgi_passthrough.__file__).read_text()
+    assert "relay.upstream.clients" in source and "httpx" not in source.split('"""', 2)[2]

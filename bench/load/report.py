@@ -13,9 +13,13 @@ import msgspec
 
 from .results import RunSummary, SuiteResult, TargetResult
 
-FLOORS = {"asgi": "ASGI pass-through floor", "splice": "trio splice floor"}
+FLOORS = {
+    "asgi": "ASGI pass-through floor (relay's upstream client)",
+    "splice": "trio splice floor",
+}
 LABELS = {
     "direct": "mock direct (generator ceiling)",
+    "asgi-httpx": "ASGI pass-through with httpx (extra, not a floor)",
     "relay": "relay",
     "litellm": "LiteLLM proxy",
     **FLOORS,

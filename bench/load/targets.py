@@ -7,7 +7,10 @@ Targets, each an async context manager yielding a ``RunningTarget``:
   a user and token made with the ``relay users`` / ``relay tokens`` commands,
   PostgreSQL from ``CODER_PG_CONNECTION_URL`` or embedded in a temporary
   data directory;
-- ``asgi``: the pass-through floor under ``hypercorn -k trio``;
+- ``asgi``: the pass-through floor under ``hypercorn -k trio``, with the
+  relay's own upstream client (``relay.upstream.http11``);
+- ``asgi-httpx``: the same app reading its upstream through httpx (an extra
+  for comparison, not a floor: it measures httpx's per-chunk cost);
 - ``splice``: the bare trio + h11 splice floor;
 - ``litellm``: LiteLLM proxy (a virtualenv made by ``bench/peers/litellm.sh``).
 
@@ -38,7 +41,7 @@ from relay.testing.mock_upstream import MockUpstream
 
 from .loadgen import Endpoint, Headers
 
-TARGETS = ("direct", "relay", "asgi", "splice", "litellm")
+TARGETS = ("direct", "relay", "asgi", "asgi-httpx", "splice", "litellm")
 UPSTREAM_KEY = "sk-bench-upstream-0000"
 CLIENT_KEY = "sk-bench-client-0000"  # targets without authentication still get a key
 STARTUP_TIMEOUT_S = {"relay": 90.0, "litellm": 180.0}
@@ -337,9 +340,10 @@ async def start_target(
     port = free_port()
     env: dict[str, str] | None = None
     health: str | None = None
-    if name == "asgi":
+    if name in ("asgi", "asgi-httpx"):
+        module = "asgi_passthrough" if name == "asgi" else "asgi_httpx"
         command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "0"]
-        command += ["-b", f"127.0.0.1:{port}", "bench.load.floors.asgi_passthrough:app"]
+        command += ["-b", f"127.0.0.1:{port}", f"bench.load.floors.{module}:app"]
         env = {**os.environ, "BENCH_UPSTREAM": mock.base_url}
     elif name == "splice":
         command = [sys.executable, "-m", "bench.load.floors.trio_splice"]

@@ -1,12 +1,16 @@
 """The floor of our stack: a minimal pass-through ASGI app for ``hypercorn -k trio``.
 
-The same parts the relay stands on (hypercorn's trio worker, one pooled
-httpx client) and nothing else: no routing, no authentication, no parsing, no
-recording. Each request goes upstream with the same method, path, query,
-headers and body; the upstream's status, headers and raw body chunks come
-back as they arrive. Like the relay, it watches ``receive()`` for
-``http.disconnect`` (hypercorn does not cancel the app when the client
-leaves) so the upstream connection closes as soon as the client is gone.
+The same parts the relay stands on and nothing else: hypercorn's trio
+worker and the relay's own upstream client (``relay.upstream.http11``,
+pooled by ``relay.upstream.clients.UpstreamClients`` with the relay's
+settings: the same pool, the same socket read size, one yield per socket
+read). No routing, no authentication, no parsing, no recording. Each request
+goes upstream with the same method, path, query, headers and body; the
+upstream's status, headers and body bytes come back as they are read. Like
+the relay, it watches ``receive()`` for ``http.disconnect`` (hypercorn does
+not cancel the app when the client leaves), so the upstream connection
+closes as soon as the client is gone. So "relay ÷ this floor" is the cost of
+the relay's own work.
 
     BENCH_UPSTREAM=http://127.0.0.1:9000 \\
         hypercorn -k trio -b 127.0.0.1:8002 bench.load.floors.asgi_passthrough:app
@@ -18,28 +22,23 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import trio
+
+from relay.asgi import HOP_BY_HOP, forwardable_response_headers
+from relay.upstream.clients import UpstreamClients
+from relay.upstream.errors import UpstreamError
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_HOP_BY_HOP = frozenset(
-    {
-        b"host",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+# The relay's defaults (CODER_AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT / _READ_TIMEOUT).
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 600.0
+_DROP = HOP_BY_HOP | {b"host", b"content-length"}
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -50,7 +49,7 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+async def cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
@@ -59,7 +58,7 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
 class PassThrough:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
-        self.client: httpx.AsyncClient | None = None
+        self.clients: UpstreamClients | None = None
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -71,54 +70,47 @@ class PassThrough:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(60.0, connect=5.0),
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+                self.clients = UpstreamClients(
+                    connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S
                 )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.client is not None:
-                    await self.client.aclose()
+                if self.clients is not None:
+                    await self.clients.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope: Message, receive: Receive, send: Send) -> None:
-        assert self.client is not None, "lifespan startup did not run"
+        assert self.clients is not None, "lifespan startup did not run"
+        client = self.clients.get("floor", self.upstream)
         try:
-            body = await _read_body(receive)
+            body = await read_body(receive)
         except trio.BrokenResourceError:
             return
         url = self.upstream + scope["raw_path"].decode("latin-1")
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
-        headers = [(n, v) for n, v in scope["headers"] if n not in _HOP_BY_HOP]
-        request = self.client.build_request(scope["method"], url, headers=headers, content=body)
+        headers = [(n, v) for n, v in scope["headers"] if n not in _DROP]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
             try:
-                response = await self.client.send(request, stream=True)
-            except httpx.HTTPError:
+                async with client.stream(scope["method"], url, headers, body) as response:
+                    length = response.headers.get("content-length")
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": response.status_code,
+                            "headers": forwardable_response_headers(
+                                response.headers.raw, streaming=length is None
+                            ),
+                        }
+                    )
+                    async for chunk in response.aiter_raw():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+            except UpstreamError:
                 await send({"type": "http.response.start", "status": 502, "headers": []})
                 await send({"type": "http.response.body", "body": b""})
-                nursery.cancel_scope.cancel()
-                return
-            try:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": response.status_code,
-                        "headers": [
-                            (n, v) for n, v in response.headers.raw if n.lower() not in _HOP_BY_HOP
-                        ],
-                    }
-                )
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
-            finally:
-                # Closing a response that was not read to its end closes its connection.
-                with trio.CancelScope(shield=True):
-                    await response.aclose()
             nursery.cancel_scope.cancel()
 
 
