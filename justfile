@@ -55,3 +55,7 @@ generate:
 # Replay captured dumps through a relay started for it (or --relay URL --token T).
 replay DIR *ARGS:
     python -m bench.replay {{DIR}} {{ARGS}}
+
+# A py-spy profile of the relay under streaming load: bench/results/profile-<time>/ (flame graph, top frames).
+profile *ARGS:
+    python -m bench.profile {{ARGS}}
