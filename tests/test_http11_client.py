@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -484,6 +485,33 @@ async def test_https_round_trip_and_reuse(nursery: trio.Nursery, tmp_path: Path)
     with pytest.raises(UpstreamConnectError):
         async with untrusting.stream("GET", f"https://127.0.0.1:{port}/", []):
             pass
+
+
+async def test_the_ca_named_by_ssl_cert_file_is_trusted(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A corporate CA (or an egress proxy's) is handed to clients as SSL_CERT_FILE.
+    cert, key = self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        conn = h11.Connection(h11.SERVER)
+        with contextlib.suppress(trio.BrokenResourceError):
+            if await read_request(stream, conn) is not None:  # type: ignore[arg-type]
+                await stream.send_all(ok_response(b"trusted", chunked=False))
+
+    listeners = await nursery.start(
+        partial(trio.serve_ssl_over_tcp, handler, 0, server_context, host="127.0.0.1")
+    )
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    client = HTTP11Client(connect_timeout=2.0, read_timeout=5.0)  # the default context
+    try:
+        async with client.stream("GET", f"https://127.0.0.1:{port}/", []) as r:
+            assert await r.aread() == b"trusted"
+    finally:
+        await client.aclose()
 
 
 async def test_the_ca_bundle_is_loaded_off_the_event_loop(

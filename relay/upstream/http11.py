@@ -377,6 +377,10 @@ def _default_tls_context() -> ssl.SSLContext:
     import certifi
 
     context = ssl.create_default_context(cafile=certifi.where())
+    # And the machine's own trust: its CA store, or what SSL_CERT_FILE /
+    # SSL_CERT_DIR name (a corporate CA or TLS-inspecting egress proxy), as
+    # OpenSSL tools and Go clients such as Coder's honour them.
+    context.load_default_certs()
     context.set_alpn_protocols(["http/1.1"])
     return context
 
