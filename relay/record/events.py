@@ -238,25 +238,36 @@ def interception_started(interception: InterceptionMeta) -> InterceptionRecord:
     Its end (``records_for``) replaces it; if the process dies first, a relay
     marks it ``interrupted`` (relay.record.instances).
     """
+    return _interception_record(interception, None, "in_progress", None, None)
+
+
+def _interception_record(
+    meta: InterceptionMeta,
+    ended_at: datetime | None,
+    status: RowStatus,
+    error_type: str | None,
+    error_message: str | None,
+) -> InterceptionRecord:
+    """The interception's row: the request side from ``meta``, and how it ended."""
     return InterceptionRecord(
-        id=interception.id,
-        initiator_id=interception.initiator_id,
-        api_key_id=interception.api_key_id,
-        provider_name=interception.provider_name,
-        provider_type=interception.provider_type,
-        model=interception.model,
-        route=interception.route,
-        started_at=interception.started_at,
-        ended_at=None,
-        status="in_progress",
-        error_type=None,
-        error_message=None,
-        client=interception.client,
-        client_session_id=interception.client_session_id,
-        user_agent=interception.user_agent,
-        credential_kind=interception.credential_kind,
-        credential_hint=interception.credential_hint,
-        instance_id=interception.instance_id,
+        id=meta.id,
+        initiator_id=meta.initiator_id,
+        api_key_id=meta.api_key_id,
+        provider_name=meta.provider_name,
+        provider_type=meta.provider_type,
+        model=meta.model,
+        route=meta.route,
+        started_at=meta.started_at,
+        ended_at=ended_at,
+        status=status,
+        error_type=error_type,
+        error_message=error_message,
+        client=meta.client,
+        client_session_id=meta.client_session_id,
+        user_agent=meta.user_agent,
+        credential_kind=meta.credential_kind,
+        credential_hint=meta.credential_hint,
+        instance_id=meta.instance_id,
     )
 
 
@@ -290,26 +301,7 @@ def records_for(
     iid = interception.id
     response_id = facts.response_id
     records: list[Record] = [
-        InterceptionRecord(
-            id=iid,
-            initiator_id=interception.initiator_id,
-            api_key_id=interception.api_key_id,
-            provider_name=interception.provider_name,
-            provider_type=interception.provider_type,
-            model=interception.model,
-            route=interception.route,
-            started_at=interception.started_at,
-            ended_at=ended,
-            status=status,
-            error_type=error_type,
-            error_message=error_message,
-            client=interception.client,
-            client_session_id=interception.client_session_id,
-            user_agent=interception.user_agent,
-            credential_kind=interception.credential_kind,
-            credential_hint=interception.credential_hint,
-            instance_id=interception.instance_id,
-        )
+        _interception_record(interception, ended, status, error_type, error_message)
     ]
     if facts.usage is not None:
         usage = facts.usage
