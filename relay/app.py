@@ -39,6 +39,7 @@ from relay.asgi import (
 )
 from relay.auth import Principal
 from relay.db.bridge import UNAVAILABLE_ERRORS
+from relay.errors import sole_exception
 from relay.intercept.apis import SPECS
 from relay.intercept.base import send_error
 from relay.intercept.bedrock.handler import BedrockAuths
@@ -553,6 +554,4 @@ def listening_addresses() -> list[str]:
 
 def _startup_error(exc: BaseException) -> str:
     """The message of what stopped the start, out of the nurseries' exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return str(exc)
+    return str(sole_exception(exc))

@@ -23,6 +23,7 @@ import trio
 
 from relay import auth
 from relay.db.bridge import Database
+from relay.errors import sole_exception
 from relay.options import (
     OPTIONS,
     OPTIONS_BY_KEY,
@@ -386,13 +387,6 @@ async def _run_admin(options: Options, args: argparse.Namespace) -> None:
         await _ADMIN[args.command](db, args, sys.stdout)
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    # Errors raised inside nurseries arrive wrapped in exception groups.
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -404,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             trio.run(_run_admin, options, args)
     except Exception as raised:
-        exc = _leaf(raised)
+        exc = sole_exception(raised)  # errors raised inside nurseries arrive in groups
         if isinstance(exc, (OptionError, ProviderConfigError)):
             text = str(exc)
             # One problem, one line; several (provider configuration), one line each.

@@ -27,6 +27,7 @@ from relay.db.bridge import (
 from relay.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from relay.db.migrate import MigrationError, migrate
 from relay.dump import DumpWriter
+from relay.errors import sole_exception
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 from relay.options import OptionError, Options
 from relay.providers.env import ProviderConfigError, providers_from_env
@@ -70,8 +71,7 @@ def startup_failure(exc: BaseException) -> BaseException | None:
     """
     from relay.upstream.aws import BedrockConfigError
 
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    exc = sole_exception(exc)
     expected = (
         DatabaseConnectError,
         EmbeddedPostgresError,
