@@ -44,7 +44,7 @@ from relay.intercept.apis import SPECS
 from relay.intercept.base import send_error
 from relay.intercept.bedrock.handler import BedrockAuths
 from relay.intercept.passthrough import relay_passthrough
-from relay.intercept.session import RequestContext, counted, run_interception, with_query
+from relay.intercept.session import RequestContext, run_interception, with_query
 from relay.limits import (
     MAX_HEADER_BLOCK,
     BodyBudgetExceeded,
@@ -362,7 +362,7 @@ class RelayApp:
         if kind is not RouteKind.PASSTHROUGH or has_body(headers):
             try:
                 body = await read_body(
-                    counted(receive, claim),
+                    claim.counting(receive),
                     options.max_request_body,
                     total=options.request_body_timeout,
                     idle=options.request_body_idle_timeout,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from relay.asgi import Message, Receive
 from relay.options import OptionError, Options
 from relay.upstream.breaker import BreakerSettings, CircuitBreakers
 from relay.upstream.keypool import KeyPools
@@ -115,6 +116,18 @@ class BodyClaim:
     def release(self) -> None:
         self.budget.used -= self.size
         self.size = 0
+
+    def counting(self, receive: Receive) -> Receive:
+        """``receive``, with every body chunk taken from this claim as it arrives."""
+
+        async def receive_counted() -> Message:
+            message = await receive()
+            chunk = message.get("body")
+            if chunk:
+                self.grow(len(chunk))
+            return message
+
+        return receive_counted
 
 
 class RateLimiter:

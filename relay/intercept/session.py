@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import trio
 
 from relay.access import ClientCredential
-from relay.asgi import Headers, Message, Receive, Scope, Send, header_str
+from relay.asgi import Headers, Receive, Scope, Send, header_str
 from relay.auth import Principal
 from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
@@ -75,25 +75,6 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
     and released by the dispatcher) from its first byte until the request ends:
     it is held that long (forwarded, maybe again on another key, dumped).
     """
-    await _run_interception(ctx, spec, bedrock_auths, ctx.claim)
-
-
-def counted(receive: Receive, claim: BodyClaim) -> Receive:  # used by the dispatcher
-    """``receive``, with every body chunk taken from ``claim`` as it arrives."""
-
-    async def receive_counted() -> Message:
-        message = await receive()
-        chunk = message.get("body")
-        if chunk:
-            claim.grow(len(chunk))
-        return message
-
-    return receive_counted
-
-
-async def _run_interception(
-    ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths, claim: BodyClaim
-) -> None:
     send, receive, scope = ctx.send, ctx.receive, ctx.scope
     services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
     principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
@@ -121,7 +102,7 @@ async def _run_interception(
     )
     if upstream_body is not body:
         try:
-            claim.grow(len(upstream_body))  # a rewritten body is held next to the original
+            ctx.claim.grow(len(upstream_body))  # a rewritten body is held next to the original
         except BodyBudgetExceeded as exc:
             await send_error(send, spec.error_style, 503, str(exc), [(b"retry-after", b"1")])
             return
