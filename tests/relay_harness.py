@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +23,14 @@ from relay.auth import create_token, create_user
 from relay.options import load_options
 from relay.server import hypercorn_config
 from relay.testing.mock_upstream.server import MockUpstream
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any CODER_* option, plus ``extra``: for a
+    relay (or CLI) subprocess that must see only the options the test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
+    env.update(extra)
+    return env
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -13,16 +12,11 @@ import trio
 from relay.auth import list_users, verify_token
 from relay.db.bridge import Database
 from relay.options import OPTIONS
+from tests.relay_harness import clean_env
 
 KEY_A = "sk-proj-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA1111"
 KEY_B = "sk-proj-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB2222"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
-    env.update(extra)
-    return env
 
 
 def relay(

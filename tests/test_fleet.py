@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from relay.testing.mock_upstream.server import MockUpstream
-from tests.relay_harness import mock_providers_env
+from tests.relay_harness import clean_env, mock_providers_env
 
 BIN = Path(sys.executable).parent
 
@@ -29,12 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
-    env.update(extra)
-    return env
 
 
 def cli(*args: str, env: dict[str, str]) -> str:

@@ -5,7 +5,6 @@ All without I/O but one: `relay serve` refusing an unusable limit before it star
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 
 from relay.limits import ConcurrencyLimit, RateLimiter, RequestGuards
 from relay.options import OptionError, load_options
+from tests.relay_harness import clean_env
 
 
 def test_concurrency_limit_refuses_beyond_the_limit():
@@ -145,8 +145,7 @@ def test_unusable_options_are_refused_when_options_load(env):
 
 
 def test_serve_refuses_an_unusable_limit_before_starting(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
-    env.update(
+    env = clean_env(
         CODER_AI_GATEWAY_MAX_CONCURRENCY="-1",
         # Never reached: the option is refused first (else: "database not available", 1).
         CODER_PG_CONNECTION_URL="postgresql://x@127.0.0.1:1/x",

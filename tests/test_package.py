@@ -102,12 +102,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-def _run(venv: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _installed_env(**extra: str) -> dict[str, str]:
+    """No CODER_* option and no PYTHON* variable (PYTHONPATH would find the tree)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "PYTHON"))}
+    return {**clean, **extra}
+
+
+def _run(venv: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(venv / "bin" / args[0]), *args[1:]],
         cwd=cwd,
-        env={**clean, **env},
+        env=_installed_env(**env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -149,16 +154,14 @@ def test_the_wheel_runs_from_another_directory(
 
 def _serve_once(venv: Path, cwd: Path, dsn: str) -> None:
     """`relay serve` from the wheel starts, says where it listens, and stops on SIGTERM."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "PYTHON"))}
     server = subprocess.Popen(
         [str(venv / "bin/relay"), "serve"],
         cwd=cwd,
-        env={
-            **clean,
-            "CODER_PG_CONNECTION_URL": dsn,
-            "CODER_AI_GATEWAY_HTTP_ADDRESS": "127.0.0.1:0",
-            "CODER_AI_GATEWAY_DATA_DIR": str(cwd / "data"),
-        },
+        env=_installed_env(
+            CODER_PG_CONNECTION_URL=dsn,
+            CODER_AI_GATEWAY_HTTP_ADDRESS="127.0.0.1:0",
+            CODER_AI_GATEWAY_DATA_DIR=str(cwd / "data"),
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

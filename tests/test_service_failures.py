@@ -9,7 +9,6 @@ supervisor restarts it.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.relay_harness import mock_and_relay
+from tests.relay_harness import clean_env, mock_and_relay
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,8 +80,7 @@ sys.exit(cli.main(["serve"]))
 
 def test_a_service_that_dies_stops_the_process_with_status_1(pg_dsn, tmp_path):
     sentinel = tmp_path / "fail-now"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_")}
-    env.update(
+    env = clean_env(
         PYTHONPATH=str(ROOT),
         CODER_PG_CONNECTION_URL=pg_dsn,
         CODER_AI_GATEWAY_DATA_DIR=str(tmp_path / "data"),

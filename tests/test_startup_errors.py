@@ -25,7 +25,7 @@ import trio
 
 from relay.app import RelayApp
 from tests.conftest import PgCluster, admin_execute
-from tests.test_cli import clean_env
+from tests.relay_harness import clean_env
 from tests.test_http11_client import self_signed
 
 CONNECT_REFUSED = "connection refused (is PostgreSQL running and listening there?)"
