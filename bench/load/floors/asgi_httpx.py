@@ -19,17 +19,13 @@ leaves) so the upstream connection closes as soon as the client is gone.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import httpx
 import trio
 
-from .asgi_passthrough import cancel_on_disconnect, read_body
+from relay.asgi import Message, Receive, Send
 
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from .asgi_passthrough import cancel_on_disconnect, read_body
 
 _HOP_BY_HOP = frozenset(
     {

@@ -19,18 +19,12 @@ the relay's own work.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
-from relay.asgi import HOP_BY_HOP, forwardable_response_headers
+from relay.asgi import HOP_BY_HOP, Message, Receive, Send, forwardable_response_headers
 from relay.upstream.clients import UpstreamClients
 from relay.upstream.errors import UpstreamError
-
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # The relay's defaults (CODER_AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT / _READ_TIMEOUT).
 CONNECT_TIMEOUT_S = 10.0
