@@ -65,15 +65,12 @@ async def relay_passthrough(
     for k, v in client_headers:
         if k == b"accept-encoding":
             out_headers.append((k, v))
-    content: RequestBody = None
-    if body is not None:
-        # Framed by its length upstream (the client's framing is dropped with _DROP).
-        if dump is not None:
-            dump.request_chunk(body)
-        content = body
+    # Framed by its length upstream (the client's framing is dropped with _DROP).
+    if body is not None and dump is not None:
+        dump.request_chunk(body)
     try:
         return await _exchange(
-            send, receive, client, method, url, out_headers, content, style, failover, dump
+            send, receive, client, method, url, out_headers, body, style, failover, dump
         )
     finally:
         if dump is not None:
@@ -98,7 +95,7 @@ async def _exchange(
     leaves while the upstream has not answered yet cancels the upstream request.
     """
     outcome = Outcome()  # passthrough records nothing; the shell's helpers fill it anyway
-    status: int | None = None
+    status: int | None = None  # stays None when the client's leaving cancels the exchange
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
         try:
