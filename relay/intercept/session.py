@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
+import msgspec
 import trio
 
 from relay.access import ClientCredential
@@ -128,37 +129,43 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
             return
     instance_id = services.instance.id if services.instance is not None else None
 
-    def meta_now() -> InterceptionMeta:
-        """The request side as known now (the model and key may be settled later)."""
-        headers = scope["headers"]
-        return InterceptionMeta(
-            id=interception_id,
-            initiator_id=uuid.UUID(principal.user_id),
-            api_key_id=principal.api_key_id,
-            provider_name=provider.name,
-            provider_type=str(provider.type),
-            model=outcome.upstream_model or info.model or "",
-            route=api_path,
-            started_at=started_at,
-            client=detect_client(headers),
-            client_session_id=client_session_id(headers, info.metadata_user_id),
-            user_agent=header_str(headers, b"user-agent"),
-            credential_kind="byok" if credential.byok else "centralized",
-            credential_hint=mask_secret(
+    def credential_hint() -> str | None:
+        """The key in use, masked (a key pool may move on to another key meanwhile)."""
+        return (
+            mask_secret(
                 credential.byok_secret
                 or (failover.current if failover and failover.current else "")
                 or (provider.keys[0] if provider.keys else "")
             )
-            or None,
-            instance_id=instance_id,
+            or None
         )
+
+    headers = scope["headers"]
+    # The request side, known before anything goes upstream; at the end only the
+    # model (the upstream may settle it) and the key in use can have changed.
+    start_meta = InterceptionMeta(
+        id=interception_id,
+        initiator_id=uuid.UUID(principal.user_id),
+        api_key_id=principal.api_key_id,
+        provider_name=provider.name,
+        provider_type=str(provider.type),
+        model=info.model or "",
+        route=api_path,
+        started_at=started_at,
+        client=detect_client(headers),
+        client_session_id=client_session_id(headers, info.metadata_user_id),
+        user_agent=header_str(headers, b"user-agent"),
+        credential_kind="byok" if credential.byok else "centralized",
+        credential_hint=credential_hint(),
+        instance_id=instance_id,
+    )
 
     # From the ticket on, everything is inside the try: whatever raises, the
     # finally hands the ticket back and takes the request off the in-flight gauge.
     try:
         # Recorded now, completed in the finally: a process that dies meanwhile
         # leaves an in_progress row, which a surviving relay marks interrupted.
-        services.recorder.record([interception_started(meta_now())])
+        services.recorder.record([interception_started(start_meta)])
         timer = metrics.interception_started(provider.name, model_label, route)
         actor = guards.actor_headers(principal.user_id, principal.user_name)
 
@@ -235,7 +242,11 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
             handle.finish()
         if breaker is not None and ticket is not None:
             settle_breaker(breaker, ticket, outcome, provider.type)
-        meta = meta_now()
+        meta = msgspec.structs.replace(
+            start_meta,
+            model=outcome.upstream_model or info.model or "",
+            credential_hint=credential_hint(),
+        )
         error = (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
         services.recorder.record(
             records_for(
