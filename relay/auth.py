@@ -26,12 +26,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import trio
 
 from relay.db.bridge import UNAVAILABLE_ERRORS, Database
+
+# Defined in relay.identity (a leaf the request steps depend on); importable from here too.
+from relay.identity import Principal as Principal
+from relay.identity import Refusal as Refusal
 from relay.providers.registry import ConfigChange
 
 TOKEN_PREFIX = "relay_"
@@ -45,14 +49,6 @@ log = logging.getLogger("relay.auth")
 
 class AuthError(ValueError):
     """An admin operation that cannot be done (unknown user, duplicate name, ...)."""
-
-
-class Principal(msgspec.Struct, frozen=True):
-    """Who a verified token belongs to."""
-
-    user_id: str
-    user_name: str
-    api_key_id: str
 
 
 class UserRow(msgspec.Struct, frozen=True):
@@ -186,12 +182,6 @@ async def revoke_token(db: Database, key_id: str) -> ApiKeyRow:
     if row is None:
         raise AuthError(f"no token with id {key_id!r}")
     return _key_row(row)
-
-
-#: Why a token was refused. ``expired`` and ``revoked`` are only ever told to
-#: whoever holds the whole token (its secret matched): anything else is ``unknown``,
-#: so a guessed id reveals nothing about other people's tokens.
-Refusal = Literal["unknown", "expired", "revoked"]
 
 
 async def check_token(db: Database, token: str) -> tuple[Principal, float | None] | Refusal:

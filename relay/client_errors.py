@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from relay.access import ClientCredential
-from relay.auth import Refusal
+from relay.identity import Refusal
 from relay.providers.types import Provider
 from relay.routes import GATEWAY_PREFIXES, match_route
 from relay.wire.errors import anthropic_error_body, openai_error_body

@@ -1,16 +1,23 @@
-"""One intercepted request, from its body to its records.
+"""One intercepted request, from its decoded body to its records.
 
-``run_interception`` reads and checks the body, consults the circuit
-breaker, relays through the interception shell (or the Bedrock handler), and
-in one ``finally`` block settles everything the request leaves behind: the
-dump, the breaker ticket, the recorder's rows and the metrics. A cancelled
-request goes through the same block.
+``prepare`` decodes the body (only the fields the relay needs) and rewrites
+it when the API asks for it; the request's admit step calls it, since the
+circuit breaker is keyed by the model it names. ``run_interception`` relays
+through the interception shell (or the Bedrock handler) and in one
+``finally`` block settles what the interception leaves behind: the dump, the
+recorder's rows and the metrics. A cancelled request goes through the same
+block. The guards (concurrency slot, body budget, breaker ticket) are the
+request's, taken and given back by ``relay.request.admit``.
+
+The interception reaches the rest of the relay only through its ports
+(``relay.intercept.ports``): it knows nothing of the services that implement them.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
@@ -19,14 +26,15 @@ import trio
 
 from relay.access import ClientCredential
 from relay.asgi import Headers, Receive, Scope, Send, header_str
-from relay.auth import Principal
 from relay.dump import DumpHandle
-from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
+from relay.identity import Principal
+from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
-from relay.limits import BodyBudgetExceeded, BodyClaim, RequestGuards
+from relay.intercept.ports import InterceptionPorts
 from relay.metrics import InterceptionTimer
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
+    CappedPrompt,
     InterceptionMeta,
     cap_prompt,
     client_session_id,
@@ -36,64 +44,52 @@ from relay.record.events import (
     records_for,
 )
 from relay.routes import RouteKind, route_label
-from relay.services import Services
-from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
 from relay.upstream.http11 import HTTP11Client
-from relay.upstream.keypool import Failover, retry_after_header
-from relay.wire.common import InvalidRequestBody
+from relay.upstream.keypool import Failover
+from relay.wire.common import InvalidRequestBody, RequestInfo
 
 # Native Bedrock routes carry the model in the path, not in the body.
 _MODEL_IN_PATH = frozenset({RouteKind.BEDROCK_INVOKE, RouteKind.BEDROCK_INVOKE_STREAM})
 MISSING_MODEL = "model: a model name (a string) is required"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What the dispatcher established about a request before it is relayed."""
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """An intercepted request, decoded and ready to go upstream."""
 
-    scope: Scope
-    receive: Receive
-    send: Send
-    services: Services
-    guards: RequestGuards
-    provider: Provider
-    kind: RouteKind
-    api_path: str
-    principal: Principal
-    credential: ClientCredential
-    upstream_headers: Headers
-    client: HTTP11Client
-    url: str
-    failover: Failover | None
-    body: bytes  # read (within its deadline) before the concurrency slot was taken
-    claim: BodyClaim  # the body's share of the process's budget, released by the dispatcher
+    spec: ApiSpec
+    info: RequestInfo  # its prompt already moved to ``prompt``
+    prompt: CappedPrompt | None  # the last user prompt, cut to what is stored
+    upstream_body: bytes  # the client's body, or the API's rewrite of it
+    drop_injected: bool  # the rewrite caused events the client must not see
+    route: str  # the route pattern: metric label and circuit key
+    model_label: str  # the model, folded into "other" beyond the metrics' cap
+    outcome: Outcome = field(default_factory=Outcome)  # filled as it goes
 
 
-async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths) -> None:
-    """Check and relay one intercepted request (its body already read), then record it.
+def prepare(
+    spec: ApiSpec,
+    provider_type: str,
+    kind: RouteKind,
+    api_path: str,
+    body: bytes,
+    *,
+    max_stored_prompt: int | None,
+    hold_rewrite: Callable[[int], None],
+    fold_model: Callable[[str], str],
+) -> Prepared:
+    """Decode ``body`` for the interception; ``InvalidRequestBody`` (a 400) when it cannot.
 
-    The body counts against the process's ``BodyBudget`` (``ctx.claim``, taken
-    and released by the dispatcher) from its first byte until the request ends:
-    it is held that long (forwarded, maybe again on another key, dumped).
+    A rewritten body is held next to the original: ``hold_rewrite(size)``
+    claims it from the body budget (and raises when it cannot).
     """
-    send, receive, scope = ctx.send, ctx.receive, ctx.scope
-    services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
-    principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
-    started_at = datetime.now(UTC)
-    interception_id = new_id()  # time-ordered (UUID version 7)
-    body = ctx.body
-    try:
-        info = spec.parse_request(body)
-    except InvalidRequestBody as exc:
-        await send_error(send, spec.error_style, 400, str(exc))
-        return
-    if info.model is None and ctx.kind not in _MODEL_IN_PATH:
+    info = spec.parse_request(body)
+    if info.model is None and kind not in _MODEL_IN_PATH:
         # The provider would refuse it too; forwarding it would only spend a call.
-        await send_error(send, spec.error_style, 400, MISSING_MODEL)
-        return
+        raise InvalidRequestBody(MISSING_MODEL)
     # Cut now: the whole text of a multi-megabyte prompt need not live as long as the stream.
     prompt = (
-        cap_prompt(info.last_user_prompt, services.options.max_stored_prompt or None)
+        cap_prompt(info.last_user_prompt, max_stored_prompt)
         if info.last_user_prompt is not None
         else None
     )
@@ -102,32 +98,59 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
         spec.prepare_body(body, info) if spec.prepare_body else (body, False)
     )
     if upstream_body is not body:
-        try:
-            ctx.claim.grow(len(upstream_body))  # a rewritten body is held next to the original
-        except BodyBudgetExceeded as exc:
-            await send_error(send, spec.error_style, 503, str(exc), [(b"retry-after", b"1")])
-            return
-    guards = ctx.guards
-    metrics = services.metrics
+        hold_rewrite(len(upstream_body))
     # Metric labels and circuit keys: the route pattern, and the model name folded
     # into "other" beyond the cap (both are chosen by the client).
-    route = route_label(provider.type, "POST", api_path)
-    model_label = metrics.models.fold(info.model or _model_in_path(ctx.kind, api_path))
-    breaker: CircuitBreaker | None = None
-    ticket: int | None = None
+    route = route_label(provider_type, "POST", api_path)
+    model_label = fold_model(info.model or _model_in_path(kind, api_path))
+    return Prepared(spec, info, prompt, upstream_body, drop_injected, route, model_label)
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptionContext:
+    """What the request's steps established about an intercepted request."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    ports: InterceptionPorts
+    provider: Provider
+    kind: RouteKind
+    api_path: str
+    principal: Principal
+    credential: ClientCredential
+    upstream_headers: Headers  # credentials swapped; without the actor headers
+    actor_headers: Headers  # who is asking, for the provider (empty when the option is off)
+    client: HTTP11Client
+    url: str
+    failover: Failover | None
+    body: bytes  # as the client sent it (the Bedrock handler translates it itself)
+    prepared: Prepared
+    keepalive_interval: float
+    instance_id: uuid.UUID | None  # this process in relay_instances
+    bedrock_auths: BedrockAuths
+
+
+async def run_interception(ctx: InterceptionContext) -> None:
+    """Relay one intercepted request (admitted, its body decoded), then record it.
+
+    The body counts against the process's ``BodyBudget`` until the request
+    ends (the request's admission gives it back): it is held that long
+    (forwarded, maybe again on another key, dumped).
+    """
+    send, receive, scope = ctx.send, ctx.receive, ctx.scope
+    ports, provider, api_path = ctx.ports, ctx.provider, ctx.api_path
+    principal, credential, failover = ctx.principal, ctx.credential, ctx.failover
+    prepared = ctx.prepared
+    spec, info, prompt, outcome = prepared.spec, prepared.info, prepared.prompt, prepared.outcome
+    upstream_body, route, model_label = prepared.upstream_body, prepared.route, prepared.model_label
+    started_at = datetime.now(UTC)
+    interception_id = new_id()  # time-ordered (UUID version 7)
+    body = ctx.body
+    metrics = ports.metrics
     timer: InterceptionTimer | None = None
     dumps: list[DumpHandle] = []
-    outcome = Outcome()
-    if guards.breakers is not None:
-        now = trio.current_time()
-        breaker = guards.breakers.get(provider.name, route, model_label, now)
-        ticket = breaker.allow(now)
-        if ticket is None:
-            metrics.circuit_breaker_reject(provider.name, route, model_label)
-            retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
-            await send_error(send, spec.error_style, 503, OPEN_MESSAGE, retry)
-            return
-    instance_id = services.instance.id if services.instance is not None else None
+    instance_id = ctx.instance_id
 
     def credential_hint() -> str | None:
         """The key in use, masked (a key pool may move on to another key meanwhile)."""
@@ -160,18 +183,18 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
         instance_id=instance_id,
     )
 
-    # From the ticket on, everything is inside the try: whatever raises, the
-    # finally hands the ticket back and takes the request off the in-flight gauge.
+    # From the in_progress row on, everything is inside the try: whatever raises,
+    # the finally completes the row and takes the request off the in-flight gauge.
     try:
         # Recorded now, completed in the finally: a process that dies meanwhile
         # leaves an in_progress row, which a surviving relay marks interrupted.
-        services.recorder.record([interception_started(start_meta)])
+        ports.records.record([interception_started(start_meta)])
         timer = metrics.interception_started(provider.name, model_label, route)
-        actor = guards.actor_headers(principal.user_id, principal.user_name)
+        actor = ctx.actor_headers
 
         def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
             """Start the dump of what goes upstream (the Bedrock handler calls it once signed)."""
-            handle = services.dumps.begin(
+            handle = ports.dumps.begin(
                 provider.name, info.model, interception_id, "POST", path, headers, dumped_body
             )
             if handle is not None:
@@ -203,13 +226,13 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 scope,
                 kind=ctx.kind,
                 provider=provider,
-                auths=bedrock_auths,
-                upstreams=services.upstreams,
+                auths=ctx.bedrock_auths,
+                upstreams=ports.upstreams,
                 body=body,
                 info=info,
                 outcome=outcome,
                 byok=credential.byok,
-                keepalive_interval=services.options.keepalive_interval,
+                keepalive_interval=ctx.keepalive_interval,
                 begin_dump=begin_dump,
                 actor_headers=actor,
                 failover=failover,
@@ -222,8 +245,8 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 spec,
                 info,
                 outcome,
-                drop_injected=drop_injected,
-                keepalive_interval=services.options.keepalive_interval,
+                drop_injected=prepared.drop_injected,
+                keepalive_interval=ctx.keepalive_interval,
             )
     except BaseException as exc:
         # Cancelled from outside (the shutdown grace period ran out) or a bug:
@@ -240,15 +263,13 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
     finally:
         for handle in dumps:
             handle.finish()
-        if breaker is not None and ticket is not None:
-            settle_breaker(breaker, ticket, outcome, provider.type)
         meta = msgspec.structs.replace(
             start_meta,
             model=outcome.upstream_model or info.model or "",
             credential_hint=credential_hint(),
         )
         error = (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
-        services.recorder.record(
+        ports.records.record(
             records_for(
                 meta,
                 outcome.facts,
@@ -278,25 +299,6 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
             metrics.disconnect(outcome.disconnect_phase)
         if outcome.first_byte_at is not None and outcome.sent_at is not None:
             metrics.ttfb(provider.name, outcome.first_byte_at - outcome.sent_at)
-
-
-def settle_breaker(
-    breaker: CircuitBreaker, ticket: int, outcome: Outcome, provider_type: str
-) -> None:
-    """Tell the circuit how the request went.
-
-    An upstream answer counts by its status (429, 503, 504, Anthropic 529:
-    failure), a timeout counts as the 504 the client got. No answer at all
-    (the client left first, the provider was unreachable, every key was
-    resting) says nothing about overload: the ticket is handed back.
-    """
-    now = trio.current_time()
-    if outcome.upstream_status is not None:
-        breaker.record(ticket, failure=is_failure(outcome.upstream_status, provider_type), now=now)
-    elif outcome.error_type == "upstream_timeout":
-        breaker.record(ticket, failure=True, now=now)
-    else:
-        breaker.release(ticket)
 
 
 def _model_in_path(kind: RouteKind, api_path: str) -> str:

@@ -54,6 +54,7 @@ from relay.intercept.bedrock.translate import (
     map_model,
     to_bedrock_body,
 )
+from relay.intercept.ports import UpstreamPool
 from relay.providers.types import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,
@@ -67,7 +68,6 @@ from relay.upstream.aws import (
     BedrockCredentialsError,
     endpoint_url,
 )
-from relay.upstream.clients import UpstreamClients
 from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import UpstreamResponse
 from relay.upstream.keypool import Exhausted, Failover
@@ -181,7 +181,7 @@ async def relay_bedrock(
     kind: RouteKind,
     provider: Provider,
     auths: BedrockAuths,
-    upstreams: UpstreamClients,
+    upstreams: UpstreamPool,
     body: bytes,
     info: RequestInfo,
     outcome: Outcome,

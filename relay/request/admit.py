@@ -1,0 +1,178 @@
+"""Step 3, admit: every guard a request must pass, taken in one place.
+
+What is taken and must be given back (the body's share of the body budget,
+a concurrency slot, a circuit breaker ticket) is handed to the request's
+``Admission`` the moment it is taken; ``relay.request.serve`` gives it all
+back, in reverse order, in the one ``finally`` around admit and the steps
+after it. So nothing is held outside that ``try``: a refusal, a bug or a
+cancellation anywhere after a guard was taken still gives it back.
+
+The order is the order a refusal is decided in: the rate limit (it costs
+nothing), whether usage can be recorded, the body (read against its
+deadline before a slot is taken: a client trickling its body holds its
+connection, not a slot), the concurrency slot, then, for an intercepted
+route, the body decoded (the breaker is keyed by the model it names) and the
+circuit breaker. ``limit_headers`` runs earlier, before authenticate reads
+any header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import trio
+
+from relay.asgi import BodyTimeout, BodyTooLarge, read_body
+from relay.intercept.apis import SPECS
+from relay.intercept.base import Outcome
+from relay.intercept.session import Prepared, prepare
+from relay.limits import (
+    MAX_HEADER_BLOCK,
+    BodyBudgetExceeded,
+    BodyClaim,
+    RequestGuards,
+    has_body,
+    header_block_size,
+)
+from relay.request.context import Request, refuse
+from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
+from relay.upstream.keypool import retry_after_header
+from relay.wire.common import InvalidRequestBody
+
+UNRECORDABLE_MESSAGE = (
+    "the relay cannot record usage right now (database and spool unavailable); try again later"
+)
+
+# The interception the request's steps decoded: its body, labels and outcome.
+Interception = Prepared
+
+
+class Admission:
+    """What admit took for one request; ``release`` gives it all back, last taken first.
+
+    Every release runs even when one before it raises (the error is raised
+    after the others ran); releasing twice gives nothing back twice.
+    """
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+
+    def hold(self, release: Callable[[], object]) -> None:
+        """Remember how to give back what was just taken."""
+        self._stack.callback(release)
+
+    def release(self) -> None:
+        self._stack.close()
+
+
+def limit_headers(req: Request) -> None:
+    """431 for a header block larger than hypercorn's own limit (whatever TCP's split)."""
+    if header_block_size(req.headers) > MAX_HEADER_BLOCK:
+        refuse(431, "request header fields too large")
+
+
+async def admit(req: Request, admission: Admission) -> None:
+    """Take every guard for ``req`` into ``admission``, or refuse (429, 503, 413, 408, 400, 501)."""
+    route, caller = req.routed, req.authenticated
+    guards, services = req.guards, req.services
+    options = services.options
+    if guards.rate is not None:
+        wait = guards.rate.check(caller.principal.api_key_id, trio.current_time())
+        if wait is not None:
+            retry = [(b"retry-after", retry_after_header(wait))]
+            refuse(429, "relay rate limit exceeded", retry)
+    if route.intercepted and options.require_recording and services.recorder.cannot_record:
+        # REQUIRE_RECORDING: no usage may go unrecorded, so serve nothing new.
+        refuse(503, UNRECORDABLE_MESSAGE, [(b"retry-after", b"5")])
+    # From its first byte the body counts against the process's budget for
+    # bodies in flight, until the request ends.
+    claim = guards.body_budget.claim()
+    admission.hold(claim.release)
+    if route.intercepted or has_body(req.headers):
+        req.body = await read_request_body(req, claim)
+    if not guards.concurrency.try_acquire():
+        refuse(503, f"too many concurrent requests (at most {guards.concurrency.limit})")
+    admission.hold(guards.concurrency.release)
+    if route.intercepted:
+        req.interception = admit_interception(req, admission, claim, guards)
+
+
+async def read_request_body(req: Request, claim: BodyClaim) -> bytes:
+    """The whole body, within its size cap, its deadlines and the body budget."""
+    options = req.services.options
+    try:
+        return await read_body(
+            claim.counting(req.receive),
+            options.max_request_body,
+            total=options.request_body_timeout,
+            idle=options.request_body_idle_timeout,
+        )
+    except BodyTooLarge as exc:
+        refuse(413, str(exc))
+    except BodyBudgetExceeded as exc:
+        refuse(503, str(exc), [(b"retry-after", b"1")])
+    except BodyTimeout as exc:
+        refuse(408, str(exc), [(b"connection", b"close")])
+    # ClientDisconnected goes through: there is no one left to answer.
+
+
+def admit_interception(
+    req: Request, admission: Admission, claim: BodyClaim, guards: RequestGuards
+) -> Interception:
+    """Decode an intercepted request's body, then take its circuit breaker ticket."""
+    route = req.routed
+    provider = route.provider
+    spec = SPECS.get(route.kind)
+    if spec is None:
+        refuse(501, f"route not implemented yet: {req.method} {route.api_path}")
+    req.style = spec.error_style
+    body = req.body
+    assert body is not None  # an intercepted route's body is always read
+    metrics = req.services.metrics
+    try:
+        prepared = prepare(
+            spec,
+            provider.type,
+            route.kind,
+            route.api_path,
+            body,
+            max_stored_prompt=req.services.options.max_stored_prompt or None,
+            hold_rewrite=claim.grow,  # a rewritten body is held next to the original
+            fold_model=metrics.models.fold,
+        )
+    except InvalidRequestBody as exc:
+        refuse(400, str(exc))
+    except BodyBudgetExceeded as exc:
+        refuse(503, str(exc), [(b"retry-after", b"1")])
+    if guards.breakers is not None:
+        now = trio.current_time()
+        breaker = guards.breakers.get(provider.name, prepared.route, prepared.model_label, now)
+        ticket = breaker.allow(now)
+        if ticket is None:
+            metrics.circuit_breaker_reject(provider.name, prepared.route, prepared.model_label)
+            retry = [(b"retry-after", retry_after_header(breaker.retry_after(now)))]
+            refuse(503, OPEN_MESSAGE, retry)
+        outcome = prepared.outcome
+        admission.hold(lambda: settle_breaker(breaker, ticket, outcome, provider.type))
+    return prepared
+
+
+def settle_breaker(
+    breaker: CircuitBreaker, ticket: int, outcome: Outcome, provider_type: str
+) -> None:
+    """Tell the circuit how the request went.
+
+    An upstream answer counts by its status (429, 503, 504, Anthropic 529:
+    failure), a timeout counts as the 504 the client got. No answer at all
+    (the client left first, the provider was unreachable, every key was
+    resting, the request never went upstream) says nothing about overload:
+    the ticket is handed back.
+    """
+    now = trio.current_time()
+    if outcome.upstream_status is not None:
+        breaker.record(ticket, failure=is_failure(outcome.upstream_status, provider_type), now=now)
+    elif outcome.error_type == "upstream_timeout":
+        breaker.record(ticket, failure=True, now=now)
+    else:
+        breaker.release(ticket)

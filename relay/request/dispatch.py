@@ -1,0 +1,85 @@
+"""Step 5, dispatch: hand the admitted request to what serves its route kind.
+
+Passthrough routes are forwarded unparsed (``relay.intercept.passthrough``);
+intercepted routes go to ``relay.intercept.session.run_interception`` with
+the ports it records, counts, dumps and connects through. (The Responses
+WebSocket will be a third.)
+"""
+
+from __future__ import annotations
+
+from relay.intercept.passthrough import relay_passthrough
+from relay.intercept.ports import InterceptionPorts
+from relay.intercept.session import InterceptionContext, run_interception, with_query
+from relay.request.context import Request
+from relay.routes import route_label
+from relay.services import Services
+
+
+async def dispatch(req: Request) -> None:
+    if req.routed.intercepted:
+        await intercept(req)
+    else:
+        await passthrough(req)
+
+
+async def passthrough(req: Request) -> None:
+    route, upstream, services = req.routed, req.upstream, req.services
+    assert upstream is not None
+    provider, method = route.provider, req.method
+    services.metrics.passthrough(
+        provider.name, route_label(provider.type, method, route.api_path), method
+    )
+    dump = services.dumps.begin_passthrough(
+        provider.name, method, with_query(route.api_path, req.query_string), upstream.headers
+    )
+    await relay_passthrough(
+        req.send,
+        req.receive,
+        upstream.client,
+        method,
+        upstream.url,
+        upstream.headers,
+        req.headers,
+        req.style,
+        req.body,
+        failover=upstream.failover,
+        dump=dump,
+    )
+
+
+def interception_ports(services: Services) -> InterceptionPorts:
+    return InterceptionPorts(
+        records=services.recorder,
+        metrics=services.metrics,
+        dumps=services.dumps,
+        upstreams=services.upstreams,
+    )
+
+
+async def intercept(req: Request) -> None:
+    route, caller, upstream, services = req.routed, req.authenticated, req.upstream, req.services
+    assert upstream is not None and req.interception is not None and req.body is not None
+    await run_interception(
+        InterceptionContext(
+            scope=req.scope,
+            receive=req.receive,
+            send=req.send,
+            ports=interception_ports(services),
+            provider=route.provider,
+            kind=route.kind,
+            api_path=route.api_path,
+            principal=caller.principal,
+            credential=caller.credential,
+            upstream_headers=upstream.headers,
+            actor_headers=upstream.actor_headers,
+            client=upstream.client,
+            url=upstream.url,
+            failover=upstream.failover,
+            body=req.body,
+            prepared=req.interception,
+            keepalive_interval=services.options.keepalive_interval,
+            instance_id=services.instance.id if services.instance is not None else None,
+            bedrock_auths=req.gateway.bedrock_auths,
+        )
+    )
