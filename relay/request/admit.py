@@ -44,10 +44,6 @@ UNRECORDABLE_MESSAGE = (
     "the relay cannot record usage right now (database and spool unavailable); try again later"
 )
 
-# The interception the request's steps decoded: its body, labels and outcome.
-Interception = Prepared
-
-
 class Admission:
     """What admit took for one request; ``release`` gives it all back, last taken first.
 
@@ -119,7 +115,7 @@ async def read_request_body(req: Request, claim: BodyClaim) -> bytes:
 
 def admit_interception(
     req: Request, admission: Admission, claim: BodyClaim, guards: RequestGuards
-) -> Interception:
+) -> Prepared:
     """Decode an intercepted request's body, then take its circuit breaker ticket."""
     route = req.routed
     provider = route.provider

@@ -18,8 +18,8 @@ from relay.routes import ErrorStyle, error_style_for
 
 if TYPE_CHECKING:
     from relay.intercept.bedrock.handler import BedrockAuths
+    from relay.intercept.session import Prepared
     from relay.limits import RequestGuards
-    from relay.request.admit import Interception
     from relay.request.authenticate import Caller
     from relay.request.route import Route
     from relay.request.upstream import Upstream
@@ -90,7 +90,7 @@ class Request:
     route: Route | None = None  # route
     caller: Caller | None = None  # authenticate
     body: bytes | None = None  # admit (None: a passthrough request without a body)
-    interception: Interception | None = None  # admit, for intercepted routes
+    interception: Prepared | None = None  # admit, for intercepted routes
     upstream: Upstream | None = None  # build_upstream
 
     @classmethod
