@@ -44,6 +44,7 @@ UNRECORDABLE_MESSAGE = (
     "the relay cannot record usage right now (database and spool unavailable); try again later"
 )
 
+
 class Admission:
     """What admit took for one request; ``release`` gives it all back, last taken first.
 
