@@ -10,6 +10,8 @@ cancelled, to check that everything admit took is given back.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -570,3 +572,17 @@ async def test_serve_answers_a_refusal_in_the_providers_error_shape():
     req, client = request(gw, f"{GATEWAY}/openai/v1/chat/completions", headers=[])
     await serve(gw, req.scope, client.receive, client.send)
     assert client.status == 401 and "type" in json.loads(client.body)["error"]
+
+
+# -- the interception's dependencies --------------------------------------------------------------
+
+
+def test_the_interception_loads_neither_the_services_nor_the_database_nor_auth():
+    """relay.intercept reaches them only through its ports (relay.intercept.ports)."""
+    code = (
+        "import sys, relay.intercept.session, relay.intercept.passthrough\n"
+        "print(sorted(m for m in ('relay.services', 'relay.auth', 'relay.metrics', 'asyncpg')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

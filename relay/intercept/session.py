@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import msgspec
@@ -31,7 +32,6 @@ from relay.identity import Principal
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
 from relay.intercept.ports import InterceptionPorts
-from relay.metrics import InterceptionTimer
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
     CappedPrompt,
@@ -47,6 +47,9 @@ from relay.routes import RouteKind, route_label
 from relay.upstream.http11 import HTTP11Client
 from relay.upstream.keypool import Failover
 from relay.wire.common import InvalidRequestBody, RequestInfo
+
+if TYPE_CHECKING:
+    from relay.metrics import InterceptionTimer  # the metrics sink's, opaque here
 
 # Native Bedrock routes carry the model in the path, not in the body.
 _MODEL_IN_PATH = frozenset({RouteKind.BEDROCK_INVOKE, RouteKind.BEDROCK_INVOKE_STREAM})
