@@ -16,6 +16,8 @@ from typing import Literal
 
 import msgspec
 
+from relay.streams.sse import encode_event
+
 SCENARIOS = (
     "text",
     "long",
@@ -277,7 +279,4 @@ class StreamPlan(msgspec.Struct):
 
 def sse(event: str | None, payload: object) -> bytes:
     """One SSE event; ``event`` None gives a data-only event (OpenAI chat)."""
-    data = msgspec.json.encode(payload)
-    if event is None:
-        return b"data: " + data + b"\n\n"
-    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+    return encode_event(msgspec.json.encode(payload), event)
