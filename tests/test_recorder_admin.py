@@ -15,7 +15,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from relay.db import Database
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, ToolCall, Usage
 from relay.record.admin import handle_admin
 from relay.record.events import InterceptionMeta, Record, records_for
 from relay.record.writer import write_batch

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, ToolCall, Usage
 from relay.record import events
 from relay.record.events import (
     InterceptionMeta,

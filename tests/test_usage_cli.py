@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, date, datetime
 
 from relay.db import Database
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, ToolCall, Usage
 from relay.record.events import InterceptionMeta, Record, records_for
 from relay.record.usage import UsageRow, format_usage_table, usage_report
 from relay.record.writer import write_batch

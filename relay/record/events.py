@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
-from relay.intercept.facts import Facts
+from relay.facts import Facts
 
 #: How an interception ended (what the relay itself records at its end).
 Status: TypeAlias = Literal["completed", "failed", "cancelled"]
