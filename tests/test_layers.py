@@ -66,6 +66,10 @@ def test_the_copy_keeps_every_contract(package_copy: Path) -> None:
         ("relay.record.writer", "import relay.intercept.base", "record-metrics-no-intercept"),
         ("relay.metrics", "import relay.intercept.base", "layers"),
         ("relay.intercept.base", "import relay.app", "layers"),
+        # The read side borrowing from the write path.
+        ("relay.admin.api", "import relay.record.writer", "read-apart-from-write"),
+        # The app decoding a wire format itself.
+        ("relay.app", "import relay.wire.common", "app-no-wire"),
         # The interception talking SQL.
         ("relay.intercept.base", "import asyncpg", "intercept-no-sql"),
         ("relay.intercept.passthrough", "import relay.db.bridge", "intercept-no-sql"),
