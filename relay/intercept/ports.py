@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from relay.dump import DumpHandle
-from relay.intercept.facts import Facts
+from relay.facts import Facts
 from relay.record.events import Record
 from relay.upstream.http11 import HTTP11Client
 

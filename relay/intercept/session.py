@@ -27,6 +27,7 @@ import trio
 
 from relay.access import ClientCredential
 from relay.asgi import Headers, Receive, Scope, Send, header_str
+from relay.clients import client_session_id, detect_client
 from relay.dump import DumpHandle
 from relay.identity import Principal
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception
@@ -37,8 +38,6 @@ from relay.record.events import (
     CappedPrompt,
     InterceptionMeta,
     cap_prompt,
-    client_session_id,
-    detect_client,
     interception_started,
     new_id,
     records_for,

@@ -12,11 +12,11 @@ import contextlib
 from dataclasses import dataclass
 
 from relay import client_errors
+from relay.admin.api import handle_admin
 from relay.asgi import BodyTimeout, BodyTooLarge, ClientDisconnected, read_body, send_response
 from relay.limits import ambiguous_framing
 from relay.providers.types import Provider
 from relay.readiness import readiness
-from relay.record.admin import handle_admin
 from relay.request.context import Refused, Request, refuse
 from relay.routes import (
     ErrorStyle,
