@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.errors import ConfigurationError
+
 NEW_ENV_PREFIX = "CODER_AI_GATEWAY_"
 OLD_ENV_PREFIX = "CODER_AIBRIDGE_"
 NEW_FLAG_PREFIX = "--ai-gateway-"
 OLD_FLAG_PREFIX = "--aibridge-"
 
 
-class OptionError(ValueError):
+class OptionError(ConfigurationError, ValueError):
     """An option has a value that cannot be used; the message names it."""
 
 
