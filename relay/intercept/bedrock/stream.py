@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from relay.intercept.facts import Usage
+from relay.facts import Usage
 from relay.streams.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 
 METRICS_KEY = "amazon-bedrock-invocationMetrics"
