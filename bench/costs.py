@@ -228,6 +228,7 @@ async def _measure(
     concurrency: int,
     seconds: float,
     pacing: str,
+    cold: bool,
 ) -> dict[str, float]:
     assert variant.endpoint is not None and variant.pid is not None
     scenario = scenarios.litellm_stream(pacing)  # type: ignore[arg-type]
@@ -249,8 +250,14 @@ async def _measure(
         system_busy_s(),
         time.perf_counter(),
     )
+    # run_load closes its connections at its end: a cold run connects anew.
     result = await run_load(
-        variant.endpoint, scenario, concurrency, max_requests=10**9, max_seconds=seconds
+        variant.endpoint,
+        scenario,
+        concurrency,
+        max_requests=10**9,
+        max_seconds=seconds,
+        cold=cold,
     )
     cpu1, pg1, busy1, at1 = (
         _tree_cpu_s(variant.pid),
@@ -330,7 +337,13 @@ async def _run(
                     for round_ in range(args.rounds):
                         for variant in variants:
                             figures = await _measure(
-                                variant, pg, cpus, args.concurrency, args.seconds, args.pacing
+                                variant,
+                                pg,
+                                cpus,
+                                args.concurrency,
+                                args.seconds,
+                                args.pacing,
+                                args.cold,
                             )
                             variant.rounds.append(figures)
                             print(
@@ -363,7 +376,8 @@ def render(variants: list[Variant], args: argparse.Namespace, started: str) -> s
         "",
         f"`python -m bench.costs --variants {args.variants} --rounds {args.rounds} "
         f"--seconds {args.seconds:g} --concurrency {args.concurrency} --pacing {args.pacing}"
-        + (f" --baseline {args.baseline}`" if args.baseline else "`"),
+        + (f" --baseline {args.baseline}" if args.baseline else "")
+        + (" --cold`" if args.cold else "`"),
         "",
         f"Medians of {args.rounds} interleaved rounds; `{args.pacing}` stream, "
         f"{args.concurrency} clients. Pinned variants: relay (and PostgreSQL, except "
@@ -400,6 +414,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--pacing", default="fast", choices=sorted(scenarios.PACINGS))
     parser.add_argument("--baseline", default=None, help="a git revision to compare with")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="every client connects when the clock starts (as wrk does): the accept path counts",
+    )
     args = parser.parse_args()
     started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"costs-{started}"
