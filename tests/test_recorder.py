@@ -178,7 +178,7 @@ async def test_a_full_batch_does_not_wait_for_the_interval(db: Database, tmp_pat
         with trio.fail_after(60):  # far less than the hour of the interval
             for batch in batches:
                 recorder.record(batch)
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             await wait_until(lambda: recorder.stats.written >= 10)
             await recorder.aclose()
     assert recorder.stats.written == len(rows)
