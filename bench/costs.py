@@ -205,7 +205,9 @@ async def _start(
         if variant.kind in ("w1", "w2"):
             workers = variant.kind[1]
             command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", workers]
-            command += ["-b", f"127.0.0.1:{port}", "relay.app:create_app()"]
+            # The backlog relay serve sets (relay.server.LISTEN_BACKLOG): the
+            # master binds the socket, so it is hypercorn's flag here.
+            command += ["--backlog", "4096", "-b", f"127.0.0.1:{port}", "relay.app:create_app()"]
             env["CODER_AI_GATEWAY_HTTP_ADDRESS"] = f"127.0.0.1:{port}"
         else:
             command = [sys.executable, str(LAUNCHER), "serve"]
