@@ -14,7 +14,7 @@ from relay.access import ClientCredential
 from relay.auth import Refusal
 from relay.providers.types import Provider
 from relay.routes import GATEWAY_PREFIXES, match_route
-from relay.wire.errors import anthropic_error_body, openai_error_body
+from relay.wire.errors import ErrorStyle, renderer_for
 
 PREFIX = GATEWAY_PREFIXES[0]
 GOVERNANCE_HEADER = "X-Coder-AI-Governance-Token"
@@ -43,12 +43,14 @@ def unknown_provider(name: str, providers: Sequence[Provider]) -> str:
     return f"unknown provider {name!r}: {_configured(providers)}"
 
 
-def disabled_provider_body(style: str, name: str) -> bytes:
-    """503 for a provider that exists but is disabled (code ``provider_disabled``)."""
+def disabled_provider_body(style: ErrorStyle, name: str) -> bytes:
+    """503 for a provider that exists but is disabled (code ``provider_disabled``).
+
+    Anthropic's type is ``api_error``: the provider is not overloaded, it is off.
+    """
     message = f"provider {name!r} is disabled on this relay; ask its administrator to enable it"
-    if style == "anthropic":
-        return anthropic_error_body("api_error", message)
-    return openai_error_body(message, "server_error", "provider_disabled")
+    type_ = "api_error" if style == "anthropic" else None
+    return renderer_for(style).body(503, message, type_=type_, code="provider_disabled")
 
 
 def _base_url_hint(provider: Provider) -> str:

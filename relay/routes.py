@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Literal
 
-ErrorStyle = Literal["anthropic", "openai"]
+from relay.wire.errors import ErrorStyle
+
+__all__ = ["ErrorStyle"]  # re-exported: where routes decide which style a client gets
 
 GATEWAY_PREFIXES = ("/api/v2/ai-gateway/", "/api/v2/aibridge/")
 

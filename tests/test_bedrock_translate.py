@@ -24,6 +24,7 @@ from relay.intercept.bedrock.translate import (
     to_bedrock_body,
 )
 from relay.streams.eventstream import encode_message
+from relay.wire.errors import error_body_for
 
 MAIN = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 SMALL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -357,6 +358,17 @@ def test_http_errors_are_mapped(
         "type": "error",
         "error": {"type": expected_type, "message": "Nope."},
     }
+
+
+def test_an_unknown_bedrock_503_is_overloaded_like_every_other_anthropic_503() -> None:
+    # One status table for every Anthropic-shaped error: an AWS 503 of a type the
+    # map does not know says what the relay's own 503s say (it was api_error).
+    status, body = map_bedrock_error(503, b'{"message":"Busy."}', {})
+    assert status == 503
+    assert msgspec.json.decode(body)["error"] == {"type": "overloaded_error", "message": "Busy."}
+    assert msgspec.json.decode(error_body_for("anthropic", 503, "x"))["error"]["type"] == (
+        "overloaded_error"
+    )
 
 
 def test_http_error_without_json_body_keeps_the_text() -> None:

@@ -14,18 +14,37 @@ It runs on every chunk of every stream, so it works on bytes with C-level
 splitting (``bytes.splitlines`` splits on exactly CR, LF and CRLF), and keeps
 an incomplete line as a list of pieces joined once, so feeding a long line one
 byte at a time stays linear.
+
+``encode_event`` is the other direction: the one place the relay (and its
+mock upstreams) writes an event block.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+__all__ = ["SSEDecoder", "SSEEvent", "encode_event"]
 
 _BOM = b"\xef\xbb\xbf"
 _COLON = 0x3A  # ord(":")
 _LINE_END = b"\r\n"
 _MAX_RETRY_DIGITS = 18  # fits an i64
+
+
+def encode_event(data: bytes, event: bytes | str | None = None) -> bytes:
+    """One event block: ``event: <event>`` (when given), ``data: <data>``, a blank line.
+
+    ``data`` is usually one line of JSON; a line break inside it starts
+    another ``data:`` field, so ``SSEDecoder`` gives back exactly ``data``
+    (CR and CRLF come back as LF, as the spec reads them).
+    """
+    if b"\n" in data or b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\ndata: ")
+    if event is None:
+        return b"data: " + data + b"\n\n"
+    if isinstance(event, str):
+        event = event.encode()
+    return b"event: " + event + b"\ndata: " + data + b"\n\n"
 
 
 class SSEEvent(msgspec.Struct, frozen=True, gc=False):

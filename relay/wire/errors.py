@@ -21,16 +21,35 @@ Errors after a stream has begun (status 200 already sent) are SSE events:
   ``sequence_number``). openai-python yields that event without raising, so
   the payload also carries the error object under ``error`` (an extra field
   strict clients ignore), which is what makes its ``Stream`` raise ``APIError``.
+
+One renderer per error style (``ANTHROPIC_ERRORS``, ``OPENAI_ERRORS``;
+``renderer_for(style)``) and one status→type table per style: every error the
+relay itself sends a client is rendered here (the Bedrock handler's mapped AWS
+errors and its stream errors included), and SSE frames come from
+``relay.streams.sse.encode_event``.
+
+HTTP 503 is not on Anthropic's list. The relay renders it ``overloaded_error``
+(what Anthropic documents for "temporarily overloaded", its 529): a 503 the
+relay sends is a capacity refusal (too many requests, circuit open, restarting)
+and Bedrock's ServiceUnavailableException is mapped to 529 ``overloaded_error``
+too, so a Bedrock 503 of an unknown AWS type says the same.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 
+from relay.streams.sse import encode_event
+
 __all__ = [
+    "ANTHROPIC_ERRORS",
+    "OPENAI_ERRORS",
     "AnthropicErrorType",
+    "ErrorRenderer",
+    "ErrorStyle",
     "anthropic_error_body",
     "anthropic_sse_error",
     "anthropic_type_for_status",
@@ -38,8 +57,12 @@ __all__ = [
     "error_body_for",
     "openai_error_body",
     "openai_type_for_status",
+    "renderer_for",
     "responses_sse_error",
 ]
+
+# The error body shape a client expects: Anthropic's or OpenAI's.
+ErrorStyle = Literal["anthropic", "openai"]
 
 AnthropicErrorType = Literal[
     "invalid_request_error",
@@ -52,6 +75,7 @@ AnthropicErrorType = Literal[
     "overloaded_error",
 ]
 
+# Anthropic's documented statuses, and the relay's own 502/503/504 (see above).
 _ANTHROPIC_TYPES: dict[int, AnthropicErrorType] = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -105,22 +129,47 @@ def openai_error_body(
     return _encode({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
-def error_body_for(api: Literal["anthropic", "openai"], status: int, message: str) -> bytes:
+@dataclass(frozen=True, slots=True)
+class ErrorRenderer:
+    """The client error bodies of one error style.
+
+    ``body(status, message)`` takes the type (and OpenAI's code) from the
+    style's status table; ``type_`` and ``code`` override it when the relay
+    knows better (a mapped AWS error, a disabled provider).
+    """
+
+    style: ErrorStyle
+
+    def body(
+        self, status: int, message: str, *, type_: str | None = None, code: str | None = None
+    ) -> bytes:
+        if self.style == "anthropic":
+            return anthropic_error_body(type_ or anthropic_type_for_status(status), message)
+        table_type, table_code = openai_type_for_status(status)
+        return openai_error_body(message, type_ or table_type, code or table_code)
+
+
+ANTHROPIC_ERRORS = ErrorRenderer("anthropic")
+OPENAI_ERRORS = ErrorRenderer("openai")
+
+
+def renderer_for(style: ErrorStyle) -> ErrorRenderer:
+    return ANTHROPIC_ERRORS if style == "anthropic" else OPENAI_ERRORS
+
+
+def error_body_for(api: ErrorStyle, status: int, message: str) -> bytes:
     """The error body a provider of kind ``api`` would send with ``status``."""
-    if api == "anthropic":
-        return anthropic_error_body(anthropic_type_for_status(status), message)
-    type_, code = openai_type_for_status(status)
-    return openai_error_body(message, type_, code)
+    return renderer_for(api).body(status, message)
 
 
 def anthropic_sse_error(type_: str, message: str) -> bytes:
     """An Anthropic ``error`` stream event."""
-    return b"event: error\ndata: " + anthropic_error_body(type_, message) + b"\n\n"
+    return encode_event(anthropic_error_body(type_, message), b"error")
 
 
 def chat_sse_error(message: str, type_: str) -> bytes:
     """A Chat Completions mid-stream error: ``data: {"error":{…}}``."""
-    return b"data: " + openai_error_body(message, type_) + b"\n\n"
+    return encode_event(openai_error_body(message, type_))
 
 
 def responses_sse_error(code: str, message: str, sequence_number: int) -> bytes:
@@ -133,4 +182,4 @@ def responses_sse_error(code: str, message: str, sequence_number: int) -> bytes:
         "sequence_number": sequence_number,
         "error": {"type": code, "code": code, "message": message, "param": None},
     }
-    return b"event: error\ndata: " + _encode(payload) + b"\n\n"
+    return encode_event(_encode(payload), b"error")

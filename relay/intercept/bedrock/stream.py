@@ -28,8 +28,10 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from relay.intercept.facts import Usage
+from relay.facts import Usage
 from relay.streams.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
+from relay.streams.sse import encode_event
+from relay.wire.errors import anthropic_error_body, anthropic_type_for_status
 
 METRICS_KEY = "amazon-bedrock-invocationMetrics"
 _METRICS_KEY_BYTES = METRICS_KEY.encode()
@@ -64,17 +66,6 @@ HTTP_ERROR_MAP: dict[str, tuple[int, str]] = {
     "ModelStreamErrorException": (500, "api_error"),
     "InternalServerException": (500, "api_error"),
     "ServiceUnavailableException": (529, "overloaded_error"),
-}
-
-# When the error type is unknown, the status decides (Anthropic's documented codes).
-_STATUS_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
 }
 
 
@@ -141,19 +132,10 @@ _type_decoder = msgspec.json.Decoder(_EventType)
 _aws_error_decoder = msgspec.json.Decoder(_AwsError)
 
 
-def anthropic_error_body(error_type: str, message: str) -> bytes:
-    """Anthropic's error JSON: ``{"type":"error","error":{"type":…,"message":…}}``."""
-    return msgspec.json.encode({"type": "error", "error": {"type": error_type, "message": message}})
-
-
 def anthropic_error_event(error_type: str, message: str) -> AnthropicEvent:
     """An Anthropic SSE ``error`` event."""
     data = anthropic_error_body(error_type, message)
-    return AnthropicEvent("error", data, _sse(b"error", data), is_error=True)
-
-
-def _sse(event_type: bytes, data: bytes) -> bytes:
-    return b"event: " + event_type + b"\ndata: " + data + b"\n\n"
+    return AnthropicEvent("error", data, encode_event(data, b"error"), is_error=True)
 
 
 class BedrockStreamTranslator:
@@ -242,8 +224,8 @@ class BedrockStreamTranslator:
             self.finished = True
             self.error_type = (error.type if error else None) or "api_error"
             self.error_message = error.message if error else None
-            return AnthropicEvent(event_type, raw, _sse(b"error", raw), is_error=True)
-        return AnthropicEvent(event_type, raw, _sse(event_type.encode(), raw))
+            return AnthropicEvent(event_type, raw, encode_event(raw, b"error"), is_error=True)
+        return AnthropicEvent(event_type, raw, encode_event(raw, event_type))
 
     def _take_metrics(self, raw: bytes) -> bytes:
         event = msgspec.json.decode(raw)
@@ -286,10 +268,7 @@ def map_bedrock_error(
             break
     mapped = HTTP_ERROR_MAP.get(aws_type)
     if mapped is None:
-        error_type = _STATUS_ERROR_TYPES.get(status)
-        if error_type is None:
-            error_type = "api_error" if status >= 500 else "invalid_request_error"
-        mapped = (status, error_type)
+        mapped = (status, anthropic_type_for_status(status))
     message = _aws_message(body)
     if not message:
         text = body.decode("utf-8", "replace").strip()

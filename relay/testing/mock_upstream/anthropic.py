@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import msgspec
 
+from relay.wire.errors import anthropic_type_for_status
+
 from .scenarios import (
     ID_PLACEHOLDER,
     MODEL_IDS,
@@ -30,16 +32,6 @@ from .scenarios import (
 
 MESSAGE_ID = "msg_" + ID_PLACEHOLDER
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    529: "overloaded_error",
-}
 ERROR_MESSAGES = {
     "invalid_request_error": "Invalid request",
     "authentication_error": "invalid x-api-key",
@@ -53,7 +45,7 @@ ERROR_MESSAGES = {
 
 
 def error_body(status: int, message: str | None = None) -> bytes:
-    kind = ERROR_TYPES.get(status, "api_error")
+    kind = anthropic_type_for_status(status)  # the relay's table: one per provider
     return msgspec.json.encode(
         {
             "type": "error",

@@ -277,6 +277,8 @@ class StreamPlan(msgspec.Struct):
 
 def sse(event: str | None, payload: object) -> bytes:
     """One SSE event; ``event`` None gives a data-only event (OpenAI chat)."""
+    # Written here, not with relay.streams.sse.encode_event: the memory tests
+    # (test_relay_streaming) tell the mock's buffers from the relay's by file.
     data = msgspec.json.encode(payload)
     if event is None:
         return b"data: " + data + b"\n\n"
