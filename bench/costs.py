@@ -22,9 +22,10 @@ measured (``pg ms``) and pinned: on the relay's core, as the issue's
 measurement had it, except for ``pg-other``. Relay and floor are pinned to
 the first CPU, the harness (load generator and mock) to the second.
 
-``--baseline REV`` adds every relay variant again, run from a checkout of
-REV (a temporary ``git worktree``), labelled ``variant@REV``: before/after
-figures of a change from one run. Results: bench/results/costs-<UTC time>/
+``--baseline REV[,REV...]`` adds every relay variant again, run from a
+checkout of each REV (a temporary ``git worktree``), labelled
+``variant@REV``: before/after figures of a change, or of a series of
+changes step by step, from one run. Results: bench/results/costs-<UTC time>/
 (``costs.md``, ``costs.json``, the processes' logs).
 """
 
@@ -159,25 +160,27 @@ class Postgres:
 
 
 @contextlib.asynccontextmanager
-async def _baseline_tree(rev: str | None) -> AsyncIterator[Path | None]:
-    if rev is None:
-        yield None
-        return
-    path = Path(tempfile.mkdtemp(prefix="relay-costs-baseline-"))
-    await trio.run_process(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev],
-        capture_stdout=True,
-        capture_stderr=True,
-    )
+async def _baseline_trees(revs: list[str]) -> AsyncIterator[dict[str, Path]]:
+    """A temporary ``git worktree`` of each revision, removed afterwards."""
+    trees: dict[str, Path] = {}
     try:
-        yield path
+        for rev in revs:
+            path = Path(tempfile.mkdtemp(prefix="relay-costs-baseline-"))
+            trees[rev] = path
+            await trio.run_process(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev],
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+        yield trees
     finally:
-        await trio.run_process(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
-            check=False,
-            capture_stdout=True,
-            capture_stderr=True,
-        )
+        for path in trees.values():
+            await trio.run_process(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
+                check=False,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
 
 
 @contextlib.asynccontextmanager
@@ -311,11 +314,11 @@ async def _run(
     mock = MockUpstream(record=False)
     scenarios.install_bench_responder(mock)
     pg = Postgres(work / "pg")
-    async with _baseline_tree(args.baseline) as baseline:
+    revs = [rev for rev in (args.baseline or "").split(",") if rev]
+    async with _baseline_trees(revs) as trees:
         variants = [Variant(k, k, REPO) for k in kinds]
-        if baseline is not None:
-            short = args.baseline
-            variants += [Variant(f"{k}@{short}", k, baseline) for k in kinds if k != "floor"]
+        for rev, tree in trees.items():
+            variants += [Variant(f"{k}@{rev}", k, tree) for k in kinds if k != "floor"]
         await trio.to_thread.run_sync(pg.start)
         try:
             async with trio.open_nursery() as nursery:
@@ -415,7 +418,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--pacing", default="fast", choices=sorted(scenarios.PACINGS))
-    parser.add_argument("--baseline", default=None, help="a git revision to compare with")
+    parser.add_argument(
+        "--baseline", default=None, help="git revisions to compare with (comma-separated)"
+    )
     parser.add_argument(
         "--cold",
         action="store_true",
