@@ -323,9 +323,10 @@ async def run_exchange(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
             try:
-                await _exchange(
+                exchange = _Exchange(
                     send, call, relay, style, outcome, state, keepalive_interval, nursery
                 )
+                await exchange.run()
             finally:
                 nursery.cancel_scope.cancel()
     except BaseException as exc:
@@ -395,126 +396,128 @@ def settle_outcome(outcome: Outcome, state: StreamState, facts: Facts) -> None:
         outcome.error_message = facts.error_message
 
 
-async def _exchange(
-    send: Send,
-    call: UpstreamCall,
-    relay: ResponseRelay,
-    style: ErrorStyle,
-    outcome: Outcome,
-    state: StreamState,
-    keepalive_interval: float,
-    nursery: trio.Nursery,
-) -> None:
-    outcome.sent_at = trio.current_time()
-    try:
-        async with send_upstream(
-            call.client, call.method, call.url, call.headers, call.body, call.failover
-        ) as answer:
-            if isinstance(answer, Exhausted):
-                await answer_exhausted(send, style, outcome, call.failover, answer)
-                return
-            await _relay_response(
-                send, call.dump, answer, relay, outcome, state, keepalive_interval, nursery
-            )
-    except UpstreamError as exc:
-        if state.headers_sent:
-            raise
-        await fail_before_response(send, style, outcome, exc)
+class _Exchange:
+    """One run of the shell: the upstream call, then the answer relayed through ``relay``."""
 
-
-async def _relay_response(
-    send: Send,
-    dump: DumpHandle | None,
-    response: UpstreamResponse,
-    relay: ResponseRelay,
-    outcome: Outcome,
-    state: StreamState,
-    keepalive_interval: float,
-    nursery: trio.Nursery,
-) -> None:
-    outcome.upstream_status = response.status_code
-    if dump is not None:
-        dump.response_start(response.status_code, response.headers.raw)
-    if response.status_code >= 400 or not relay.streams(response):
-        await _relay_whole(send, dump, response, relay, outcome, state)
-        return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": relay.stream_headers(response),
-        }
+    __slots__ = (
+        "call",
+        "keepalive_interval",
+        "nursery",
+        "outcome",
+        "relay",
+        "send",
+        "state",
+        "style",
     )
-    state.headers_sent = True
-    state.last_send = trio.current_time()
-    if keepalive_interval > 0 and relay.keepalive:
-        nursery.start_soon(keepalive, send, state, keepalive_interval)
-    try:
-        await _pump(send, response, relay, outcome, state, dump)
-        outcome.upstream_complete = True
-    except UpstreamError as exc:
-        log.warning("upstream failed mid-stream: %s", type(exc).__name__)
-        outcome.upstream_complete = True  # a client leaving now cancels nothing
-        outcome.status = "failed"
-        outcome.error_type = "upstream_stream_error"
-        outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
-        event = relay.stream_error(outcome.error_message)
-        if event is None:
-            # No event can be added (an AWS event stream, mid-frame): the response
-            # is left unfinished, so the client's HTTP library reports a broken body.
-            return
-        await send_body(send, state, event)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    def __init__(
+        self,
+        send: Send,
+        call: UpstreamCall,
+        relay: ResponseRelay,
+        style: ErrorStyle,
+        outcome: Outcome,
+        state: StreamState,
+        keepalive_interval: float,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.send = send
+        self.call = call
+        self.relay = relay
+        self.style = style
+        self.outcome = outcome
+        self.state = state
+        self.keepalive_interval = keepalive_interval
+        self.nursery = nursery
 
-async def _relay_whole(
-    send: Send,
-    dump: DumpHandle | None,
-    response: UpstreamResponse,
-    relay: ResponseRelay,
-    outcome: Outcome,
-    state: StreamState,
-) -> None:
-    """A blocking answer, or an error before any stream: read whole, sent in one piece."""
-    body = await response.aread()
-    if dump is not None:
-        dump.response_chunk(body)
-    outcome.upstream_complete = True
-    if response.status_code >= 400:
-        outcome.status = "failed"
-        outcome.error_type = f"upstream_{response.status_code}"
-        outcome.error_message = body[:2000].decode("utf-8", "replace")
-    status, headers, out = relay.whole(response, body)
-    state.headers_sent = True
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    outcome.first_byte_at = trio.current_time()
-    await send({"type": "http.response.body", "body": out, "more_body": False})
+    async def run(self) -> None:
+        call, outcome = self.call, self.outcome
+        outcome.sent_at = trio.current_time()
+        try:
+            async with send_upstream(
+                call.client, call.method, call.url, call.headers, call.body, call.failover
+            ) as answer:
+                if isinstance(answer, Exhausted):
+                    await answer_exhausted(self.send, self.style, outcome, call.failover, answer)
+                    return
+                await self._respond(answer)
+        except UpstreamError as exc:
+            if self.state.headers_sent:
+                raise
+            await fail_before_response(self.send, self.style, outcome, exc)
 
-
-async def _pump(
-    send: Send,
-    response: UpstreamResponse,
-    relay: ResponseRelay,
-    outcome: Outcome,
-    state: StreamState,
-    dump: DumpHandle | None,
-) -> None:
-    feed = relay.feed
-    async for chunk in response.aiter_raw():
+    async def _respond(self, response: UpstreamResponse) -> None:
+        send, relay, outcome, state, dump = (
+            self.send, self.relay, self.outcome, self.state, self.call.dump
+        )  # fmt: skip
+        outcome.upstream_status = response.status_code
         if dump is not None:
-            dump.response_chunk(chunk)
-        if outcome.first_byte_at is None:
-            outcome.first_byte_at = trio.current_time()
-        out = feed(chunk)
-        if out:
-            await send_body(send, state, out)
+            dump.response_start(response.status_code, response.headers.raw)
+        if response.status_code >= 400 or not relay.streams(response):
+            await self._whole(response)
+            return
+        headers = relay.stream_headers(response)
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        state.headers_sent = True
+        state.last_send = trio.current_time()
+        if self.keepalive_interval > 0 and relay.keepalive:
+            self.nursery.start_soon(keepalive, send, state, self.keepalive_interval)
+        try:
+            await self._pump(response)
+            outcome.upstream_complete = True
+        except UpstreamError as exc:
+            log.warning("upstream failed mid-stream: %s", type(exc).__name__)
+            outcome.upstream_complete = True  # a client leaving now cancels nothing
+            outcome.status = "failed"
+            outcome.error_type = "upstream_stream_error"
+            outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
+            event = relay.stream_error(outcome.error_message)
+            if event is None:
+                # No event can be added (an AWS event stream, mid-frame): the response
+                # is left unfinished, so the client's HTTP library reports a broken body.
+                return
+            await send_body(send, state, event)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _whole(self, response: UpstreamResponse) -> None:
+        """A blocking answer, or an error before any stream: read whole, sent in one piece."""
+        outcome, dump = self.outcome, self.call.dump
+        body = await response.aread()
+        if dump is not None:
+            dump.response_chunk(body)
+        outcome.upstream_complete = True
+        if response.status_code >= 400:
+            outcome.status = "failed"
+            outcome.error_type = f"upstream_{response.status_code}"
+            outcome.error_message = body[:2000].decode("utf-8", "replace")
+        status, headers, out = self.relay.whole(response, body)
+        self.state.headers_sent = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        outcome.first_byte_at = trio.current_time()
+        await self.send({"type": "http.response.body", "body": out, "more_body": False})
+
+    async def _pump(self, response: UpstreamResponse) -> None:
+        send, relay, outcome, state, dump = (
+            self.send, self.relay, self.outcome, self.state, self.call.dump
+        )  # fmt: skip
+        feed = relay.feed
+        async for chunk in response.aiter_raw():
+            if dump is not None:
+                dump.response_chunk(chunk)
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = trio.current_time()
+            out = feed(chunk)
+            if out:
+                await send_body(send, state, out)
+            state.at_boundary = relay.at_boundary
+            if relay.finished:
+                return  # the relay ended the stream (an error event it translated)
+        tail = relay.end()
+        if tail:
+            await send_body(send, state, tail)
         state.at_boundary = relay.at_boundary
-        if relay.finished:
-            return  # the relay ended the stream (an error event it translated)
-    tail = relay.end()
-    if tail:
-        await send_body(send, state, tail)
-    state.at_boundary = relay.at_boundary
 
 
 async def send_body(send: Send, state: StreamState, data: bytes) -> None:
