@@ -16,10 +16,12 @@ demo:
 test *ARGS: lint
     python -m pytest -q {{ARGS}}
 
+# ruff, mypy, and the import contracts of pyproject.toml (the layers of docs/architecture.md).
 lint:
     ruff check relay bench tests
     ruff format --check relay bench tests
     mypy
+    lint-imports
 
 # Re-resolve uv.lock after changing pyproject.toml (`just lock --upgrade` moves every pin).
 lock *ARGS:

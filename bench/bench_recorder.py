@@ -38,7 +38,7 @@ import trio
 
 from relay.db import Database, EmbeddedPostgres
 from relay.db.migrate import migrate
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, ToolCall, Usage
 from relay.record.events import InterceptionMeta, InterceptionRecord, Record, records_for
 from relay.record.recorder import Recorder
 from relay.record.spool import Spool

@@ -26,6 +26,7 @@ from relay.access import (
     read_client_credential,
     upstream_request_headers,
 )
+from relay.admin.api import handle_admin
 from relay.asgi import (
     BodyTimeout,
     BodyTooLarge,
@@ -58,7 +59,6 @@ from relay.metrics import Metrics
 from relay.options import Options, load_options
 from relay.providers.types import Provider
 from relay.readiness import readiness
-from relay.record.admin import handle_admin
 from relay.routes import (
     ErrorStyle,
     PathRefused,

@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _usage(db: Database, args: argparse.Namespace, out: TextIO) -> None:
-    from relay.record.usage import format_usage_table, usage_report
+    from relay.admin.usage import format_usage_table, usage_report
 
     since = datetime.now(UTC) - timedelta(seconds=args.since_seconds)
     rows = await usage_report(db, user=args.user, provider=args.provider, since=since)

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.facts import RESPONSE_PARSE_ERROR, Facts, ToolCall, Usage
 from relay.intercept.chatcompletions import ChatAccumulator
-from relay.intercept.facts import RESPONSE_PARSE_ERROR, Facts, ToolCall, Usage
 from relay.intercept.messages import MessagesAccumulator
 from relay.intercept.responses import ResponsesAccumulator
 from relay.streams.sse import SSEDecoder

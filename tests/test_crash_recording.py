@@ -24,7 +24,7 @@ import trio
 
 from relay.auth import create_token, create_user
 from relay.db import Database
-from relay.intercept.facts import Facts
+from relay.facts import Facts
 from relay.record.events import InterceptionMeta, interception_started, records_for
 from relay.record.instances import INTERRUPTED_ERROR_TYPE, Instance
 from relay.record.writer import write_batch

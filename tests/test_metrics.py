@@ -23,7 +23,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, ToolCall, Usage
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import trio
 import trio.lowlevel
 
 from relay.db import Database
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, ToolCall, Usage
 from relay.record.events import (
     InterceptionMeta,
     InterceptionRecord,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime
 
+from relay.admin.usage import UsageRow, format_usage_table, usage_report
 from relay.db import Database
-from relay.intercept.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, ToolCall, Usage
 from relay.record.events import InterceptionMeta, Record, records_for
-from relay.record.usage import UsageRow, format_usage_table, usage_report
 from relay.record.writer import write_batch
 
 DAY1 = datetime(2025, 3, 1, 23, 59, tzinfo=UTC)

@@ -26,8 +26,8 @@ from relay.dump import (
     parse_response,
     parse_sidecar,
 )
+from relay.facts import Facts, Usage
 from relay.intercept.chatcompletions.accumulator import ChatAccumulator
-from relay.intercept.facts import Facts, Usage
 from relay.intercept.messages.accumulator import MessagesAccumulator
 from relay.intercept.responses.accumulator import ResponsesAccumulator
 from relay.streams.sse import SSEDecoder

@@ -27,7 +27,7 @@ import trio
 
 from relay.asgi import Headers, Receive, Send, forwardable_response_headers, send_response
 from relay.dump import DumpHandle
-from relay.intercept.facts import Facts
+from relay.facts import Facts
 from relay.streams.sse import SSEDecoder, SSEEvent
 from relay.upstream.errors import UpstreamError, UpstreamTimeout
 from relay.upstream.http11 import HTTP11Client, RequestBody, UpstreamResponse

@@ -20,6 +20,7 @@ import trio
 from relay.access import ClientCredential
 from relay.asgi import Headers, Receive, Scope, Send, header_str
 from relay.auth import Principal
+from relay.clients import client_session_id, detect_client
 from relay.dump import DumpHandle
 from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
 from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
@@ -29,8 +30,6 @@ from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
     InterceptionMeta,
     cap_prompt,
-    client_session_id,
-    detect_client,
     interception_started,
     new_id,
     records_for,

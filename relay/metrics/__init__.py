@@ -38,7 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from relay.intercept.facts import Facts, Usage
+from relay.facts import Facts, Usage
 from relay.metrics.exposition import (
     MULTIPROC_ENV,
     UNAUTHORIZED_BODY,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from relay.facts import Facts, Usage
 from relay.intercept.bedrock.stream import METRICS_KEY, AnthropicEvent, BedrockStreamTranslator
-from relay.intercept.facts import Facts, Usage
 from relay.intercept.messages.accumulator import MessagesAccumulator
 
 # InvokeModel's token counts: input, output, cache read, cache write.

@@ -31,6 +31,7 @@ import trio
 
 from relay.asgi import Headers, Receive, Scope, Send, forwardable_response_headers, send_response
 from relay.dump import DumpHandle
+from relay.facts import Facts
 from relay.intercept.base import Exchange, Outcome, UpstreamCall, run_exchange
 from relay.intercept.bedrock.accounting import BedrockAccounting
 from relay.intercept.bedrock.stream import anthropic_error_event, map_bedrock_error
@@ -41,7 +42,6 @@ from relay.intercept.bedrock.translate import (
     map_model,
     to_bedrock_body,
 )
-from relay.intercept.facts import Facts
 from relay.providers.types import (
     DEFAULT_BEDROCK_MODEL,
     DEFAULT_BEDROCK_SMALL_FAST_MODEL,

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from relay.intercept.facts import Usage
+from relay.facts import Usage
 from relay.streams.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 from relay.streams.sse import encode_event
 from relay.wire.errors import anthropic_error_body, anthropic_type_for_status

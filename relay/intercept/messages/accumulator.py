@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from relay.intercept.facts import Facts, ToolCall, Usage, response_parse_error
+from relay.facts import Facts, ToolCall, Usage, response_parse_error
 from relay.streams.sse import SSEEvent
 from relay.wire.anthropic import (
     BlockDeltaEvent,

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from relay.intercept.facts import Facts, ToolCall, Usage, response_parse_error
+from relay.facts import Facts, ToolCall, Usage, response_parse_error
 from relay.streams.sse import SSEEvent
 from relay.wire.common import get_int, openai_error_fields
 from relay.wire.openai_responses import (

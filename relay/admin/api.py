@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from relay.record.writer import RecordingDatabase
+from relay.admin import ReadDatabase
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -136,7 +136,7 @@ WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
 """
 
 
-async def list_interceptions(db: RecordingDatabase, filters: Filters) -> InterceptionPage:
+async def list_interceptions(db: ReadDatabase, filters: Filters) -> InterceptionPage:
     after_time, after_id = filters.after if filters.after else (None, None)
     rows = await db.fetch(
         _PAGE_SQL,
@@ -259,7 +259,7 @@ def authorized(scope: Scope, admin_token: str) -> bool:
 
 
 async def handle_admin(
-    scope: Scope, receive: Receive, send: Send, db: RecordingDatabase, admin_token: str
+    scope: Scope, receive: Receive, send: Send, db: ReadDatabase, admin_token: str
 ) -> None:
     """Serve one admin request (an ASGI HTTP scope under ``ADMIN_PREFIXES``)."""
     path: str = scope.get("path", "")

@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 import msgspec
 
-from relay.record.writer import RecordingDatabase
+from relay.admin import ReadDatabase
 
 
 class UsageRow(msgspec.Struct, kw_only=True):
@@ -67,7 +67,7 @@ ORDER BY 1, 2, 3, 4
 
 
 async def usage_report(
-    db: RecordingDatabase,
+    db: ReadDatabase,
     user: str | None = None,
     provider: str | None = None,
     since: datetime | None = None,

@@ -14,9 +14,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from relay.admin.api import handle_admin
 from relay.db import Database
-from relay.intercept.facts import Facts, ToolCall, Usage
-from relay.record.admin import handle_admin
+from relay.facts import Facts, ToolCall, Usage
 from relay.record.events import InterceptionMeta, Record, records_for
 from relay.record.writer import write_batch
 
@@ -194,7 +194,7 @@ async def test_values_the_database_cannot_take_are_bad_requests(
     serve_admin: Any, db: Database
 ) -> None:
     """Each of these used to reach PostgreSQL and come back as a 500 with no body."""
-    from relay.record.admin import encode_cursor
+    from relay.admin.api import encode_cursor
 
     client = await serve_admin(ADMIN_TOKEN)
     # Valid for Python, but before year 1 (or after 9999) once moved to UTC.

@@ -2,6 +2,9 @@
 
 Accumulators (one per API, sans-io) fill a ``Facts``; the interception shell
 turns it into recorder events. Nothing here knows about HTTP or SQL.
+
+A leaf module: ``relay.intercept`` fills these, ``relay.record`` and
+``relay.metrics`` read them, and none of those needs the others for it.
 """
 
 from __future__ import annotations
