@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from relay.wire.errors import ErrorStyle
-
-if TYPE_CHECKING:
-    from relay.providers.kinds.base import ProviderKind
 
 __all__ = ["ErrorStyle"]  # re-exported: where routes decide which style a client gets
 
@@ -131,38 +128,3 @@ def join_url(base_url: str, path: str, query_string: bytes = b"") -> str:
 
 def with_query(path: str, query_string: bytes) -> str:
     return f"{path}?{query_string.decode('latin-1')}" if query_string else path
-
-
-# Each provider type's routes, paths and error shape are its kind's
-# (``relay.providers.kinds``); these ask it, for the call sites not yet moved.
-
-
-def match_route(provider_type: str, method: str, api_path: str) -> RouteKind | None:
-    kind = _kind(provider_type)
-    return kind.match(method, api_path) if kind is not None else None
-
-
-def route_label(provider_type: str, method: str, api_path: str) -> str:
-    """The route pattern an API path matched, for metrics and circuit keys (``other``: none)."""
-    kind = _kind(provider_type)
-    return kind.route_label(method, api_path) if kind is not None else "other"
-
-
-def upstream_path(provider_type: str, api_path: str) -> str:
-    """Path to append to the provider's base URL (``ProviderKind.upstream_path``)."""
-    kind = _kind(provider_type)
-    return kind.upstream_path(api_path) if kind is not None else api_path.lstrip("/")
-
-
-def error_style_for(provider_type: str | None, api_path: str) -> ErrorStyle:
-    """'anthropic' or 'openai': the error body shape a client of this route expects."""
-    from relay.providers.kinds import error_style_for
-
-    return error_style_for(provider_type, api_path)
-
-
-def _kind(provider_type: str) -> ProviderKind | None:
-    # Imported here: the kinds import the intercepted APIs, which import this module.
-    from relay.providers.kinds import find_kind
-
-    return find_kind(provider_type)

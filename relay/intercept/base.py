@@ -338,24 +338,6 @@ async def run_exchange(
             mark_interrupted(outcome, interrupted)
 
 
-async def relay_interception(
-    send: Send,
-    receive: Receive,
-    call: UpstreamCall,
-    spec: ApiSpec,
-    info: RequestInfo,
-    outcome: Outcome,
-    *,
-    drop_injected: bool,
-    keepalive_interval: float,
-) -> None:
-    """An SSE API's exchange (the session calls this until it goes through the provider kinds)."""
-    relay = SSERelay(spec, drop_injected=drop_injected)
-    await run_exchange(
-        send, receive, call, relay, spec.error_style, outcome, keepalive_interval=keepalive_interval
-    )
-
-
 def mark_interrupted(outcome: Outcome, exc: BaseException) -> None:
     """An exception ended the interception: the record must not claim a completed exchange.
 
@@ -396,39 +378,18 @@ def settle_outcome(outcome: Outcome, state: StreamState, facts: Facts) -> None:
         outcome.error_message = facts.error_message
 
 
+@dataclass(slots=True)
 class _Exchange:
     """One run of the shell: the upstream call, then the answer relayed through ``relay``."""
 
-    __slots__ = (
-        "call",
-        "keepalive_interval",
-        "nursery",
-        "outcome",
-        "relay",
-        "send",
-        "state",
-        "style",
-    )
-
-    def __init__(
-        self,
-        send: Send,
-        call: UpstreamCall,
-        relay: ResponseRelay,
-        style: ErrorStyle,
-        outcome: Outcome,
-        state: StreamState,
-        keepalive_interval: float,
-        nursery: trio.Nursery,
-    ) -> None:
-        self.send = send
-        self.call = call
-        self.relay = relay
-        self.style = style
-        self.outcome = outcome
-        self.state = state
-        self.keepalive_interval = keepalive_interval
-        self.nursery = nursery
+    send: Send
+    call: UpstreamCall
+    relay: ResponseRelay
+    style: ErrorStyle
+    outcome: Outcome
+    state: StreamState
+    keepalive_interval: float
+    nursery: trio.Nursery
 
     async def run(self) -> None:
         call, outcome = self.call, self.outcome

@@ -29,10 +29,10 @@ from urllib.parse import unquote
 
 import trio
 
-from relay.asgi import Headers, Receive, Scope, Send, forwardable_response_headers, send_response
+from relay.asgi import Headers, Scope, Send, forwardable_response_headers, send_response
 from relay.dump import DumpHandle
 from relay.facts import Facts
-from relay.intercept.base import Exchange, Outcome, UpstreamCall, run_exchange
+from relay.intercept.base import Exchange, Outcome, UpstreamCall
 from relay.intercept.bedrock.accounting import BedrockAccounting
 from relay.intercept.bedrock.stream import anthropic_error_event, map_bedrock_error
 from relay.intercept.bedrock.translate import (
@@ -240,40 +240,6 @@ async def prepare_bedrock_exchange(
         dump=dump,
     )
     return Exchange(call, BedrockRelay(request))
-
-
-async def relay_bedrock(
-    send: Send,
-    receive: Receive,
-    scope: Scope,
-    *,
-    kind: RouteKind,
-    provider: Provider,
-    auths: BedrockAuths,
-    upstreams: UpstreamClients,
-    body: bytes,
-    info: RequestInfo,
-    outcome: Outcome,
-    byok: bool,
-    keepalive_interval: float,
-    begin_dump: Callable[[str, Headers, bytes], DumpHandle | None],
-    actor_headers: Headers,
-    failover: Failover | None = None,
-) -> None:
-    """Serve one request of a bedrock provider through the shell; fills ``outcome``.
-
-    (The session calls this until it prepares exchanges through the provider kinds.)
-    """
-    exchange = await prepare_bedrock_exchange(
-        send, scope, route=kind, provider=provider, auths=auths, upstreams=upstreams,
-        body=body, info=info, outcome=outcome, byok=byok, begin_dump=begin_dump,
-        actor_headers=actor_headers, failover=failover,
-    )  # fmt: skip
-    if exchange is not None:
-        await run_exchange(
-            send, receive, exchange.call, exchange.relay, "anthropic", outcome,
-            keepalive_interval=keepalive_interval,
-        )  # fmt: skip
 
 
 class BedrockRelay:
