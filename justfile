@@ -48,9 +48,10 @@ bench-recorder:
     python -m bench.bench_recorder
     python -m bench.bench_recorder_latency
 
-# Regenerate docs/configuration.md and relay/schemas/json from the code.
+# Regenerate docs/configuration.md, relay/option_fields.py and relay/schemas/json from the code.
 generate:
     python -m relay.options --markdown > docs/configuration.md
+    python -m relay.options --write-fields
     python -m relay.record.events --write-schemas
 
 # e.g. just replay /var/dumps --repeat 10 --concurrency 50 --speed 0 --check-usage

@@ -32,6 +32,7 @@ import msgspec
 import trio
 
 from relay.db.bridge import UNAVAILABLE_ERRORS, Database
+from relay.errors import CommandError
 from relay.providers.registry import ConfigChange
 
 TOKEN_PREFIX = "relay_"
@@ -43,7 +44,7 @@ _USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 log = logging.getLogger("relay.auth")
 
 
-class AuthError(ValueError):
+class AuthError(CommandError, ValueError):
     """An admin operation that cannot be done (unknown user, duplicate name, ...)."""
 
 

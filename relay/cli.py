@@ -22,19 +22,18 @@ from typing import Any, TextIO
 import trio
 
 from relay import auth
-from relay.db.bridge import Database
-from relay.errors import sole_exception
+from relay.db.bridge import Database, unavailable
+from relay.errors import CommandError, relay_error, sole_exception
 from relay.options import (
     OPTIONS,
     OPTIONS_BY_KEY,
-    OptionError,
     Options,
     add_flags,
     load_options,
     parse_duration,
 )
 from relay.providers import store
-from relay.providers.env import ProviderConfigError, providers_from_env
+from relay.providers.env import providers_from_env
 from relay.providers.types import (
     DEFAULT_BASE_URLS,
     DEFAULT_BEDROCK_MODEL,
@@ -62,10 +61,6 @@ def package_version() -> str:
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-class CommandError(Exception):
-    """A failure to report in one line, with exit status 1."""
 
 
 # -- database -------------------------------------------------------------------
@@ -383,8 +378,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 async def _run_admin(options: Options, args: argparse.Namespace) -> None:
     _check_arguments(args)
-    async with open_admin_database(options) as db:
-        await _ADMIN[args.command](db, args, sys.stdout)
+    try:
+        async with open_admin_database(options) as db:
+            await _ADMIN[args.command](db, args, sys.stdout)
+    except Exception as raised:
+        # The database going away is expected here: one line, not a traceback.
+        lost = unavailable(sole_exception(raised))
+        if lost is None:
+            raise
+        raise lost from raised
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,32 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             trio.run(_run_admin, options, args)
     except Exception as raised:
-        exc = sole_exception(raised)  # errors raised inside nurseries arrive in groups
-        if isinstance(exc, (OptionError, ProviderConfigError)):
-            text = str(exc)
-            # One problem, one line; several (provider configuration), one line each.
-            sep = " " if "\n" not in text else "\n  "
-            _stderr("relay: configuration error:" + sep + text.replace("\n", "\n  "))
-            return 2
-        if isinstance(exc, (CommandError, auth.AuthError, store.ProviderStoreError)):
-            _stderr(f"relay: {exc}")
-            return 1
-        from relay.db.bridge import UNAVAILABLE_ERRORS
-        from relay.services import startup_failure
-
-        expected = startup_failure(exc)
-        if expected is not None:
-            _stderr(f"relay: {expected}")
-            return 1
-        if isinstance(exc, UNAVAILABLE_ERRORS):
-            _stderr(f"relay: the database is not available: {exc}")
-            return 1
-        from relay.services import ServiceFailure
-
-        if isinstance(exc, ServiceFailure):
-            _stderr(f"relay: stopped: {exc}")
-            return 1
-        raise
+        # Errors raised inside nurseries arrive in groups; anything else is a bug.
+        error = relay_error(raised)
+        if error is None:
+            raise
+        _stderr(f"relay: {error.report()}")
+        return error.exit_code
     return 0
 
 

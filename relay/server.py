@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
@@ -19,8 +17,8 @@ from hypercorn.trio.run import worker_serve
 
 from relay import hypercorn_fixes
 from relay.app import RelayApp, describe, print_now
+from relay.errors import ServiceFailure, listen_error
 from relay.options import Options
-from relay.services import ListenError, ServiceFailure
 
 log = logging.getLogger("relay.server")
 
@@ -60,25 +58,13 @@ async def _first_signal(signals: AsyncIterator[int]) -> None:
         return
 
 
-def _bind_failure(exc: OSError) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host ({exc.strerror or exc})"
-    if exc.errno == errno.EADDRINUSE:
-        return "the address is already in use (another relay, or another program, listens there)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "no network interface of this machine has that address"
-    if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges)"
-    return exc.strerror or str(exc)
-
-
 def bind_listeners(config: Config, address: str) -> Sockets:
     """The listening sockets, bound now: a taken or impossible address stops the start
     before the database (or the embedded cluster) is touched."""
     try:
         sockets = config.create_sockets()
     except OSError as exc:
-        raise ListenError(f"cannot listen on {address}: {_bind_failure(exc)}") from None
+        raise listen_error(address, exc) from None
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)
     return sockets

@@ -23,14 +23,15 @@ from relay.db.bridge import (
     DatabaseConnectError,
     connect_failure,
     mask_dsn,
+    unavailable,
 )
-from relay.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
-from relay.db.migrate import MigrationError, migrate
+from relay.db.embedded import EmbeddedPostgres
+from relay.db.migrate import migrate
 from relay.dump import DumpWriter
-from relay.errors import sole_exception
+from relay.errors import RelayError, sole_exception
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
-from relay.options import OptionError, Options
-from relay.providers.env import ProviderConfigError, providers_from_env
+from relay.options import Options
+from relay.providers.env import providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
 from relay.providers.store import seed_providers_from_env
 from relay.record.instances import Instance
@@ -59,36 +60,20 @@ def data_dir(options: Options) -> Path:
     return Path(platformdirs.user_data_dir("relay", appauthor=False))
 
 
-class ListenError(Exception):
-    """The relay cannot listen on its address; the message names the address and why."""
-
-
-def startup_failure(exc: BaseException) -> BaseException | None:
+def startup_failure(exc: BaseException) -> RelayError | None:
     """The expected failure that stopped a start (unwrapped from exception groups), or None.
 
-    An expected failure is reported in its one line; anything else is a bug and keeps
-    its traceback.
+    An expected failure is a ``RelayError`` (the database going away on the way
+    becomes one) and is reported in its one line; anything else is a bug and
+    keeps its traceback.
     """
-    from relay.upstream.aws import BedrockConfigError
-
     exc = sole_exception(exc)
-    expected = (
-        DatabaseConnectError,
-        EmbeddedPostgresError,
-        MigrationError,
-        BedrockConfigError,
-        ListenError,
-        OptionError,
-        ProviderConfigError,
-    )
-    return exc if isinstance(exc, expected) else None
+    if isinstance(exc, RelayError):
+        return exc
+    return unavailable(exc)
 
 
 ServiceFailed = Callable[[str, BaseException], None]
-
-
-class ServiceFailure(RuntimeError):
-    """A background service failed while the relay was serving; it shut down (exit status 1)."""
 
 
 class _Started:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import asyncpg
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
@@ -54,17 +55,24 @@ class RunningRelay:
 
         ``settled``: also until no interception is still ``in_progress`` (each is
         recorded when it starts and again when it ends), so a test sees the end.
+        Both queries read one snapshot: asked one after the other, a start row
+        committed in between would be returned as if it were settled.
         """
-        with trio.fail_after(timeout):
-            while True:
+
+        async def snapshot(conn: asyncpg.Connection) -> tuple[int, list[asyncpg.Record]]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
                 open_rows = (
-                    await self.db.fetchval(
+                    await conn.fetchval(
                         "SELECT count(*) FROM interceptions WHERE status = 'in_progress'"
                     )
                     if settled
                     else 0
                 )
-                rows = await self.db.fetch(sql, *args)
+                return open_rows, await conn.fetch(sql, *args)
+
+        with trio.fail_after(timeout):
+            while True:
+                open_rows, rows = await self.db.run(snapshot)
                 if len(rows) >= count and not open_rows:
                     return rows
                 await trio.sleep(0.02)

@@ -322,12 +322,14 @@ async def test_key_pool_exhaustion(pg_dsn, tmp_path):
         providers,
         rate_limited_keys={RATE_LIMITED_KEY},
         revoked_keys={REVOKED_KEY, OTHER_REVOKED_KEY},
+        # The key rests this long: longer than a loaded machine takes to the last assertion.
+        retry_after=60,
     ) as (mock, relay):
         o = openai_client(relay, "limited")
         with pytest.raises(openai.RateLimitError) as info:
             await o.chat.completions.create(model="mock-text", messages=USER)
         response = info.value.response
-        assert response.headers["retry-after"] == "1"  # the mock's Retry-After: 1
+        assert response.headers["retry-after"] == "60"  # the mock's Retry-After
         assert response.json()["error"]["code"] == "rate_limit_exceeded"
         assert upstream_keys(mock) == [RATE_LIMITED_KEY, REVOKED_KEY]
         # Every key rests: refused at once, nothing goes upstream.

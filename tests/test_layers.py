@@ -66,6 +66,8 @@ def test_the_copy_keeps_every_contract(package_copy: Path) -> None:
         ("relay.record.writer", "import relay.intercept.base", "record-metrics-no-intercept"),
         ("relay.metrics", "import relay.intercept.base", "layers"),
         ("relay.intercept.base", "import relay.app", "layers"),
+        # A leaf growing a dependency.
+        ("relay.facts", "import relay.streams.sse", "leaves"),
         # The read side borrowing from the write path.
         ("relay.admin.api", "import relay.record.writer", "read-apart-from-write"),
         # The app decoding a wire format itself.
@@ -73,6 +75,10 @@ def test_the_copy_keeps_every_contract(package_copy: Path) -> None:
         # The interception talking SQL.
         ("relay.intercept.base", "import asyncpg", "intercept-no-sql"),
         ("relay.intercept.passthrough", "import relay.db.bridge", "intercept-no-sql"),
+        # A provider kind reaching the database.
+        ("relay.providers.kinds.openai", "import relay.db.bridge", "intercept-no-sql"),
+        # The shell asking about a provider type.
+        ("relay.intercept.base", "import relay.providers.kinds", "shell-knows-no-type"),
         # A sans-io core doing I/O.
         ("relay.streams.sse", "import trio", "sans-io"),
         # The package reaching into the benchmarks.

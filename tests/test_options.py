@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from relay.option_fields import OptionFields
 from relay.options import (
     OPTIONS,
     OPTIONS_BY_KEY,
+    Option,
     OptionError,
     Warnings,
     add_flags,
     deprecation_line,
+    field_type,
+    fields_source,
     load_options,
     markdown,
     parse_address,
@@ -35,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def sample(key: str) -> tuple[str, object]:
     """A value the option accepts, unlike its default, and what it parses to."""
     opt = OPTIONS_BY_KEY[key]
+    if key == "MAX_BODIES_IN_FLIGHT":
+        return ("0", 0)  # 0 (no limit) or at least MAX_REQUEST_BODY: 3KiB is refused
     if opt.parse is parse_bool:
         return ("false", False) if parse_bool(opt.default) else ("true", True)
     by_parser: dict[object, tuple[str, object]] = {
@@ -149,6 +156,38 @@ def test_configuration_reference_is_generated_from_the_registry():
     assert generated == on_disk
 
 
+def test_typed_option_fields_are_generated_from_the_registry():
+    on_disk = (ROOT / "relay" / "option_fields.py").read_text()
+    assert on_disk == fields_source(), (
+        "relay/option_fields.py is out of date: run `just generate` "
+        "(python -m relay.options --write-fields)"
+    )
+
+
+def test_options_have_one_typed_frozen_field_per_option():
+    fields = {f.name: f.type for f in dataclasses.fields(OptionFields)}
+    assert list(fields) == [opt.attr for opt in OPTIONS]
+    options = load_options({}, warn=lambda _line: None)
+    for opt in OPTIONS:
+        value = getattr(options, opt.attr)
+        assert type(value).__name__ == fields[opt.attr] == field_type(opt), opt.key
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.rate_limit = 5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        options.no_such_option  # type: ignore[attr-defined]  # noqa: B018
+    changed = options.replace(data_dir="/srv/relay")
+    assert (changed.data_dir, options.data_dir) == ("/srv/relay", "")
+    assert changed.source("data_dir") == options.source("data_dir") == "default"
+
+
+def test_an_option_whose_parser_has_no_return_type_cannot_be_generated():
+    def untyped(text):  # type: ignore[no-untyped-def]
+        return text
+
+    with pytest.raises(TypeError, match="FOO"):
+        field_type(Option("FOO", untyped, "", "help"))
+
+
 def test_reference_lists_only_new_names():
     text = markdown()
     for opt in OPTIONS:
@@ -157,3 +196,34 @@ def test_reference_lists_only_new_names():
             assert opt.alias_env not in text
             assert opt.alias_flag not in text
     assert "Old names still work" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT": "1MiB"},
+            "CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT: 1048576 bytes is less than MAX_REQUEST_BODY "
+            "(33554432 bytes); use 0 (no limit) or at least MAX_REQUEST_BODY",
+        ),
+        (
+            {"CODER_AI_GATEWAY_MAX_REQUEST_BODY": "1GiB"},
+            "CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT (default): 268435456 bytes is less than "
+            "MAX_REQUEST_BODY (1073741824 bytes); use 0 (no limit) or at least MAX_REQUEST_BODY",
+        ),
+        (
+            {"CODER_AIBRIDGE_METRICS_MAX_MODELS": "-1"},
+            "CODER_AIBRIDGE_METRICS_MAX_MODELS: cannot be negative",
+        ),
+    ],
+)
+def test_values_that_cannot_be_used_together_are_refused_when_options_load(env, message):
+    with pytest.raises(OptionError) as refused:
+        load_options(env, warn=lambda _line: None)
+    assert str(refused.value) == message
+
+
+def test_a_body_budget_of_0_or_at_least_the_largest_body_is_accepted():
+    for value in ("0", "32MiB", "1GiB"):
+        options = load_options({"CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT": value}, warn=print)
+        assert options.max_bodies_in_flight in (0, 32 * 1024**2, 1024**3)

@@ -250,6 +250,22 @@ def test_invalid_listen_address(tmp_path: Path, address: str, why: str) -> None:
     assert status == 2
 
 
+def test_an_unusable_option_stops_the_start_before_the_port_is_bound(tmp_path: Path) -> None:
+    # The port is taken: had the relay tried to bind it first, it would report that (exit 1).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        status, lines = serve_fails(
+            tmp_path, {"CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT": "1KiB"}, port=port
+        )
+    assert lines == [
+        "relay: configuration error: CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT: 1024 bytes is less "
+        "than MAX_REQUEST_BODY (33554432 bytes); use 0 (no limit) or at least MAX_REQUEST_BODY"
+    ]
+    assert status == 2
+
+
 def test_unknown_option_names_are_warned_with_the_closest_name(tmp_path: Path) -> None:
     env = {
         "CODER_AI_GATEWAY_RATE_LIMT": "5",

@@ -37,6 +37,8 @@ import asyncpg
 import outcome
 import trio
 
+from relay.errors import DatabaseUnavailable, StartupError
+
 T = TypeVar("T")
 
 #: Payload delivered by :meth:`Database.listen` on each channel when
@@ -492,8 +494,15 @@ def mask_dsn(dsn: str) -> str:
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
 
 
-class DatabaseConnectError(Exception):
+class DatabaseConnectError(StartupError):
     """The database cannot be reached or refuses us; the message says which one and why."""
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable | None:
+    """``exc`` as a ``DatabaseUnavailable`` when it says the database went away, else None."""
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return DatabaseUnavailable(f"the database is not available: {exc}")
+    return None
 
 
 def connect_failure(exc: BaseException) -> str:

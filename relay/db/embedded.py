@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from relay.errors import StartupError
+
 log = logging.getLogger(__name__)
 
 MISSING_BINARIES = (
@@ -54,7 +56,7 @@ _MAX_SOCKET_PATH = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _COMMAND_TIMEOUT = 120.0
 
 
-class EmbeddedPostgresError(RuntimeError):
+class EmbeddedPostgresError(StartupError, RuntimeError):
     """The embedded cluster cannot be set up or started; the message says why."""
 
 

@@ -19,6 +19,7 @@ import trio
 
 import relay
 from relay.db.bridge import Database
+from relay.errors import StartupError
 
 #: Directory of the project's migrations (package data, shipped in the wheel).
 SQL_DIR = Path(relay.__file__).resolve().parent / "schemas" / "sql"
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(StartupError, RuntimeError):
     """A migration file is misnamed or failed; the message names the file."""
 
 

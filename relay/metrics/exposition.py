@@ -25,6 +25,8 @@ from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client import values as prom_values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from relay.errors import listen_error
+
 if TYPE_CHECKING:
     from relay.metrics import Metrics
 
@@ -154,7 +156,7 @@ async def serve_metrics_listener(
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or metrics.multiprocess_dir is None:
-                raise
+                raise listen_error(address, exc, "METRICS_ADDRESS") from None
             if not started:
                 log.info("metrics: %s is served by another worker", address)
                 task_status.started(None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
+from relay.errors import ConfigurationError
 from relay.options import (
     NEW_ENV_PREFIX,
     OLD_ENV_PREFIX,
@@ -39,7 +40,7 @@ _BEDROCK_KEYS = tuple(key for key in _KNOWN_KEYS if key.startswith("BEDROCK_"))
 _INDEXED_RE = re.compile(r"^(CODER_AI_GATEWAY_|CODER_AIBRIDGE_)PROVIDER_([^_]+)_(.+)$")
 
 
-class ProviderConfigError(ValueError):
+class ProviderConfigError(ConfigurationError, ValueError):
     """The environment's providers cannot be used; each line names the variables."""
 
     def __init__(self, problems: list[str]) -> None:

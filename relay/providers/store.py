@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from relay.db.bridge import Database
+from relay.errors import CommandError
 from relay.providers.types import Provider, ProviderType, provider_problems
 
 _FIELDS = (
@@ -55,7 +56,7 @@ _CONFIG_FIELDS = _FIELDS[:-2]
 SEED_LOCK_KEY = 0x72656C6179736564
 
 
-class ProviderStoreError(ValueError):
+class ProviderStoreError(CommandError, ValueError):
     """A CLI change that cannot be made (unknown name, name taken, invalid values)."""
 
 

@@ -32,13 +32,14 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from botocore.exceptions import BotoCoreError, ProfileNotFound
 from botocore.session import Session
 
+from relay.errors import StartupError
 from relay.providers.types import Provider, mask_secret
 
 SIGNING_SERVICE = "bedrock"
 API_KEY_DEFAULT_REGION = "us-east-1"
 
 
-class BedrockConfigError(ValueError):
+class BedrockConfigError(StartupError, ValueError):
     """A bedrock provider's settings cannot work; raised at startup, the message says why."""
 
 

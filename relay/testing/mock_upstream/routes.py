@@ -104,12 +104,14 @@ class Responder:
         keys: Collection[str] | None = None,
         rate_limited_keys: Collection[str] = (),
         revoked_keys: Collection[str] = (),
+        retry_after: int = RETRY_AFTER_SECONDS,
     ) -> None:
         self.chunking: Chunking = chunking
         self.seed = seed
         self.keys = None if keys is None else frozenset(keys)
         self.rate_limited_keys = frozenset(rate_limited_keys)
         self.revoked_keys = frozenset(revoked_keys)
+        self.retry_after = retry_after  # seconds, on each 429 of a rate-limited key
         self._streams: dict[tuple[object, ...], StreamPlan] = {}
         self._writes: dict[tuple[object, ...], Writes] = {}
         self._bodies: dict[tuple[object, ...], bytes] = {}
@@ -354,7 +356,7 @@ class Responder:
         wire = anthropic if api == "anthropic" else openai_chat
         reply = self._json(api, status, uid, wire.error_body(status, message))
         if status == 429:
-            reply.headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+            reply.headers.append((b"retry-after", str(self.retry_after).encode()))
         return reply
 
 

@@ -30,7 +30,7 @@ import trio
 from .framing import unframe
 from .records import ConnectionEvent, Phase, RecordedRequest, WriteStats
 from .routes import Reply, Responder, StreamReply
-from .scenarios import Chunking, Ending
+from .scenarios import RETRY_AFTER_SECONDS, Chunking, Ending
 
 RECEIVE_SIZE = 65536
 YIELD_EVERY_WRITES = 8
@@ -67,6 +67,7 @@ class MockUpstream:
         revoked_keys: Collection[str] = (),
         *,
         record: bool = True,
+        retry_after: int = RETRY_AFTER_SECONDS,
     ) -> None:
         self.responder = Responder(
             chunking=chunking,
@@ -74,6 +75,7 @@ class MockUpstream:
             keys=keys,
             rate_limited_keys=rate_limited_keys,
             revoked_keys=revoked_keys,
+            retry_after=retry_after,
         )
         self.record = record
         self.host = "127.0.0.1"
