@@ -18,12 +18,18 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from relay.asgi import Receive, Scope, Send
+from relay.asgi import (
+    Receive,
+    Scope,
+    Send,
+)
 from relay.errors import sole_exception
-from relay.intercept.bedrock.handler import BedrockAuths
-from relay.limits import RequestGuards
+from relay.limits import (
+    RequestGuards,
+)
 from relay.metrics import Metrics
 from relay.options import Options, load_options
+from relay.providers.kinds import all_kinds
 from relay.request import serve
 from relay.request.admit import UNRECORDABLE_MESSAGE as UNRECORDABLE_MESSAGE  # (tests)
 from relay.services import Services, open_services, startup_failure
@@ -49,8 +55,9 @@ class RelayApp:
         self.services: Services | None = None
         # Limits, circuit breakers and key pools of this process (built at startup).
         self.guards: RequestGuards | None = None
-        # One BedrockAuth per bedrock provider: it holds the resolved AWS credentials.
-        self.bedrock_auths = BedrockAuths(env)
+        # Each provider kind's per-process state (bedrock: one BedrockAuth per
+        # provider, holding the AWS credentials it resolved).
+        self.kind_states = {kind.type: kind.new_state(env) for kind in all_kinds()}
         self._ready = trio.Event()
         # What stopped the start, for ``relay serve`` to report (hypercorn only
         # sees the message); with ``report_startup_failure`` it is also logged.
@@ -81,8 +88,9 @@ class RelayApp:
             options = self.options or load_options(env)
             self.guards = RequestGuards.from_options(options)
             async with open_services(options, env, self._service_failed) as services:
-                # A bedrock provider that cannot work (no region) stops the start, saying why.
-                await self.bedrock_auths.prepare(services.providers.all())
+                # A provider that cannot work (bedrock: no region) stops the start, saying why.
+                for kind in all_kinds():
+                    await kind.startup(self.kind_states[kind.type], services.providers.all())
                 attach_guard_metrics(self.guards, services.metrics)
                 self.services = services
                 if self._announce is not None:

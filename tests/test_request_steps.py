@@ -24,10 +24,10 @@ import relay.request
 from relay.access import BYOK_DISABLED_BODY
 from relay.asgi import Message
 from relay.identity import Principal, Refusal
-from relay.intercept.bedrock.handler import BedrockAuths
 from relay.limits import RequestGuards
 from relay.metrics import Metrics
 from relay.options import load_options
+from relay.providers.kinds import all_kinds
 from relay.providers.registry import ProviderRegistry
 from relay.providers.types import Provider, ProviderType
 from relay.request import serve
@@ -89,7 +89,9 @@ class FakeDumps:
 class FakeGateway:
     services: Services | None
     guards: RequestGuards | None
-    bedrock_auths: BedrockAuths = field(default_factory=lambda: BedrockAuths({}))
+    kind_states: dict[str, Any] = field(
+        default_factory=lambda: {kind.type: kind.new_state({}) for kind in all_kinds()}
+    )
     failure: str | None = None
 
 

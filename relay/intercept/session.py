@@ -2,8 +2,8 @@
 
 ``prepare`` decodes the body (only the fields the relay needs) and rewrites
 it when the API asks for it; the request's admit step calls it, since the
-circuit breaker is keyed by the model it names. ``run_interception`` relays
-through the interception shell (or the Bedrock handler) and in one
+circuit breaker is keyed by the model it names. ``run_interception`` has the
+provider's kind prepare the exchange and the interception shell run it, and in one
 ``finally`` block settles what the interception leaves behind: the dump, the
 recorder's rows and the metrics. A cancelled request goes through the same
 block. The guards (concurrency slot, body budget, breaker ticket) are the
@@ -19,20 +19,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import msgspec
-import trio
 
 from relay.access import ClientCredential
 from relay.asgi import Headers, Receive, Scope, Send, header_str
 from relay.clients import client_session_id, detect_client
 from relay.dump import DumpHandle
 from relay.identity import Principal
-from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception
-from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
+from relay.intercept.base import ApiSpec, Outcome, mark_interrupted, run_exchange
 from relay.intercept.ports import InterceptionPorts
+from relay.providers.kinds import ExchangeContext, kind_for
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
     CappedPrompt,
@@ -42,7 +41,7 @@ from relay.record.events import (
     new_id,
     records_for,
 )
-from relay.routes import RouteKind, route_label
+from relay.routes import RouteKind
 from relay.upstream.http11 import HTTP11Client
 from relay.upstream.keypool import Failover
 from relay.wire.common import InvalidRequestBody, RequestInfo
@@ -103,7 +102,7 @@ def prepare(
         hold_rewrite(len(upstream_body))
     # Metric labels and circuit keys: the route pattern, and the model name folded
     # into "other" beyond the cap (both are chosen by the client).
-    route = route_label(provider_type, "POST", api_path)
+    route = kind_for(provider_type).route_label("POST", api_path)
     model_label = fold_model(info.model or _model_in_path(kind, api_path))
     return Prepared(spec, info, prompt, upstream_body, drop_injected, route, model_label)
 
@@ -130,7 +129,7 @@ class InterceptionContext:
     prepared: Prepared
     keepalive_interval: float
     instance_id: uuid.UUID | None  # this process in relay_instances
-    bedrock_auths: BedrockAuths
+    kind_state: Any  # the provider kind's per-process state (Bedrock: its AWS auths)
 
 
 async def run_interception(ctx: InterceptionContext) -> None:
@@ -203,64 +202,46 @@ async def run_interception(ctx: InterceptionContext) -> None:
                 dumps.append(handle)
             return handle
 
-        dump = (
-            None
-            if provider.type == "bedrock"
-            else begin_dump(
-                with_query(api_path, scope.get("query_string", b"")),
-                ctx.upstream_headers + actor,
-                upstream_body,
-            )
-        )
-        call = UpstreamCall(
-            ctx.client,
-            "POST",
-            ctx.url,
-            ctx.upstream_headers + actor,
-            upstream_body,
-            failover=failover,
-            dump=dump,
-        )
-        if provider.type == "bedrock":
-            await relay_bedrock(
-                send,
-                receive,
-                scope,
-                kind=ctx.kind,
+        # The provider's kind prepares the upstream call (Bedrock: translated and
+        # signed) and how its answer is relayed; the shell runs it.
+        exchange = await kind_for(provider.type).prepare_exchange(
+            ExchangeContext(
+                send=send,
+                scope=scope,
+                route=ctx.kind,
                 provider=provider,
-                auths=ctx.bedrock_auths,
-                upstreams=ports.upstreams,
-                body=body,
+                spec=spec,
                 info=info,
-                outcome=outcome,
-                byok=credential.byok,
-                keepalive_interval=ctx.keepalive_interval,
-                begin_dump=begin_dump,
+                body=body,
+                upstream_body=upstream_body,
+                drop_injected=prepared.drop_injected,
+                upstream_headers=ctx.upstream_headers,
                 actor_headers=actor,
+                client=ctx.client,
+                url=ctx.url,
+                api_path=api_path,
                 failover=failover,
+                byok=credential.byok,
+                upstreams=ports.upstreams,
+                begin_dump=begin_dump,
+                outcome=outcome,
+                state=ctx.kind_state,
             )
-        else:
-            await relay_interception(
+        )
+        if exchange is not None:
+            await run_exchange(
                 send,
                 receive,
-                call,
-                spec,
-                info,
+                exchange.call,
+                exchange.relay,
+                spec.error_style,
                 outcome,
-                drop_injected=prepared.drop_injected,
                 keepalive_interval=ctx.keepalive_interval,
             )
     except BaseException as exc:
-        # Cancelled from outside (the shutdown grace period ran out) or a bug:
-        # the record must not claim a completed exchange. Re-raised unchanged.
-        if outcome.status == "completed" and not outcome.upstream_complete:
-            if _is_cancellation(exc):
-                outcome.status = "cancelled"
-                outcome.disconnect_phase = outcome.disconnect_phase or "shutdown"
-            else:
-                outcome.status = "failed"
-                outcome.error_type = "relay_error"
-                outcome.error_message = f"{type(exc).__name__}: {exc}"[:2000]
+        # Cancelled from outside (the shutdown grace period ran out) or a bug,
+        # here or in the shell: the record must not claim a completed exchange.
+        mark_interrupted(outcome, exc)
         raise
     finally:
         for handle in dumps:
@@ -308,13 +289,3 @@ def _model_in_path(kind: RouteKind, api_path: str) -> str:
     if kind not in _MODEL_IN_PATH:
         return ""
     return unquote(api_path.split("/", 3)[2])
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_cancellation(e) for e in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
-
-
-def with_query(path: str, query_string: bytes) -> str:
-    return f"{path}?{query_string.decode('latin-1')}" if query_string else path

@@ -24,7 +24,6 @@ from collections.abc import Callable
 import trio
 
 from relay.asgi import BodyTimeout, BodyTooLarge, read_body
-from relay.intercept.apis import SPECS
 from relay.intercept.base import Outcome
 from relay.intercept.session import Prepared, prepare
 from relay.limits import (
@@ -35,6 +34,7 @@ from relay.limits import (
     has_body,
     header_block_size,
 )
+from relay.providers.kinds import kind_for
 from relay.request.context import Request, refuse
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
 from relay.upstream.keypool import retry_after_header
@@ -120,7 +120,7 @@ def admit_interception(
     """Decode an intercepted request's body, then take its circuit breaker ticket."""
     route = req.routed
     provider = route.provider
-    spec = SPECS.get(route.kind)
+    spec = kind_for(provider.type).specs.get(route.kind)
     if spec is None:
         refuse(501, f"route not implemented yet: {req.method} {route.api_path}")
     req.style = spec.error_style

@@ -10,14 +10,14 @@ client's answer, in the error shape of the provider the request was for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from relay.asgi import Headers, Receive, Scope, Send, send_response
 from relay.intercept.base import send_error
-from relay.routes import ErrorStyle, error_style_for
+from relay.providers.kinds import error_style_for
+from relay.routes import ErrorStyle
 
 if TYPE_CHECKING:
-    from relay.intercept.bedrock.handler import BedrockAuths
     from relay.intercept.session import Prepared
     from relay.limits import RequestGuards
     from relay.request.authenticate import Caller
@@ -31,7 +31,7 @@ class Gateway(Protocol):
 
     services: Services | None  # None while starting or shutting down
     guards: RequestGuards | None  # built with the services
-    bedrock_auths: BedrockAuths
+    kind_states: dict[str, Any]  # each provider kind's per-process state, by type
     failure: str | None  # a background service failed: nothing new is taken on
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from relay.intercept.passthrough import relay_passthrough
 from relay.intercept.ports import InterceptionPorts
-from relay.intercept.session import InterceptionContext, run_interception, with_query
+from relay.intercept.session import InterceptionContext, run_interception
+from relay.providers.kinds import kind_for
 from relay.request.context import Request
-from relay.routes import route_label
+from relay.routes import with_query
 from relay.services import Services
 
 
@@ -28,7 +29,7 @@ async def passthrough(req: Request) -> None:
     assert upstream is not None
     provider, method = route.provider, req.method
     services.metrics.passthrough(
-        provider.name, route_label(provider.type, method, route.api_path), method
+        provider.name, kind_for(provider.type).route_label(method, route.api_path), method
     )
     dump = services.dumps.begin_passthrough(
         provider.name, method, with_query(route.api_path, req.query_string), upstream.headers
@@ -80,6 +81,6 @@ async def intercept(req: Request) -> None:
             prepared=req.interception,
             keepalive_interval=services.options.keepalive_interval,
             instance_id=services.instance.id if services.instance is not None else None,
-            bedrock_auths=req.gateway.bedrock_auths,
+            kind_state=req.gateway.kind_states[route.provider.type],
         )
     )

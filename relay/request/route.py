@@ -15,6 +15,7 @@ from relay import client_errors
 from relay.admin.api import handle_admin
 from relay.asgi import BodyTimeout, BodyTooLarge, ClientDisconnected, read_body, send_response
 from relay.limits import ambiguous_framing
+from relay.providers.kinds import error_style_for, kind_for
 from relay.providers.types import Provider
 from relay.readiness import readiness
 from relay.request.context import Refused, Request, refuse
@@ -23,8 +24,6 @@ from relay.routes import (
     PathRefused,
     RouteKind,
     check_passthrough_path,
-    error_style_for,
-    match_route,
     normalise_api_path,
     split_gateway_path,
 )
@@ -106,7 +105,7 @@ def route(req: Request) -> Route:
     try:
         # Matched, forwarded and dumped as normalised: what matched is what runs upstream.
         api_path = normalise_api_path(api_path)
-        kind = match_route(provider.type, req.method, api_path)
+        kind = kind_for(provider.type).match(req.method, api_path)
         if kind is RouteKind.PASSTHROUGH:
             check_passthrough_path(api_path)
     except PathRefused as exc:

@@ -1,6 +1,6 @@
 """Step 4, build the upstream request: the client pool, URL, headers and credential.
 
-Centralized requests carry the provider's key (``key_auth_headers``); a
+Centralized requests carry the provider's key (its kind's ``key_auth_headers``); a
 provider with several keys walks its key pool instead (``key_failover``: the
 key goes on at each attempt). BYOK requests keep the person's own
 credential. Actor headers are the relay's word: a client may not send its own.
@@ -15,10 +15,11 @@ import trio
 from relay.access import upstream_request_headers
 from relay.asgi import Headers
 from relay.limits import RequestGuards
+from relay.providers.kinds import kind_for
 from relay.providers.types import Provider
 from relay.request.admit import Admission
 from relay.request.context import Request
-from relay.routes import join_url, upstream_path
+from relay.routes import join_url
 from relay.upstream.http11 import HTTP11Client
 from relay.upstream.keypool import Failover
 
@@ -34,19 +35,11 @@ class Upstream:
     failover: Failover | None  # the key pool walk (then ``headers`` carry no key)
 
 
-def key_auth_headers(provider_type: str, key: str) -> list[tuple[bytes, bytes]]:
-    """One provider key, in the header its API expects (a Bedrock API key is a Bearer token)."""
-    raw = key.encode("latin-1")
-    if provider_type == "anthropic":
-        return [(b"x-api-key", raw)]
-    return [(b"authorization", b"Bearer " + raw)]
-
-
 def provider_auth_headers(provider: Provider) -> list[tuple[bytes, bytes]]:
     """The provider's first key, in the header its API expects."""
     if not provider.keys:
         return []
-    return key_auth_headers(provider.type, provider.keys[0])
+    return kind_for(provider.type).key_auth_headers(provider.keys[0])
 
 
 def key_failover(guards: RequestGuards, provider: Provider, byok: bool) -> Failover | None:
@@ -57,7 +50,7 @@ def key_failover(guards: RequestGuards, provider: Provider, byok: bool) -> Failo
     if byok or len(provider.keys) < 2:
         return None
     pool = guards.key_pools.get(provider.name, provider.keys)
-    return Failover(pool, lambda key: key_auth_headers(provider.type, key), trio.current_time())
+    return Failover(pool, kind_for(provider.type).key_auth_headers, trio.current_time())
 
 
 def build_upstream(req: Request, admission: Admission) -> Upstream:
@@ -87,7 +80,9 @@ def build_upstream(req: Request, admission: Admission) -> Upstream:
         # provider.endpoint: base_url, or for bedrock the runtime endpoint (the handler's pool).
         client=services.upstreams.get(provider.name, provider.endpoint),
         url=join_url(
-            provider.base_url, upstream_path(provider.type, route.api_path), req.query_string
+            provider.base_url,
+            kind_for(provider.type).upstream_path(route.api_path),
+            req.query_string,
         ),
         headers=headers,
         actor_headers=guards.actor_headers(principal.user_id, principal.user_name),
