@@ -43,7 +43,6 @@ from relay.intercept.base import (
 )
 from relay.intercept.bedrock.accounting import BedrockAccounting
 from relay.intercept.bedrock.stream import (
-    anthropic_error_body,
     anthropic_error_event,
     map_bedrock_error,
 )
@@ -72,6 +71,7 @@ from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import UpstreamResponse
 from relay.upstream.keypool import Exhausted, Failover
 from relay.wire.common import RequestInfo
+from relay.wire.errors import anthropic_error_body
 
 log = logging.getLogger("relay.intercept.bedrock")
 
