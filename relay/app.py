@@ -41,11 +41,9 @@ from relay.asgi import (
 from relay.auth import Principal
 from relay.db.bridge import UNAVAILABLE_ERRORS
 from relay.errors import sole_exception
-from relay.intercept.apis import SPECS
 from relay.intercept.base import send_error
-from relay.intercept.bedrock.handler import BedrockAuths
 from relay.intercept.passthrough import relay_passthrough
-from relay.intercept.session import RequestContext, run_interception, with_query
+from relay.intercept.session import RequestContext, run_interception
 from relay.limits import (
     MAX_HEADER_BLOCK,
     BodyBudgetExceeded,
@@ -57,6 +55,7 @@ from relay.limits import (
 )
 from relay.metrics import Metrics
 from relay.options import Options, load_options
+from relay.providers.kinds import all_kinds, error_style_for, kind_for
 from relay.providers.types import Provider
 from relay.readiness import readiness
 from relay.routes import (
@@ -64,13 +63,10 @@ from relay.routes import (
     PathRefused,
     RouteKind,
     check_passthrough_path,
-    error_style_for,
     join_url,
-    match_route,
     normalise_api_path,
-    route_label,
     split_gateway_path,
-    upstream_path,
+    with_query,
 )
 from relay.services import Services, open_services, startup_failure
 from relay.upstream.breaker import BreakerState, CircuitBreaker
@@ -84,19 +80,11 @@ UNRECORDABLE_MESSAGE = (
 )
 
 
-def key_auth_headers(provider_type: str, key: str) -> list[tuple[bytes, bytes]]:
-    """One provider key, in the header its API expects (a Bedrock API key is a Bearer token)."""
-    raw = key.encode("latin-1")
-    if provider_type == "anthropic":
-        return [(b"x-api-key", raw)]
-    return [(b"authorization", b"Bearer " + raw)]
-
-
 def provider_auth_headers(provider: Provider) -> list[tuple[bytes, bytes]]:
-    """The provider's first key, in the header its API expects."""
+    """The provider's first key, in the header its API expects (its kind's ``key_auth_headers``)."""
     if not provider.keys:
         return []
-    return key_auth_headers(provider.type, provider.keys[0])
+    return kind_for(provider.type).key_auth_headers(provider.keys[0])
 
 
 def key_failover(guards: RequestGuards, provider: Provider, byok: bool) -> Failover | None:
@@ -107,7 +95,7 @@ def key_failover(guards: RequestGuards, provider: Provider, byok: bool) -> Failo
     if byok or len(provider.keys) < 2:
         return None
     pool = guards.key_pools.get(provider.name, provider.keys)
-    return Failover(pool, lambda key: key_auth_headers(provider.type, key), trio.current_time())
+    return Failover(pool, kind_for(provider.type).key_auth_headers, trio.current_time())
 
 
 class RelayApp:
@@ -126,8 +114,9 @@ class RelayApp:
         self.services: Services | None = None
         # Limits, circuit breakers and key pools of this process (built at startup).
         self.guards: RequestGuards | None = None
-        # One BedrockAuth per bedrock provider: it holds the resolved AWS credentials.
-        self.bedrock_auths = BedrockAuths(env)
+        # Each provider kind's per-process state (bedrock: one BedrockAuth per
+        # provider, holding the AWS credentials it resolved).
+        self.kind_states = {kind.type: kind.new_state(env) for kind in all_kinds()}
         self._ready = trio.Event()
         # What stopped the start, for ``relay serve`` to report (hypercorn only
         # sees the message); with ``report_startup_failure`` it is also logged.
@@ -158,8 +147,9 @@ class RelayApp:
             options = self.options or load_options(env)
             self.guards = RequestGuards.from_options(options)
             async with open_services(options, env, self._service_failed) as services:
-                # A bedrock provider that cannot work (no region) stops the start, saying why.
-                await self.bedrock_auths.prepare(services.providers.all())
+                # A provider that cannot work (bedrock: no region) stops the start, saying why.
+                for kind in all_kinds():
+                    await kind.startup(self.kind_states[kind.type], services.providers.all())
                 attach_guard_metrics(self.guards, services.metrics)
                 self.services = services
                 if self._announce is not None:
@@ -253,7 +243,7 @@ class RelayApp:
         try:
             # Matched, forwarded and dumped as normalised: what matched is what runs upstream.
             api_path = normalise_api_path(api_path)
-            kind = match_route(provider.type, method, api_path)
+            kind = kind_for(provider.type).match(method, api_path)
             if kind is RouteKind.PASSTHROUGH:
                 check_passthrough_path(api_path)
         except PathRefused as exc:
@@ -307,7 +297,7 @@ class RelayApp:
         client = services.upstreams.get(provider.name, provider.endpoint)
         url = join_url(
             provider.base_url,
-            upstream_path(provider.type, api_path),
+            kind_for(provider.type).upstream_path(api_path),
             scope.get("query_string", b""),
         )
         if (
@@ -384,7 +374,7 @@ class RelayApp:
             return
         try:
             if kind is RouteKind.PASSTHROUGH:
-                route = route_label(provider.type, method, api_path)
+                route = kind_for(provider.type).route_label(method, api_path)
                 services.metrics.passthrough(provider.name, route, method)
                 dump = services.dumps.begin_passthrough(
                     provider.name,
@@ -406,7 +396,7 @@ class RelayApp:
                     dump=dump,
                 )
                 return
-            spec = SPECS.get(kind)
+            spec = kind_for(provider.type).specs.get(kind)
             if spec is None:
                 await send_error(
                     send, style, 501, f"route not implemented yet: {method} {api_path}"
@@ -431,7 +421,7 @@ class RelayApp:
                 body=body,
                 claim=claim,
             )
-            await run_interception(ctx, spec, self.bedrock_auths)
+            await run_interception(ctx, spec, self.kind_states[provider.type])
         except ClientDisconnected:
             return
         finally:

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from relay.access import ClientCredential
 from relay.auth import Refusal
+from relay.providers.kinds import find_kind
 from relay.providers.types import Provider
-from relay.routes import GATEWAY_PREFIXES, match_route
+from relay.routes import GATEWAY_PREFIXES, RouteKind
 from relay.wire.errors import ErrorStyle, renderer_for
 
 PREFIX = GATEWAY_PREFIXES[0]
@@ -54,8 +55,14 @@ def disabled_provider_body(style: ErrorStyle, name: str) -> bytes:
 
 
 def _base_url_hint(provider: Provider) -> str:
-    suffix = "/v1" if provider.type == "openai" else ""
+    kind = find_kind(provider.type)
+    suffix = kind.client_base_path if kind is not None else ""
     return f"{PREFIX}{provider.name}{suffix}"
+
+
+def _serves(provider: Provider, method: str, api_path: str) -> RouteKind | None:
+    kind = find_kind(provider.type)
+    return kind.match(method, api_path) if kind is not None else None
 
 
 def outside_the_gateway(method: str, path: str, providers: Sequence[Provider]) -> str:
@@ -68,7 +75,7 @@ def outside_the_gateway(method: str, path: str, providers: Sequence[Provider]) -
     message = (
         f"route not supported: {method} {path}: provider routes start with {PREFIX}<provider name>/"
     )
-    fits = [p for p in providers if match_route(p.type, method, path) is not None]
+    fits = [p for p in providers if _serves(p, method, path) is not None]
     if fits:
         p = fits[0]
         return (
@@ -81,7 +88,7 @@ def outside_the_gateway(method: str, path: str, providers: Sequence[Provider]) -
 def route_not_supported(provider: Provider, method: str, api_path: str) -> str:
     """A path under a provider that its type does not serve, with the likely fix."""
     message = f"route not supported: {method} {api_path}"
-    if not api_path.startswith("/v1/") and match_route(provider.type, method, "/v1" + api_path):
+    if not api_path.startswith("/v1/") and _serves(provider, method, "/v1" + api_path):
         return (
             f"{message}: did you mean {PREFIX}{provider.name}/v1{api_path}? "
             f"(set the client's base URL to http(s)://<relay>{_base_url_hint(provider)})"

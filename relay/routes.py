@@ -1,13 +1,15 @@
-"""Which routes each provider type serves, and how each is handled.
+"""Routes: the gateway prefixes, API path normalisation, and what a route is.
 
 Canonical prefix ``/api/v2/ai-gateway/<provider name>/``; the legacy prefix
-``/api/v2/aibridge/<provider name>/`` behaves the same. See docs/routes.md.
+``/api/v2/aibridge/<provider name>/`` behaves the same. Which routes a
+provider type serves is its kind's (``relay.providers.kinds``). See docs/routes.md.
 """
 
 from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import NamedTuple
 
 from relay.wire.errors import ErrorStyle
 
@@ -81,64 +83,40 @@ def check_passthrough_path(api_path: str) -> None:
         raise PathRefused("path not allowed: it holds an escaped '/' or '\\'")
 
 
-_ANTHROPIC: list[tuple[str, re.Pattern[str], RouteKind]] = [
-    ("POST", re.compile(r"^/v1/messages$"), RouteKind.MESSAGES),
-    ("POST", re.compile(r"^/v1/messages/count_tokens$"), RouteKind.PASSTHROUGH),
-    ("GET", re.compile(r"^/v1/models$"), RouteKind.PASSTHROUGH),
-    ("GET", re.compile(r"^/v1/models/[^/]+$"), RouteKind.PASSTHROUGH),
-]
+class Route(NamedTuple):
+    """One route of a provider type: a method ("*": any) and an API path pattern."""
 
-_OPENAI: list[tuple[str, re.Pattern[str], RouteKind]] = [
-    ("POST", re.compile(r"^/v1/chat/completions$"), RouteKind.CHAT),
-    ("POST", re.compile(r"^/v1/responses$"), RouteKind.RESPONSES),
-    ("GET", re.compile(r"^/v1/models(/.*)?$"), RouteKind.PASSTHROUGH),
-    ("GET", re.compile(r"^/v1/responses/[^/]+$"), RouteKind.PASSTHROUGH),
-    ("DELETE", re.compile(r"^/v1/responses/[^/]+$"), RouteKind.PASSTHROUGH),
-    ("POST", re.compile(r"^/v1/responses/[^/]+/cancel$"), RouteKind.PASSTHROUGH),
-    ("GET", re.compile(r"^/v1/responses/[^/]+/input_items$"), RouteKind.PASSTHROUGH),
-    ("*", re.compile(r"^/v1/conversations(/.*)?$"), RouteKind.PASSTHROUGH),
-]
+    method: str
+    pattern: re.Pattern[str]
+    kind: RouteKind
 
-_BEDROCK: list[tuple[str, re.Pattern[str], RouteKind]] = [
-    ("POST", re.compile(r"^/v1/messages$"), RouteKind.MESSAGES),
-    ("POST", re.compile(r"^/model/[^/]+/invoke$"), RouteKind.BEDROCK_INVOKE),
-    (
-        "POST",
-        re.compile(r"^/model/[^/]+/invoke-with-response-stream$"),
-        RouteKind.BEDROCK_INVOKE_STREAM,
-    ),
-]
+    def matches(self, method: str, api_path: str) -> bool:
+        return (self.method == "*" or self.method == method) and bool(self.pattern.match(api_path))
 
-_TABLES = {"anthropic": _ANTHROPIC, "openai": _OPENAI, "bedrock": _BEDROCK}
+    @property
+    def label(self) -> str:
+        """The pattern as a metric label: ``/v1/models/*``, ``/model/{id}/invoke``.
+
+        A metric label must not be a path a client chooses (one series per
+        path, never freed).
+        """
+        text = self.pattern.pattern.removeprefix("^").removesuffix("$")
+        for regex, shown in _PATTERN_PARTS:
+            text = text.replace(regex, shown)
+        return text
 
 
-def match_route(provider_type: str, method: str, api_path: str) -> RouteKind | None:
-    for m, pattern, kind in _TABLES.get(provider_type, ()):
-        if (m == "*" or m == method) and pattern.match(api_path):
-            return kind
-    return None
+_PATTERN_PARTS = ((r"(/.*)?", "/*"), (r"[^/]+", "{id}"))
 
 
-def error_style_for(provider_type: str | None, api_path: str) -> ErrorStyle:
-    """'anthropic' or 'openai': the error body shape a client of this route expects."""
-    if provider_type in ("anthropic", "bedrock"):
-        return "anthropic"
-    if provider_type == "openai":
-        return "openai"
-    return "anthropic" if api_path.startswith("/v1/messages") else "openai"
+def intercepted(method: str, path_regex: str, kind: RouteKind) -> Route:
+    """An intercepted route: parsed, accounted for and recorded (``path_regex`` is anchored)."""
+    return Route(method, re.compile(f"^{path_regex}$"), kind)
 
 
-def upstream_path(provider_type: str, api_path: str) -> str:
-    """Path to append to the provider's base URL.
-
-    OpenAI base URLs include ``/v1`` (https://api.openai.com/v1/), so the
-    client's ``/v1/chat/completions`` becomes ``chat/completions``; Anthropic
-    base URLs do not (https://api.anthropic.com/), so ``v1/messages`` is kept.
-    """
-    path = api_path.lstrip("/")
-    if provider_type == "openai" and path.startswith("v1/"):
-        return path[3:]
-    return path
+def passthrough(method: str, path_regex: str) -> Route:
+    """A route forwarded unparsed and not recorded."""
+    return Route(method, re.compile(f"^{path_regex}$"), RouteKind.PASSTHROUGH)
 
 
 def join_url(base_url: str, path: str, query_string: bytes = b"") -> str:
@@ -148,24 +126,5 @@ def join_url(base_url: str, path: str, query_string: bytes = b"") -> str:
     return url
 
 
-_PATTERN_PARTS = ((r"(/.*)?", "/*"), (r"[^/]+", "{id}"))
-
-
-def _label_of(pattern: re.Pattern[str]) -> str:
-    text = pattern.pattern.removeprefix("^").removesuffix("$")
-    for regex, shown in _PATTERN_PARTS:
-        text = text.replace(regex, shown)
-    return text
-
-
-def route_label(provider_type: str, method: str, api_path: str) -> str:
-    """The route pattern an API path matched, for metrics and circuit keys.
-
-    ``/v1/models/gpt-4.1`` → ``/v1/models/*``, ``/model/<id>/invoke`` →
-    ``/model/{id}/invoke``: a metric label must not be a path a client
-    chooses (one series per path, never freed). ``other`` when nothing matches.
-    """
-    for m, pattern, _kind in _TABLES.get(provider_type, ()):
-        if (m == "*" or m == method) and pattern.match(api_path):
-            return _label_of(pattern)
-    return "other"
+def with_query(path: str, query_string: bytes) -> str:
+    return f"{path}?{query_string.decode('latin-1')}" if query_string else path

@@ -75,6 +75,10 @@ def test_the_copy_keeps_every_contract(package_copy: Path) -> None:
         # The interception talking SQL.
         ("relay.intercept.base", "import asyncpg", "intercept-no-sql"),
         ("relay.intercept.passthrough", "import relay.db.bridge", "intercept-no-sql"),
+        # A provider kind reaching the database.
+        ("relay.providers.kinds.openai", "import relay.db.bridge", "intercept-no-sql"),
+        # The shell asking about a provider type.
+        ("relay.intercept.base", "import relay.providers.kinds", "shell-knows-no-type"),
         # A sans-io core doing I/O.
         ("relay.streams.sse", "import trio", "sans-io"),
         # The package reaching into the benchmarks.

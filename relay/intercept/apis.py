@@ -1,4 +1,7 @@
-"""The three intercepted APIs, described for the interception shell."""
+"""The three intercepted APIs, described for the interception shell.
+
+Which routes speak which API is each provider kind's (``ProviderKind.specs``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ from relay.intercept.base import ApiSpec
 from relay.intercept.chatcompletions.accumulator import ChatAccumulator
 from relay.intercept.messages.accumulator import MessagesAccumulator
 from relay.intercept.responses.accumulator import ResponsesAccumulator
-from relay.routes import RouteKind
 from relay.wire.anthropic import parse_messages_request
 from relay.wire.common import RequestInfo
 from relay.wire.errors import anthropic_sse_error, chat_sse_error, responses_sse_error
@@ -66,12 +68,3 @@ RESPONSES = ApiSpec(
         _OPENAI_ERROR_TYPES.get(type_, "server_error"), message, 0
     ),
 )
-
-SPECS: dict[RouteKind, ApiSpec] = {
-    RouteKind.MESSAGES: MESSAGES,
-    RouteKind.CHAT: CHAT,
-    RouteKind.RESPONSES: RESPONSES,
-    # Bedrock's native routes carry an Anthropic Messages body (Bedrock's dialect).
-    RouteKind.BEDROCK_INVOKE: MESSAGES,
-    RouteKind.BEDROCK_INVOKE_STREAM: MESSAGES,
-}

@@ -28,13 +28,12 @@ import trio
 from relay.asgi import Headers, Receive, Send, forwardable_response_headers, send_response
 from relay.dump import DumpHandle
 from relay.facts import Facts
-from relay.routes import ErrorStyle
 from relay.streams.sse import SSEDecoder, SSEEvent
 from relay.upstream.errors import UpstreamError, UpstreamTimeout
 from relay.upstream.http11 import HTTP11Client, RequestBody, UpstreamResponse
 from relay.upstream.keypool import Exhausted, Failover, retry_after_header
 from relay.wire.common import RequestInfo
-from relay.wire.errors import error_body_for
+from relay.wire.errors import ErrorStyle, error_body_for
 
 log = logging.getLogger("relay.intercept")
 
@@ -167,39 +166,200 @@ def exhausted_headers(exhausted: Exhausted) -> Headers:
     return [(b"retry-after", retry_after_header(exhausted.retry_after))]
 
 
-async def relay_interception(
+class ResponseRelay(Protocol):
+    """How one exchange's answer reaches the client, and what it is accounted as.
+
+    The shell owns the exchange (the upstream call, key failover, the client's
+    response start and end, cancellation, keepalive, the outcome); a relay
+    says what differs by API and provider: whether the answer is a stream,
+    its headers, what each upstream chunk becomes for the client (the chunk
+    itself for SSE APIs; re-framed events for Bedrock's Anthropic clients) and
+    how a failure mid-stream is told. ``SSERelay`` serves the SSE APIs;
+    ``relay.intercept.bedrock.handler.BedrockRelay`` serves Bedrock.
+    """
+
+    # May the shell add an SSE comment (keepalive) between events?
+    keepalive: bool
+
+    @property
+    def at_boundary(self) -> bool:
+        """The client has whole events only (a keepalive or an error event may follow)."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more is relayed (the translation ended the stream): stop reading."""
+        ...
+
+    def facts(self) -> Facts: ...
+
+    def streams(self, response: UpstreamResponse) -> bool:
+        """Relay this successful answer as a stream (else whole, with ``whole``)."""
+        ...
+
+    def stream_headers(self, response: UpstreamResponse) -> Headers: ...
+
+    def whole(self, response: UpstreamResponse, body: bytes) -> tuple[int, Headers, bytes]:
+        """A whole answer (an error, or a blocking one): status, headers and body for the client.
+
+        Accounts a successful one; an error's outcome is the shell's.
+        """
+        ...
+
+    def feed(self, chunk: bytes) -> bytes:
+        """One upstream read in (accounted for); the bytes to send the client now."""
+        ...
+
+    def end(self) -> bytes:
+        """The upstream body ended: the bytes still owed to the client."""
+        ...
+
+    def stream_error(self, message: str) -> bytes | None:
+        """The event that ends a stream whose upstream failed; None: leave it unfinished."""
+        ...
+
+
+class SSERelay:
+    """An SSE API's answer: forwarded as it arrives, the same bytes decoded on the side.
+
+    With ``drop_injected`` (the relay's own rewrite of the request caused
+    events the client must not see) whole events are forwarded instead, so
+    the injected ones can be left out and the others restored byte for byte.
+    """
+
+    __slots__ = ("_accumulator", "_decoder", "_drop", "_spec", "at_boundary")
+
+    keepalive = True
+    finished = False
+
+    def __init__(self, spec: ApiSpec, *, drop_injected: bool = False) -> None:
+        self._spec = spec
+        self._drop = drop_injected
+        self._accumulator = spec.new_accumulator()
+        self._decoder = SSEDecoder(keep_raw=drop_injected)
+        self.at_boundary = True
+
+    def facts(self) -> Facts:
+        return self._accumulator.facts
+
+    def streams(self, response: UpstreamResponse) -> bool:
+        return response.headers.get("content-type", "").startswith("text/event-stream")
+
+    def stream_headers(self, response: UpstreamResponse) -> Headers:
+        return forwardable_response_headers(response.headers.raw, streaming=True)
+
+    def whole(self, response: UpstreamResponse, body: bytes) -> tuple[int, Headers, bytes]:
+        headers = forwardable_response_headers(
+            response.headers.raw, streaming=self.streams(response)
+        )
+        if response.status_code < 400:
+            self._accumulator.feed_response(body)
+        return response.status_code, headers, body
+
+    def feed(self, chunk: bytes) -> bytes:
+        feed = self._accumulator.feed
+        if not self._drop:
+            for event in self._decoder.feed(chunk):
+                feed(event)
+            self.at_boundary = self._decoder.pending == 0
+            return chunk
+        # Whole events, so that the one the relay caused can be left out.
+        out: list[bytes] = []
+        is_injected = self._spec.is_injected
+        restore = self._spec.restore_raw
+        for event in self._decoder.feed(chunk):
+            if event.dispatch:
+                feed(event)
+                if is_injected is not None and is_injected(event):
+                    continue
+                if restore is not None:
+                    out.append(restore(event.raw))
+                    continue
+            out.append(event.raw)
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        decoder = self._decoder
+        # An unterminated tail still belongs to the client, byte for byte.
+        tail = decoder.pending_raw if self._drop and decoder.pending else b""
+        self.at_boundary = decoder.pending == 0
+        for event in decoder.close():
+            if event.dispatch:
+                self._accumulator.feed(event)
+        return tail
+
+    def stream_error(self, message: str) -> bytes:
+        """An error event the SDK raises on, never a silent truncation."""
+        tail = b"" if self.at_boundary else b"\n\n"
+        return tail + self._spec.stream_error("api_error", message)
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One prepared exchange: the upstream call, and the relay of its answer."""
+
+    call: UpstreamCall
+    relay: ResponseRelay
+
+
+async def run_exchange(
     send: Send,
     receive: Receive,
     call: UpstreamCall,
-    spec: ApiSpec,
-    info: RequestInfo,
+    relay: ResponseRelay,
+    style: ErrorStyle,
     outcome: Outcome,
     *,
-    drop_injected: bool,
     keepalive_interval: float,
 ) -> None:
-    """Send the upstream request and relay its answer; fills ``outcome``."""
-    accumulator = spec.new_accumulator()
+    """Send the upstream request and relay its answer; fills ``outcome``.
+
+    ``style`` is the error shape of what the relay itself answers (no
+    upstream, every key refused).
+    """
     state = StreamState()
+    interrupted: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
             try:
-                await _exchange(
-                    send,
-                    call,
-                    spec,
-                    accumulator,
-                    outcome,
-                    state,
-                    drop_injected,
-                    keepalive_interval,
-                    nursery,
+                exchange = _Exchange(
+                    send, call, relay, style, outcome, state, keepalive_interval, nursery
                 )
+                await exchange.run()
             finally:
                 nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        interrupted = exc
+        raise
     finally:
-        settle_outcome(outcome, state, accumulator.facts)
+        settle_outcome(outcome, state, relay.facts())
+        if interrupted is not None:
+            mark_interrupted(outcome, interrupted)
+
+
+def mark_interrupted(outcome: Outcome, exc: BaseException) -> None:
+    """An exception ended the interception: the record must not claim a completed exchange.
+
+    Cancelled from outside (the shutdown grace period ran out): ``cancelled``
+    in phase ``shutdown``. Anything else is a bug: ``failed``, ``relay_error``.
+    An exchange that had already ended keeps its outcome.
+    """
+    if outcome.status != "completed" or outcome.upstream_complete:
+        return
+    if _is_cancellation(exc):
+        outcome.status = "cancelled"
+        outcome.disconnect_phase = outcome.disconnect_phase or "shutdown"
+    else:
+        outcome.status = "failed"
+        outcome.error_type = "relay_error"
+        outcome.error_message = f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 def settle_outcome(outcome: Outcome, state: StreamState, facts: Facts) -> None:
@@ -218,148 +378,107 @@ def settle_outcome(outcome: Outcome, state: StreamState, facts: Facts) -> None:
         outcome.error_message = facts.error_message
 
 
-async def _exchange(
-    send: Send,
-    call: UpstreamCall,
-    spec: ApiSpec,
-    accumulator: Accumulator,
-    outcome: Outcome,
-    state: StreamState,
-    drop_injected: bool,
-    keepalive_interval: float,
-    nursery: trio.Nursery,
-) -> None:
-    outcome.sent_at = trio.current_time()
-    try:
-        async with send_upstream(
-            call.client, call.method, call.url, call.headers, call.body, call.failover
-        ) as answer:
-            if isinstance(answer, Exhausted):
-                await answer_exhausted(send, spec.error_style, outcome, call.failover, answer)
-                return
-            await _relay_response(
-                send,
-                call,
-                answer,
-                spec,
-                accumulator,
-                outcome,
-                state,
-                drop_injected,
-                keepalive_interval,
-                nursery,
-            )
-    except UpstreamError as exc:
-        if state.headers_sent:
-            raise
-        await fail_before_response(send, spec.error_style, outcome, exc)
+@dataclass(slots=True)
+class _Exchange:
+    """One run of the shell: the upstream call, then the answer relayed through ``relay``."""
 
+    send: Send
+    call: UpstreamCall
+    relay: ResponseRelay
+    style: ErrorStyle
+    outcome: Outcome
+    state: StreamState
+    keepalive_interval: float
+    nursery: trio.Nursery
 
-async def _relay_response(
-    send: Send,
-    call: UpstreamCall,
-    response: UpstreamResponse,
-    spec: ApiSpec,
-    accumulator: Accumulator,
-    outcome: Outcome,
-    state: StreamState,
-    drop_injected: bool,
-    keepalive_interval: float,
-    nursery: trio.Nursery,
-) -> None:
-    outcome.upstream_status = response.status_code
-    if call.dump is not None:
-        call.dump.response_start(response.status_code, response.headers.raw)
-    content_type = response.headers.get("content-type", "")
-    streaming = content_type.startswith("text/event-stream")
-    headers = forwardable_response_headers(response.headers.raw, streaming=streaming)
-    if response.status_code >= 400 or not streaming:
-        body = await response.aread()
-        if call.dump is not None:
-            call.dump.response_chunk(body)
-        outcome.upstream_complete = True
-        state.headers_sent = True
+    async def run(self) -> None:
+        call, outcome = self.call, self.outcome
+        outcome.sent_at = trio.current_time()
+        try:
+            async with send_upstream(
+                call.client, call.method, call.url, call.headers, call.body, call.failover
+            ) as answer:
+                if isinstance(answer, Exhausted):
+                    await answer_exhausted(self.send, self.style, outcome, call.failover, answer)
+                    return
+                await self._respond(answer)
+        except UpstreamError as exc:
+            if self.state.headers_sent:
+                raise
+            await fail_before_response(self.send, self.style, outcome, exc)
+
+    async def _respond(self, response: UpstreamResponse) -> None:
+        send, relay, outcome, state, dump = (
+            self.send, self.relay, self.outcome, self.state, self.call.dump
+        )  # fmt: skip
+        outcome.upstream_status = response.status_code
+        if dump is not None:
+            dump.response_start(response.status_code, response.headers.raw)
+        if response.status_code >= 400 or not relay.streams(response):
+            await self._whole(response)
+            return
+        headers = relay.stream_headers(response)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
-        outcome.first_byte_at = trio.current_time()
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        state.headers_sent = True
+        state.last_send = trio.current_time()
+        if self.keepalive_interval > 0 and relay.keepalive:
+            self.nursery.start_soon(keepalive, send, state, self.keepalive_interval)
+        try:
+            await self._pump(response)
+            outcome.upstream_complete = True
+        except UpstreamError as exc:
+            log.warning("upstream failed mid-stream: %s", type(exc).__name__)
+            outcome.upstream_complete = True  # a client leaving now cancels nothing
+            outcome.status = "failed"
+            outcome.error_type = "upstream_stream_error"
+            outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
+            event = relay.stream_error(outcome.error_message)
+            if event is None:
+                # No event can be added (an AWS event stream, mid-frame): the response
+                # is left unfinished, so the client's HTTP library reports a broken body.
+                return
+            await send_body(send, state, event)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _whole(self, response: UpstreamResponse) -> None:
+        """A blocking answer, or an error before any stream: read whole, sent in one piece."""
+        outcome, dump = self.outcome, self.call.dump
+        body = await response.aread()
+        if dump is not None:
+            dump.response_chunk(body)
+        outcome.upstream_complete = True
         if response.status_code >= 400:
             outcome.status = "failed"
             outcome.error_type = f"upstream_{response.status_code}"
             outcome.error_message = body[:2000].decode("utf-8", "replace")
-        else:
-            accumulator.feed_response(body)
-        return
-    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    state.headers_sent = True
-    state.last_send = trio.current_time()
-    decoder = SSEDecoder(keep_raw=drop_injected)
-    if keepalive_interval > 0:
-        nursery.start_soon(keepalive, send, state, keepalive_interval)
-    try:
-        await _pump(
-            send, response, decoder, accumulator, spec, outcome, state, drop_injected, call.dump
-        )
-        outcome.upstream_complete = True
-    except UpstreamError as exc:
-        # Upstream failed mid-stream: end the stream with an error event the
-        # SDK raises on, never a silent truncation.
-        log.warning("upstream failed mid-stream: %s", type(exc).__name__)
-        outcome.upstream_complete = True  # a client leaving now cancels nothing
-        outcome.status = "failed"
-        outcome.error_type = "upstream_stream_error"
-        outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
-        tail = b"" if state.at_boundary else b"\n\n"
-        await send_body(send, state, tail + spec.stream_error("api_error", outcome.error_message))
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        status, headers, out = self.relay.whole(response, body)
+        self.state.headers_sent = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        outcome.first_byte_at = trio.current_time()
+        await self.send({"type": "http.response.body", "body": out, "more_body": False})
 
-
-async def _pump(
-    send: Send,
-    response: UpstreamResponse,
-    decoder: SSEDecoder,
-    accumulator: Accumulator,
-    spec: ApiSpec,
-    outcome: Outcome,
-    state: StreamState,
-    drop_injected: bool,
-    dump: DumpHandle | None = None,
-) -> None:
-    feed = accumulator.feed
-    async for chunk in response.aiter_raw():
-        if dump is not None:
-            dump.response_chunk(chunk)
-        if outcome.first_byte_at is None:
-            outcome.first_byte_at = trio.current_time()
-        if drop_injected:
-            # Forward whole events so the one the relay caused can be left out.
-            out: list[bytes] = []
-            is_injected = spec.is_injected
-            restore = spec.restore_raw
-            for event in decoder.feed(chunk):
-                if event.dispatch:
-                    feed(event)
-                    if is_injected is not None and is_injected(event):
-                        continue
-                    if restore is not None:
-                        out.append(restore(event.raw))
-                        continue
-                out.append(event.raw)
+    async def _pump(self, response: UpstreamResponse) -> None:
+        send, relay, outcome, state, dump = (
+            self.send, self.relay, self.outcome, self.state, self.call.dump
+        )  # fmt: skip
+        feed = relay.feed
+        async for chunk in response.aiter_raw():
+            if dump is not None:
+                dump.response_chunk(chunk)
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = trio.current_time()
+            out = feed(chunk)
             if out:
-                await send_body(send, state, b"".join(out))
-        else:
-            await send_body(send, state, chunk)
-            for event in decoder.feed(chunk):
-                feed(event)
-            state.at_boundary = decoder.pending == 0
-    if drop_injected and decoder.pending:
-        # An unterminated tail still belongs to the client, byte for byte.
-        await send_body(send, state, decoder.pending_raw)
-    state.at_boundary = decoder.pending == 0
-    for event in decoder.close():
-        if event.dispatch:
-            feed(event)
+                await send_body(send, state, out)
+            state.at_boundary = relay.at_boundary
+            if relay.finished:
+                return  # the relay ended the stream (an error event it translated)
+        tail = relay.end()
+        if tail:
+            await send_body(send, state, tail)
+        state.at_boundary = relay.at_boundary
 
 
 async def send_body(send: Send, state: StreamState, data: bytes) -> None:

@@ -1,7 +1,8 @@
 """One intercepted request, from its body to its records.
 
 ``run_interception`` reads and checks the body, consults the circuit
-breaker, relays through the interception shell (or the Bedrock handler), and
+breaker, has the provider's kind prepare the exchange and the interception
+shell run it, and
 in one ``finally`` block settles everything the request leaves behind: the
 dump, the breaker ticket, the recorder's rows and the metrics. A cancelled
 request goes through the same block.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote
 
 import msgspec
@@ -22,10 +24,10 @@ from relay.asgi import Headers, Receive, Scope, Send, header_str
 from relay.auth import Principal
 from relay.clients import client_session_id, detect_client
 from relay.dump import DumpHandle
-from relay.intercept.base import ApiSpec, Outcome, UpstreamCall, relay_interception, send_error
-from relay.intercept.bedrock.handler import BedrockAuths, relay_bedrock
+from relay.intercept.base import ApiSpec, Outcome, mark_interrupted, run_exchange, send_error
 from relay.limits import BodyBudgetExceeded, BodyClaim, RequestGuards
 from relay.metrics import InterceptionTimer
+from relay.providers.kinds import ExchangeContext, kind_for
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
     InterceptionMeta,
@@ -34,7 +36,7 @@ from relay.record.events import (
     new_id,
     records_for,
 )
-from relay.routes import RouteKind, route_label
+from relay.routes import RouteKind
 from relay.services import Services
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
 from relay.upstream.http11 import HTTP11Client
@@ -68,12 +70,13 @@ class RequestContext:
     claim: BodyClaim  # the body's share of the process's budget, released by the dispatcher
 
 
-async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: BedrockAuths) -> None:
+async def run_interception(ctx: RequestContext, spec: ApiSpec, kind_state: Any) -> None:
     """Check and relay one intercepted request (its body already read), then record it.
 
     The body counts against the process's ``BodyBudget`` (``ctx.claim``, taken
     and released by the dispatcher) from its first byte until the request ends:
     it is held that long (forwarded, maybe again on another key, dumped).
+    ``kind_state`` is the provider kind's per-process state (Bedrock: its AWS auths).
     """
     send, receive, scope = ctx.send, ctx.receive, ctx.scope
     services, provider, api_path = ctx.services, ctx.provider, ctx.api_path
@@ -110,7 +113,8 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
     metrics = services.metrics
     # Metric labels and circuit keys: the route pattern, and the model name folded
     # into "other" beyond the cap (both are chosen by the client).
-    route = route_label(provider.type, "POST", api_path)
+    provider_kind = kind_for(provider.type)
+    route = provider_kind.route_label("POST", api_path)
     model_label = metrics.models.fold(info.model or _model_in_path(ctx.kind, api_path))
     breaker: CircuitBreaker | None = None
     ticket: int | None = None
@@ -177,64 +181,46 @@ async def run_interception(ctx: RequestContext, spec: ApiSpec, bedrock_auths: Be
                 dumps.append(handle)
             return handle
 
-        dump = (
-            None
-            if provider.type == "bedrock"
-            else begin_dump(
-                with_query(api_path, scope.get("query_string", b"")),
-                ctx.upstream_headers + actor,
-                upstream_body,
-            )
-        )
-        call = UpstreamCall(
-            ctx.client,
-            "POST",
-            ctx.url,
-            ctx.upstream_headers + actor,
-            upstream_body,
-            failover=failover,
-            dump=dump,
-        )
-        if provider.type == "bedrock":
-            await relay_bedrock(
-                send,
-                receive,
-                scope,
-                kind=ctx.kind,
+        # The provider's kind prepares the upstream call (Bedrock: translated and
+        # signed) and how its answer is relayed; the shell runs it.
+        exchange = await provider_kind.prepare_exchange(
+            ExchangeContext(
+                send=send,
+                scope=scope,
+                route=ctx.kind,
                 provider=provider,
-                auths=bedrock_auths,
-                upstreams=services.upstreams,
-                body=body,
+                spec=spec,
                 info=info,
-                outcome=outcome,
-                byok=credential.byok,
-                keepalive_interval=services.options.keepalive_interval,
-                begin_dump=begin_dump,
+                body=body,
+                upstream_body=upstream_body,
+                drop_injected=drop_injected,
+                upstream_headers=ctx.upstream_headers,
                 actor_headers=actor,
+                client=ctx.client,
+                url=ctx.url,
+                api_path=api_path,
                 failover=failover,
+                byok=credential.byok,
+                upstreams=services.upstreams,
+                begin_dump=begin_dump,
+                outcome=outcome,
+                state=kind_state,
             )
-        else:
-            await relay_interception(
+        )
+        if exchange is not None:
+            await run_exchange(
                 send,
                 receive,
-                call,
-                spec,
-                info,
+                exchange.call,
+                exchange.relay,
+                spec.error_style,
                 outcome,
-                drop_injected=drop_injected,
                 keepalive_interval=services.options.keepalive_interval,
             )
     except BaseException as exc:
-        # Cancelled from outside (the shutdown grace period ran out) or a bug:
-        # the record must not claim a completed exchange. Re-raised unchanged.
-        if outcome.status == "completed" and not outcome.upstream_complete:
-            if _is_cancellation(exc):
-                outcome.status = "cancelled"
-                outcome.disconnect_phase = outcome.disconnect_phase or "shutdown"
-            else:
-                outcome.status = "failed"
-                outcome.error_type = "relay_error"
-                outcome.error_message = f"{type(exc).__name__}: {exc}"[:2000]
+        # Cancelled from outside (the shutdown grace period ran out) or a bug,
+        # here or in the shell: the record must not claim a completed exchange.
+        mark_interrupted(outcome, exc)
         raise
     finally:
         for handle in dumps:
@@ -303,13 +289,3 @@ def _model_in_path(kind: RouteKind, api_path: str) -> str:
     if kind not in _MODEL_IN_PATH:
         return ""
     return unquote(api_path.split("/", 3)[2])
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_cancellation(e) for e in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
-
-
-def with_query(path: str, query_string: bytes) -> str:
-    return f"{path}?{query_string.decode('latin-1')}" if query_string else path

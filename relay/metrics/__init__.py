@@ -275,7 +275,7 @@ class Metrics:
         return str(initiator_id)
 
     def interception_started(self, provider: str, model: str, route: str) -> InterceptionTimer:
-        """``route``: the route's pattern (``relay.routes.route_label``), not the path."""
+        """``route``: the route's pattern (``ProviderKind.route_label``), not the path."""
         model = self.models.fold(model)
         inflight = self._child(self.inflight, provider, model, route)
         inflight.inc()
@@ -348,7 +348,7 @@ class Metrics:
                 )
 
     def passthrough(self, provider: str, route: str, method: str) -> None:
-        """``route``: the route's pattern (``relay.routes.route_label``), not the path."""
+        """``route``: the route's pattern (``ProviderKind.route_label``), not the path."""
         self._child(self.passthroughs, provider, route, method_label(method)).inc()
 
     def ttfb(self, provider: str, seconds: float) -> None:

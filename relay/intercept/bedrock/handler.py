@@ -14,38 +14,27 @@ Two kinds of clients reach a bedrock provider:
 
 Both feed the same sans-io accounting (``accounting.BedrockAccounting``:
 events, tool calls, usage from Bedrock's own counts, cache tokens included).
-Cancellation, keepalive and the outcome are the shell's, from
-``relay.intercept.base``.
+The exchange is the shell's (``relay.intercept.base``: key failover,
+cancellation, keepalive, mid-stream failures, the outcome): this module
+prepares the signed call (``prepare_bedrock_exchange``, the bedrock kind's
+hook) and says how the answer is relayed (``BedrockRelay``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 import trio
 
-from relay.asgi import Headers, Receive, Scope, Send, forwardable_response_headers, send_response
+from relay.asgi import Headers, Scope, Send, forwardable_response_headers, send_response
 from relay.dump import DumpHandle
-from relay.intercept.base import (
-    Outcome,
-    StreamState,
-    UpstreamCall,
-    answer_exhausted,
-    fail_before_response,
-    keepalive,
-    send_body,
-    send_upstream,
-    settle_outcome,
-    watch_disconnect,
-)
+from relay.facts import Facts
+from relay.intercept.base import Exchange, Outcome, UpstreamCall
 from relay.intercept.bedrock.accounting import BedrockAccounting
-from relay.intercept.bedrock.stream import (
-    anthropic_error_event,
-    map_bedrock_error,
-)
+from relay.intercept.bedrock.stream import anthropic_error_event, map_bedrock_error
 from relay.intercept.bedrock.translate import (
     InvalidAnthropicBody,
     invoke_path,
@@ -67,11 +56,10 @@ from relay.upstream.aws import (
     endpoint_url,
 )
 from relay.upstream.clients import UpstreamClients
-from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import UpstreamResponse
-from relay.upstream.keypool import Exhausted, Failover
+from relay.upstream.keypool import Failover
 from relay.wire.common import RequestInfo
-from relay.wire.errors import anthropic_error_body
+from relay.wire.errors import ANTHROPIC_ERRORS
 
 log = logging.getLogger("relay.intercept.bedrock")
 
@@ -173,12 +161,11 @@ def bedrock_request(
     return BedrockRequest(model_id, path, upstream_body, headers, streaming, native)
 
 
-async def relay_bedrock(
+async def prepare_bedrock_exchange(
     send: Send,
-    receive: Receive,
     scope: Scope,
     *,
-    kind: RouteKind,
+    route: RouteKind,
     provider: Provider,
     auths: BedrockAuths,
     upstreams: UpstreamClients,
@@ -186,18 +173,19 @@ async def relay_bedrock(
     info: RequestInfo,
     outcome: Outcome,
     byok: bool,
-    keepalive_interval: float,
-    begin_dump: Callable[[str, Headers, bytes], DumpHandle | None] | None = None,
-    actor_headers: Sequence[tuple[bytes, bytes]] = (),
-    failover: Failover | None = None,
-) -> None:
-    """Serve one request of a bedrock provider; fills ``outcome`` for the recorder.
+    begin_dump: Callable[[str, Headers, bytes], DumpHandle | None],
+    actor_headers: Headers,
+    failover: Failover | None,
+) -> Exchange | None:
+    """The signed Bedrock call for one client request, and the relay of its answer.
 
+    Answers the client itself (an Anthropic error, recorded as failed) and
+    returns None when the request cannot be made: the provider's AWS
+    configuration or credentials fail, or the body cannot be translated.
     ``begin_dump(path, headers, body)`` starts the dump of the signed request
-    as it goes upstream (secrets are masked by the dump writer).
-
-    In BYOK mode the client's own ``Authorization`` (a Bedrock API key) goes
-    upstream instead of the relay's signature.
+    as it goes upstream (secrets are masked by the dump writer). In BYOK mode
+    the client's own ``Authorization`` (a Bedrock API key) goes upstream
+    instead of the relay's signature.
     """
     client_headers: Headers = scope["headers"]
     try:
@@ -205,10 +193,10 @@ async def relay_bedrock(
     except BedrockConfigError as exc:
         log.error("%s", exc)
         await _fail(send, outcome, 500, "bedrock_config_error", str(exc))
-        return
+        return None
     try:
         request = bedrock_request(
-            kind,
+            route,
             provider,
             client_headers,
             scope.get("raw_path") or scope["path"].encode(),
@@ -216,10 +204,10 @@ async def relay_bedrock(
             info,
         )
     except InvalidAnthropicBody as exc:
-        await _fail(send, outcome, 400, "invalid_request", str(exc), "invalid_request_error")
-        return
+        await _fail(send, outcome, 400, "invalid_request", str(exc))
+        return None
     outcome.upstream_model = request.model_id
-    for name, value in actor_headers:  # signed with the rest, so Bedrock-side proxies see them
+    for name, value in actor_headers:  # signed with the rest: Bedrock-side proxies see them
         request.headers[name.decode("latin-1")] = value.decode("latin-1")
     base = endpoint_url(auth)
     url = base + request.path
@@ -236,224 +224,98 @@ async def relay_bedrock(
         except BedrockCredentialsError as exc:
             log.error("provider %r: %s", provider.name, exc)
             await _fail(send, outcome, 500, "bedrock_credentials_error", str(exc))
-            return
+            return None
     headers = [
         (k.encode(), v.encode("latin-1")) for k, v in (*request.headers.items(), *credential)
     ]
     headers.append((b"accept-encoding", b"identity"))  # the relay reads what it relays
+    dump = begin_dump(url[len(base) :] or "/", headers, request.body)
     call = UpstreamCall(
-        upstreams.get(provider.name, base), "POST", url, headers, request.body, failover=failover
+        upstreams.get(provider.name, base),
+        "POST",
+        url,
+        headers,
+        request.body,
+        failover=failover,
+        dump=dump,
     )
-    if begin_dump is not None:
-        path = url[len(base) :] or "/"
-        call.dump = begin_dump(path, headers, request.body)
-
-    accounting = BedrockAccounting()
-    state = StreamState()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
-            try:
-                await _exchange(
-                    send, call, request, accounting, outcome, state, keepalive_interval, nursery
-                )
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        settle_outcome(outcome, state, accounting.facts())
+    return Exchange(call, BedrockRelay(request))
 
 
-async def _exchange(
-    send: Send,
-    call: UpstreamCall,
-    request: BedrockRequest,
-    accounting: BedrockAccounting,
-    outcome: Outcome,
-    state: StreamState,
-    keepalive_interval: float,
-    nursery: trio.Nursery,
-) -> None:
-    outcome.sent_at = trio.current_time()
-    try:
-        async with send_upstream(
-            call.client, call.method, call.url, call.headers, call.body, call.failover
-        ) as response:
-            if isinstance(response, Exhausted):
-                await answer_exhausted(send, "anthropic", outcome, call.failover, response)
-                return
-            await _relay_response(
-                send,
-                call,
-                response,
-                request,
-                accounting,
-                outcome,
-                state,
-                keepalive_interval,
-                nursery,
-            )
-    except UpstreamError as exc:
-        if state.headers_sent:
-            raise
-        await fail_before_response(send, "anthropic", outcome, exc)
+class BedrockRelay:
+    """Bedrock's answer through the shell (``relay.intercept.base.ResponseRelay``).
 
+    To an Anthropic client: the event stream re-emitted as Anthropic SSE event
+    by event, errors before it mapped to Anthropic errors. To a Bedrock client:
+    everything unchanged (event stream included), decoded on the side. Both
+    feed ``BedrockAccounting``.
+    """
 
-async def _relay_response(
-    send: Send,
-    call: UpstreamCall,
-    response: UpstreamResponse,
-    request: BedrockRequest,
-    accounting: BedrockAccounting,
-    outcome: Outcome,
-    state: StreamState,
-    keepalive_interval: float,
-    nursery: trio.Nursery,
-) -> None:
-    dump = call.dump
-    outcome.upstream_status = response.status_code
-    if dump is not None:
-        dump.response_start(response.status_code, response.headers.raw)
-    if response.status_code >= 400 or not request.streaming:
-        await _relay_whole(send, response, request, accounting, outcome, state, dump)
-        return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": (
-                forwardable_response_headers(response.headers.raw, streaming=True)
-                if request.native
-                else [*SSE_HEADERS, *_request_id(response)]
-            ),
-        }
-    )
-    state.headers_sent = True
-    state.last_send = trio.current_time()
-    if request.native:
-        await _relay_event_stream(send, response, accounting, outcome, state, dump)
-    else:
-        if keepalive_interval > 0:
-            nursery.start_soon(keepalive, send, state, keepalive_interval)
-        await _relay_as_sse(send, response, accounting, outcome, state, dump)
+    __slots__ = ("_accounting", "_request", "keepalive")
 
+    at_boundary = True  # only whole events (or, native, nothing ever added) reach the client
 
-async def _relay_whole(
-    send: Send,
-    response: UpstreamResponse,
-    request: BedrockRequest,
-    accounting: BedrockAccounting,
-    outcome: Outcome,
-    state: StreamState,
-    dump: DumpHandle | None,
-) -> None:
-    """A blocking answer, or an error before the stream."""
-    body = await response.aread()
-    if dump is not None:
-        dump.response_chunk(body)
-    outcome.upstream_complete = True
-    status = response.status_code
-    headers = forwardable_response_headers(response.headers.raw, streaming=False)
-    if status >= 400:
-        outcome.status = "failed"
-        outcome.error_type = f"upstream_{status}"
-        outcome.error_message = body[:2000].decode("utf-8", "replace")
-        if not request.native:  # a Bedrock client reads AWS errors; an Anthropic one, Anthropic's
+    def __init__(self, request: BedrockRequest) -> None:
+        self._request = request
+        self._accounting = BedrockAccounting()
+        # SSE comments only on the Anthropic SSE stream; an event stream has none.
+        self.keepalive = not request.native
+
+    @property
+    def finished(self) -> bool:
+        # An error event ended the translated stream (a corrupt frame, an exception).
+        return not self._request.native and self._accounting.stream.finished
+
+    def facts(self) -> Facts:
+        return self._accounting.facts()
+
+    def streams(self, response: UpstreamResponse) -> bool:
+        return self._request.streaming
+
+    def stream_headers(self, response: UpstreamResponse) -> Headers:
+        if self._request.native:
+            return forwardable_response_headers(response.headers.raw, streaming=True)
+        return [*SSE_HEADERS, *_request_id(response)]
+
+    def whole(self, response: UpstreamResponse, body: bytes) -> tuple[int, Headers, bytes]:
+        status = response.status_code
+        headers = forwardable_response_headers(response.headers.raw, streaming=False)
+        if status < 400:
+            self._accounting.feed_response(body, response.headers)
+        elif not self._request.native:
+            # A Bedrock client reads AWS errors; an Anthropic one, Anthropic's.
             status, body = map_bedrock_error(status, body, response.headers.multi_items())
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 *_request_id(response),
             ]
-    else:
-        accounting.feed_response(body, response.headers)
-    state.headers_sent = True
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    outcome.first_byte_at = trio.current_time()
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+        return status, headers, body
+
+    def feed(self, chunk: bytes) -> bytes:
+        events = self._accounting.feed_stream(chunk)
+        if self._request.native:
+            return chunk
+        return b"".join([event.sse for event in events])
+
+    def end(self) -> bytes:
+        events = self._accounting.end_stream()
+        if self._request.native:
+            return b""
+        return b"".join([event.sse for event in events])
+
+    def stream_error(self, message: str) -> bytes | None:
+        if self._request.native:
+            return None  # no frame can be added safely mid-frame
+        return anthropic_error_event("api_error", message).sse
 
 
-async def _relay_as_sse(
-    send: Send,
-    response: UpstreamResponse,
-    accounting: BedrockAccounting,
-    outcome: Outcome,
-    state: StreamState,
-    dump: DumpHandle | None,
-) -> None:
-    """Bedrock's event stream, re-emitted as Anthropic SSE event by event."""
-    try:
-        async for chunk in response.aiter_raw():
-            if dump is not None:
-                dump.response_chunk(chunk)
-            if outcome.first_byte_at is None:
-                outcome.first_byte_at = trio.current_time()
-            events = accounting.feed_stream(chunk)
-            if events:
-                await send_body(send, state, b"".join([event.sse for event in events]))
-            if accounting.stream.finished:
-                break  # an error event ended the stream (a corrupt frame, an exception)
-        else:
-            events = accounting.end_stream()
-            if events:
-                await send_body(send, state, b"".join([event.sse for event in events]))
-        outcome.upstream_complete = True
-    except UpstreamError as exc:
-        # End with an error event the SDK raises on, never a silent truncation.
-        log.warning("bedrock failed mid-stream: %s", type(exc).__name__)
-        _fail_mid_stream(outcome, exc)
-        assert outcome.error_message is not None
-        await send_body(send, state, anthropic_error_event("api_error", outcome.error_message).sse)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _relay_event_stream(
-    send: Send,
-    response: UpstreamResponse,
-    accounting: BedrockAccounting,
-    outcome: Outcome,
-    state: StreamState,
-    dump: DumpHandle | None,
-) -> None:
-    """Bedrock's event stream to a Bedrock client, unchanged, decoded on the side."""
-    try:
-        async for chunk in response.aiter_raw():
-            if dump is not None:
-                dump.response_chunk(chunk)
-            if outcome.first_byte_at is None:
-                outcome.first_byte_at = trio.current_time()
-            await send_body(send, state, chunk)
-            accounting.feed_stream(chunk)
-        accounting.end_stream()
-        outcome.upstream_complete = True
-    except UpstreamError as exc:
-        log.warning("bedrock failed mid-stream: %s", type(exc).__name__)
-        _fail_mid_stream(outcome, exc)
-        # No frame can be added safely mid-frame: the response is left
-        # unfinished, so the client's HTTP library reports a broken body.
-        return
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _fail_mid_stream(outcome: Outcome, exc: Exception) -> None:
-    outcome.upstream_complete = True  # a client leaving now cancels nothing
-    outcome.status = "failed"
-    outcome.error_type = "upstream_stream_error"
-    outcome.error_message = f"upstream connection failed mid-stream ({type(exc).__name__})"
-
-
-async def _fail(
-    send: Send,
-    outcome: Outcome,
-    status: int,
-    error_type: str,
-    message: str,
-    anthropic_type: str = "api_error",
-) -> None:
+async def _fail(send: Send, outcome: Outcome, status: int, error_type: str, message: str) -> None:
     """The relay cannot make the upstream request: an Anthropic error, recorded as failed."""
     outcome.status = "failed"
     outcome.error_type = error_type
     outcome.error_message = message
-    await send_response(send, status, anthropic_error_body(anthropic_type, message))
+    await send_response(send, status, ANTHROPIC_ERRORS.body(status, message))
 
 
 def _own_authorization(client_headers: Headers) -> list[tuple[str, str]]:
