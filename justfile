@@ -62,3 +62,8 @@ replay DIR *ARGS:
 # A py-spy profile of the relay under streaming load: bench/results/profile-<time>/ (flame graph, top frames).
 profile *ARGS:
     python -m bench.profile {{ARGS}}
+
+# CPU per stream with recording, metrics, parsing, dumps off one at a time, and the floor (one run).
+# e.g. just costs --baseline main --variants on,default   (before/after of a change, one run)
+costs *ARGS:
+    python -m bench.costs {{ARGS}}

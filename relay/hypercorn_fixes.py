@@ -1,4 +1,4 @@
-"""Three changes to hypercorn 0.18's trio worker, installed before it serves.
+"""Four changes to hypercorn 0.18's trio worker, installed before it serves.
 
 **A connection the client closed is closed at once.** hypercorn's
 ``TCPServer.run`` holds the socket inside a task group that also runs the
@@ -21,6 +21,16 @@ behind each counted connection. ``RelayH11Protocol`` ignores the upgrade
 (RFC 9110 §7.8 lets a server) and leaves a PRI request to be answered as
 HTTP/1.1 (404, then the connection breaks on the preface).
 
+**A burst of new connections is accepted at once.** ``trio.serve_listeners``
+takes one connection per scheduling round (``SocketListener.accept``
+checkpoints after each), and with hundreds of busy streams a round takes
+milliseconds: 256 clients connecting together waited seconds in the kernel's
+queue for their first answer (docs/benchmarks.md, *The tail*).
+``DrainingSocketListener`` waits for the listening socket like trio does,
+then takes every connection already queued (up to ``ACCEPT_BATCH``) in one
+go and hands them out without a checkpoint between them, so the serving loop
+starts all their handlers in the same round.
+
 hypercorn's worker looks these classes up by module global at call time,
 so ``install`` swaps them in; it is idempotent. The overridden methods are
 private: ``TESTED_VERSIONS`` names the hypercorn versions they were read
@@ -29,7 +39,10 @@ against, and tests/test_hostile_input.py fails on any other.
 
 from __future__ import annotations
 
+import collections
 import logging
+import socket
+import types
 from importlib.metadata import version
 from typing import Any
 
@@ -135,6 +148,56 @@ class RelayTCPServer(TCPServer):
         await super()._idle_timeout()
 
 
+ACCEPT_BATCH = 256  # connections taken from the kernel's queue per wake-up, at most
+
+
+class DrainingSocketListener(trio.abc.Listener[trio.SocketStream]):
+    """A ``trio.SocketListener`` that accepts every queued connection per wake-up.
+
+    Only the first connection of a batch costs a checkpoint (trio's own
+    ``accept``); the others are taken with non-blocking ``accept`` calls on
+    the same socket and returned without one, so ``serve_listeners`` starts
+    their handlers in the same scheduling round.
+    """
+
+    def __init__(self, listening: trio.socket.SocketType) -> None:
+        self.socket = listening
+        self._listener = trio.SocketListener(listening)
+        self._queued: collections.deque[trio.socket.SocketType] = collections.deque()
+
+    async def accept(self) -> trio.SocketStream:
+        if self._queued:
+            return trio.SocketStream(self._queued.popleft())
+        stream = await self._listener.accept()
+        raw: socket.socket = self.socket._sock  # type: ignore[attr-defined]  # trio wraps one
+        while len(self._queued) < ACCEPT_BATCH:
+            try:
+                sock, _ = raw.accept()
+            except OSError:
+                # Nothing queued (BlockingIOError), or an error trio's accept
+                # reports (or skips, like ECONNABORTED) on the next call.
+                break
+            self._queued.append(trio.socket.from_stdlib_socket(sock))
+        return stream
+
+    async def aclose(self) -> None:
+        while self._queued:
+            self._queued.popleft().close()
+        await self._listener.aclose()
+
+
+class _TrioForHypercorn(types.ModuleType):
+    """``trio`` as hypercorn's worker sees it: the same, but its listeners drain the queue."""
+
+    SocketListener = DrainingSocketListener
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio, name)
+
+
+_TRIO_FOR_HYPERCORN = _TrioForHypercorn("trio")
+
+
 class RelayH11Protocol(H11Protocol):
     async def _check_protocol(self, event: Any) -> None:
         """No switch to HTTP/2: every request is served as HTTP/1.1."""
@@ -152,4 +215,5 @@ def install() -> None:
         )
     # Replacing what these modules imported: names they do not export (hence the ignores).
     hypercorn.trio.run.TCPServer = RelayTCPServer  # type: ignore[attr-defined]
+    hypercorn.trio.run.trio = _TRIO_FOR_HYPERCORN  # type: ignore[attr-defined]
     hypercorn.protocol.H11Protocol = RelayH11Protocol  # type: ignore[attr-defined]

@@ -22,6 +22,9 @@ from relay.options import Options
 
 log = logging.getLogger("relay.server")
 
+LISTEN_BACKLOG = 4096
+KEEP_ALIVE_MAX_REQUESTS = 100_000
+
 
 def hypercorn_config(options: Options) -> Config:
     config = Config()
@@ -34,6 +37,16 @@ def hypercorn_config(options: Options) -> Config:
     # Long agent sessions keep connections open between requests (an idle
     # connection the client closes is closed at once: relay.hypercorn_fixes).
     config.keep_alive_timeout = 75
+    # hypercorn's default accept backlog is 100: a burst of new connections
+    # beyond it (clients starting together, or reconnecting after an overload)
+    # has its handshakes dropped, and each such client waits for TCP's SYN
+    # retry, 1 s, then 3 s more: that was the p99 at 256 connecting clients
+    # (docs/benchmarks.md, *The tail*). The kernel caps it at net.core.somaxconn.
+    config.backlog = LISTEN_BACKLOG
+    # hypercorn closes a keep-alive connection after 1,000 requests by default;
+    # the relay keeps no per-connection state worth bounding, and every close
+    # costs the client a new connection, so only a very busy one is recycled.
+    config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
     hypercorn_fixes.install()
     hypercorn_fixes.set_connection_limit(config, options.max_connections)
     return config

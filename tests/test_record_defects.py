@@ -35,6 +35,25 @@ def test_new_ids_are_version_7_and_strictly_increasing():
     for i in (ids[0], ids[-1]):
         assert before_ms <= i.int >> 80 <= after_ms  # 48 bits of Unix milliseconds
     assert len({i.int & ((1 << 62) - 1) for i in ids}) == len(ids)  # random tails differ
+    assert ids[0] == uuid.UUID(str(ids[0])) and hash(ids[0]) == hash(uuid.UUID(str(ids[0])))
+
+
+def test_a_forked_child_draws_new_random_bits():
+    """The random bits come from a pool: a child must not reuse what its parent has left."""
+    tail = (1 << 62) - 1
+    new_id()  # the pool is filled and partly used
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id's random tail, then out at once
+        try:
+            os.write(write, (new_id().int & tail).to_bytes(8))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_tail = int.from_bytes(os.read(read, 8))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_tail != new_id().int & tail
 
 
 # A blocking Responses answer cut in the middle of its JSON, with a correct

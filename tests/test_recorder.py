@@ -166,6 +166,25 @@ async def test_a_lone_record_is_flushed_by_the_interval(db: Database, tmp_path: 
         await recorder.aclose()
 
 
+async def test_a_full_batch_does_not_wait_for_the_interval(db: Database, tmp_path: Path) -> None:
+    # The collector sleeps through a batch's interval (one wake-up per batch):
+    # record() must wake it as soon as a whole batch waits, and aclose() at once.
+    recorder = Recorder(db, tmp_path / "spool", batch_size=10, flush_interval=3600)
+    batches = [interception(n) for n in range(3)]  # 21 rows
+    rows = [record for batch in batches for record in batch]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(recorder.run)
+        await wait_until(lambda: recorder.stats.database_up)
+        with trio.fail_after(60):  # far less than the hour of the interval
+            for batch in batches:
+                recorder.record(batch)
+                await trio.lowlevel.checkpoint()
+            await wait_until(lambda: recorder.stats.written >= 10)
+            await recorder.aclose()
+    assert recorder.stats.written == len(rows)
+    await assert_exactly(db, rows)
+
+
 async def test_writing_twice_stores_once(db: Database, tmp_path: Path) -> None:
     records = interception(1) + interception(2)
     await write_batch(db, records)

@@ -235,14 +235,18 @@ async def run_load(
     timeout_s: float = 30.0,
     drain_s: float = 10.0,
     progress: Progress | None = None,
+    cold: bool = False,
 ) -> RunResult:
     """Closed-loop load: ``concurrency`` workers, each on its own keep-alive connection.
 
     Every worker connects and sends one unmeasured request first
     (``CONNECT_AT_ONCE`` at a time); the clock starts when all are done, so
-    latencies are those of a steady state, not of a connection storm. New requests stop at ``max_requests`` or after
-    ``max_seconds``; those still in flight get ``drain_s`` more, then are
-    cancelled and counted unfinished.
+    latencies are those of a steady state, not of a connection storm. With
+    ``cold``, as wrk does, every worker connects at once when the clock starts
+    and its first request's time includes the connect. A request on a new
+    connection (the server closed the last one) counts its connect too. New
+    requests stop at ``max_requests`` or after ``max_seconds``; those still in
+    flight get ``drain_s`` more, then are cancelled and counted unfinished.
     """
     request = prepare(endpoint, scenario)
     samples: list[Sample] = []
@@ -261,9 +265,10 @@ async def run_load(
             # connection is only known to be accepted once it was answered (a
             # trio accept loop takes one connection per scheduling round).
             # A failure here is retried, and counted, by the loop below.
-            with trio.move_on_after(timeout_s):
-                async with connect_limiter:
-                    conn = await _warm_connection(endpoint, request)
+            if not cold:
+                with trio.move_on_after(timeout_s):
+                    async with connect_limiter:
+                        conn = await _warm_connection(endpoint, request)
             waiting -= 1
             if not waiting:
                 started = last_end = time.perf_counter()
@@ -273,9 +278,14 @@ async def run_load(
             while budget.take():
                 try:
                     with trio.fail_after(timeout_s):
+                        connect_s = 0.0
                         if conn is None:
+                            connecting = time.perf_counter()
                             conn = await Connection.open(endpoint)
+                            connect_s = time.perf_counter() - connecting
                         sample = await conn.exchange(request)
+                        sample.ttfb += connect_s
+                        sample.total += connect_s
                 except StaleConnection:
                     budget.issued -= 1  # not an error: retried on a new connection
                 except trio.TooSlowError:

@@ -42,6 +42,32 @@ def utc_now() -> datetime:
 
 _id_lock = threading.Lock()
 _last_id_clock = 0  # the 60-bit clock of the latest id: milliseconds and 12 bits below
+# The random bits of ids come from one os.urandom call per _RANDOM_POOL_IDS ids
+# (a system call per id was a measurable share of a stream's CPU).
+_RANDOM_POOL_IDS = 512
+_random_pool = b""
+_random_at = 0
+
+
+def _forget_random_pool() -> None:
+    # A forked child must not hand out the parent's remaining random bits again.
+    global _random_pool, _random_at
+    _random_pool, _random_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random_pool)
+
+
+def _uuid_from_int(value: int) -> uuid.UUID:
+    """``uuid.UUID(int=value)`` without its argument checks (the value is built valid),
+    as Python 3.14's ``uuid.UUID._from_int`` does."""
+    made = object.__new__(uuid.UUID)
+    object.__setattr__(made, "int", value)
+    object.__setattr__(made, "is_safe", _UNKNOWN_SAFETY)
+    return made
+
+
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
 
 
 def new_id() -> uuid.UUID:
@@ -52,21 +78,25 @@ def new_id() -> uuid.UUID:
     creation order is id order. Rows arrive roughly in id order, so primary-key
     inserts touch the right edge of the index instead of random pages of a large one.
     """
-    global _last_id_clock
+    global _last_id_clock, _random_pool, _random_at
     milliseconds, below = divmod(time.time_ns(), 1_000_000)
     clock = milliseconds << 12 | (below * 4096 // 1_000_000)
     with _id_lock:
         if clock <= _last_id_clock:
             clock = _last_id_clock + 1  # same (or earlier) time: the next value
         _last_id_clock = clock
-    value = (
+        at = _random_at
+        if at >= len(_random_pool):
+            _random_pool, at = os.urandom(8 * _RANDOM_POOL_IDS), 0
+        _random_at = at + 8
+        random = int.from_bytes(_random_pool[at : at + 8]) >> 2
+    return _uuid_from_int(
         (clock >> 12) << 80
         | 0x7 << 76  # version 7
         | (clock & 0xFFF) << 64
         | 0x2 << 62  # RFC 4122 variant
-        | int.from_bytes(os.urandom(8)) >> 2
+        | random
     )
-    return uuid.UUID(int=value)
 
 
 class InterceptionMeta(msgspec.Struct, kw_only=True):

@@ -129,6 +129,8 @@ class Recorder:
         self._initial_pass_done = trio.Event()
         self._spool_lock = trio.Lock()
         self._batch: list[Record] = []
+        self._waiting_rows = 0  # rows in the channel (record() adds, the collector takes)
+        self._batch_full = trio.Event()  # _waiting_rows reached a batch, or the channel closed
         self._in_flight: list[Record] | None = None
         self._started = False
         self._closed = False
@@ -165,6 +167,12 @@ class Recorder:
             return
         try:
             self._send.send_nowait(records)
+            # The collector sleeps through a batch's flush interval instead of
+            # waking for every interception: it is woken early only when a
+            # whole batch is waiting.
+            self._waiting_rows += count
+            if self._waiting_rows + len(self._batch) >= self._batch_size:
+                self._batch_full.set()
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # The writer is behind, or shutting down: the overflow goes to the
             # spool directly (and is drained once more before the end).
@@ -216,6 +224,7 @@ class Recorder:
     async def aclose(self) -> None:
         """Graceful shutdown: stop accepting, write or spool everything queued."""
         self._send.close()
+        self._batch_full.set()  # the collector need not sleep out its interval
         if self._started:
             await self._done.wait()
         else:
@@ -225,32 +234,51 @@ class Recorder:
     # --- collecting and writing --------------------------------------------------------------
 
     async def _collect(self) -> None:
-        """Batch the channel: flush at batch_size rows or flush_interval, whichever first."""
+        """Batch the channel: flush at batch_size rows or flush_interval, whichever first.
+
+        One wake-up per batch, not per ``record()``: the first records of a
+        batch wake the collector, which then sleeps until the flush interval
+        has passed (or ``record()`` signals a whole batch waiting, or the
+        channel closes) and takes everything the channel holds at once.
+        """
         receive = self._receive
-        deadline = math.inf
         while True:
-            item: Sequence[Record] | None = None
-            with trio.move_on_at(deadline):
-                try:
-                    item = await receive.receive()
-                except trio.EndOfChannel:
+            try:
+                first = await receive.receive()
+            except trio.EndOfChannel:
+                break
+            self._waiting_rows -= len(first)
+            self._batch.extend(first)
+            deadline = trio.current_time() + self._flush_interval
+            closed = False
+            while len(self._batch) < self._batch_size:
+                closed = self._take_waiting()
+                if closed or len(self._batch) >= self._batch_size:
                     break
-            if item is not None:
-                if not self._batch:
-                    deadline = trio.current_time() + self._flush_interval
-                self._batch.extend(item)
-                while len(self._batch) < self._batch_size:
-                    try:
-                        self._batch.extend(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                if len(self._batch) < self._batch_size and trio.current_time() < deadline:
-                    continue
-            if self._batch:
-                await self._flush()
-            deadline = math.inf
+                if trio.current_time() >= deadline:
+                    break
+                with trio.move_on_at(deadline):
+                    await self._batch_full.wait()
+                self._batch_full = trio.Event()
+            await self._flush()
+            if closed:
+                break
         if self._batch:
             await self._flush()
+
+    def _take_waiting(self) -> bool:
+        """Move what the channel holds into the batch (up to its size); True once it is closed."""
+        receive = self._receive
+        while len(self._batch) < self._batch_size:
+            try:
+                item = receive.receive_nowait()
+            except trio.WouldBlock:
+                return False
+            except trio.EndOfChannel:
+                return True
+            self._waiting_rows -= len(item)
+            self._batch.extend(item)
+        return False
 
     async def _flush(self) -> None:
         batch, self._batch = self._batch, []

@@ -146,15 +146,42 @@ def is_injected_usage_chunk(event: SSEEvent) -> bool:
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
 
+_SPACE = b" \t\n\r\x0b\x0c"  # what \s matches in a bytes pattern
+_COMMA = 0x2C  # ord(",")
+_USAGE_NULL = b'"usage":null'
+
+
 def strip_null_usage(raw: bytes) -> bytes:
     """An SSE block without the ``"usage": null`` member that include_usage caused.
 
     Used only on streams where the relay asked for usage, so the client gets
     the bytes it would have received without asking.
+
+    It runs on every event of such a stream, so it finds the first
+    ``"usage"`` with ``bytes.find`` and looks only there: OpenAI's own form
+    (``,"usage":null`` before ``}`` or ``,``) is cut at once; anything else
+    goes to the pattern, searched from that first key on. Every match of the
+    pattern holds a ``"usage"`` (with at most a comma and whitespace before
+    it), so the result is the pattern's first match either way.
     """
-    if b'"usage"' not in raw:
+    at = raw.find(b'"usage"')
+    if at < 0:
         return raw
-    return _NULL_USAGE.sub(b"", raw, count=1)
+    end = at + len(_USAGE_NULL)
+    if (
+        at
+        and raw[at - 1] == _COMMA
+        and raw.startswith(_USAGE_NULL, at)
+        and raw[end : end + 1] in (b"}", b",")
+    ):
+        return raw[: at - 1] + raw[end:]
+    start = at
+    while start and raw[start - 1] in _SPACE:
+        start -= 1
+    match = _NULL_USAGE.search(raw, max(start - 1, 0))
+    if match is None:
+        return raw
+    return raw[: match.start()] + raw[match.end() :]
 
 
 # --- response --------------------------------------------------------------

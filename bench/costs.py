@@ -1,0 +1,445 @@
+"""``python -m bench.costs`` (``just costs``): what each part of the relay's work costs.
+
+One run measures, interleaved round by round so that a busy machine moves
+every row alike, the relay's CPU per stream and streams/s with everything on
+and with one part switched off at a time (``bench/costs_relay.py``), next
+to the ASGI floor (``bench/load/floors/asgi_passthrough.py``):
+
+==============  ==============================================================
+``on``          parsing, recording, metrics and dumps (into a temporary dir)
+``default``     the relay as ``just bench`` runs it: dumps off (so "dumps off")
+``no-recording`` / ``no-metrics`` / ``no-parsing``: ``on`` less that one part
+``off``         all four off: the relay's routing, auth, limits and shell only
+``pg-other``    ``on``, PostgreSQL on the harness's core instead of the relay's
+``floor``       the ASGI pass-through floor (hypercorn + the relay's client)
+``w1`` / ``w2`` ``default`` under ``hypercorn -k trio -w 1`` / ``-w 2``,
+                nothing pinned (the load generator neither): several workers
+==============  ==============================================================
+
+Every relay variant shares one embedded PostgreSQL started here (the relay
+processes use it as an external database), so the database's CPU can be
+measured (``pg ms``) and pinned: on the relay's core, as the issue's
+measurement had it, except for ``pg-other``. Relay and floor are pinned to
+the first CPU, the harness (load generator and mock) to the second.
+
+``--baseline REV[,REV...]`` adds every relay variant again, run from a
+checkout of each REV (a temporary ``git worktree``), labelled
+``variant@REV``: before/after figures of a change, or of a series of
+changes step by step, from one run. Results: bench/results/costs-<UTC time>/
+(``costs.md``, ``costs.json``, the processes' logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import trio
+
+from relay.testing.mock_upstream import MockUpstream
+
+from .load import scenarios
+from .load.loadgen import Endpoint, run_load
+from .load.results import latency
+from .load.targets import (
+    REPO,
+    TargetError,
+    _credentials,
+    _relay_cli,
+    _relay_env,
+    _subprocess,
+    _tail,
+    free_port,
+    pin,
+    sample_proc,
+    system_busy_s,
+)
+
+RESULTS = REPO / "bench" / "results"
+LAUNCHER = REPO / "bench" / "costs_relay.py"
+RELAY_VARIANTS = {
+    "on": frozenset(),
+    "default": frozenset({"dumps"}),
+    "no-recording": frozenset({"recording"}),
+    "no-metrics": frozenset({"metrics"}),
+    "no-parsing": frozenset({"parsing"}),
+    "off": frozenset({"recording", "metrics", "parsing", "dumps"}),
+    "pg-other": frozenset(),
+    "w1": frozenset({"dumps"}),
+    "w2": frozenset({"dumps"}),
+}
+DEFAULT_VARIANTS = "on,default,no-recording,no-metrics,no-parsing,off,pg-other,floor"
+
+
+@dataclass
+class Variant:
+    label: str
+    kind: str  # a key of RELAY_VARIANTS, or "floor"
+    tree: Path  # the checkout whose relay runs
+    endpoint: Endpoint | None = None
+    pid: int | None = None
+    log: str | None = None
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def pinned(self) -> bool:
+        return self.kind not in ("w1", "w2")
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and every descendant still alive (hypercorn's workers)."""
+    total = 0.0
+    for p in [pid, *_descendants(pid)]:
+        sample = sample_proc(p)
+        if sample is not None:
+            total += sample.cpu_s
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Postgres:
+    """The embedded cluster every relay variant shares."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from relay.db.embedded import EmbeddedPostgres
+
+        self.cluster = EmbeddedPostgres(data_dir)
+        self.dsn = ""
+
+    def start(self) -> None:
+        self.dsn = self.cluster.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cluster.stop()
+
+    def pids(self) -> list[int]:
+        pid_file = self.cluster.pgdata / "postmaster.pid"
+        try:
+            postmaster = int(pid_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return []
+        return [postmaster, *_descendants(postmaster)]
+
+    def pin(self, cpus: set[int]) -> None:
+        for pid in self.pids():
+            pin(pid, cpus)
+
+    def cpu_s(self) -> float:
+        return sum(s.cpu_s for p in self.pids() if (s := sample_proc(p)) is not None)
+
+
+@contextlib.asynccontextmanager
+async def _baseline_trees(revs: list[str]) -> AsyncIterator[dict[str, Path]]:
+    """A temporary ``git worktree`` of each revision, removed afterwards."""
+    trees: dict[str, Path] = {}
+    try:
+        for rev in revs:
+            path = Path(tempfile.mkdtemp(prefix="relay-costs-baseline-"))
+            trees[rev] = path
+            await trio.run_process(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev],
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+        yield trees
+    finally:
+        for path in trees.values():
+            await trio.run_process(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
+                check=False,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+
+
+@contextlib.asynccontextmanager
+async def _start(
+    variant: Variant, mock: MockUpstream, pg: Postgres, token: bytes, work: Path, logs: Path
+) -> AsyncIterator[None]:
+    port = free_port()
+    if variant.kind == "floor":
+        command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "0"]
+        command += ["-b", f"127.0.0.1:{port}", "bench.load.floors.asgi_passthrough:app"]
+        env = {**os.environ, "BENCH_UPSTREAM": mock.base_url}
+        paths: dict[str, str] = {}
+        key = b"sk-bench-client-0000"
+        health = None
+    else:
+        data_dir = work / f"data-{variant.label}"
+        data_dir.mkdir()
+        env = _relay_env(mock, str(data_dir))
+        env["CODER_PG_CONNECTION_URL"] = pg.dsn
+        env["PYTHONPATH"] = str(variant.tree)
+        off = RELAY_VARIANTS[variant.kind]
+        env["BENCH_RELAY_OFF"] = ",".join(sorted(off))
+        if "dumps" not in off:
+            env["CODER_AI_GATEWAY_DUMP_DIR"] = str(work / f"dumps-{variant.label}")
+        if variant.kind in ("w1", "w2"):
+            workers = variant.kind[1]
+            command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", workers]
+            # The backlog relay serve sets (relay.server.LISTEN_BACKLOG): the
+            # master binds the socket, so it is hypercorn's flag here.
+            command += ["--backlog", "4096", "-b", f"127.0.0.1:{port}", "relay.app:create_app()"]
+            env["CODER_AI_GATEWAY_HTTP_ADDRESS"] = f"127.0.0.1:{port}"
+        else:
+            command = [sys.executable, str(LAUNCHER), "serve"]
+            command += ["--ai-gateway-http-address", f"127.0.0.1:{port}"]
+        paths = {"openai": "/api/v2/ai-gateway/openai", "anthropic": "/api/v2/ai-gateway/anthropic"}
+        key = token
+        health = "/healthz"
+    async with _subprocess(
+        variant.label.replace("@", "-"), command, port, logs, env=env, health_path=health
+    ) as (pid, log):
+        variant.pid, variant.log = pid, str(log)
+        variant.endpoint = Endpoint("127.0.0.1", port, paths, _credentials(key, key))
+        yield
+
+
+async def _measure(
+    variant: Variant,
+    pg: Postgres,
+    cpus: list[int],
+    concurrency: int,
+    seconds: float,
+    pacing: str,
+    cold: bool,
+) -> dict[str, float]:
+    assert variant.endpoint is not None and variant.pid is not None
+    scenario = scenarios.litellm_stream(pacing)  # type: ignore[arg-type]
+    if variant.pinned:
+        os.sched_setaffinity(0, {cpus[1]})
+        for p in [variant.pid, *_descendants(variant.pid)]:
+            pin(p, {cpus[0]})
+        pg.pin({cpus[1]} if variant.kind == "pg-other" else {cpus[0]})
+    else:
+        os.sched_setaffinity(0, set(cpus))
+        for p in [variant.pid, *_descendants(variant.pid)]:
+            pin(p, set(cpus))
+        pg.pin(set(cpus))
+    # Warm: connections, the token cache, the upstream pool, the workers.
+    await run_load(variant.endpoint, scenario, concurrency, max_requests=300, max_seconds=3)
+    cpu0, pg0, busy0, at0 = (
+        _tree_cpu_s(variant.pid),
+        pg.cpu_s(),
+        system_busy_s(),
+        time.perf_counter(),
+    )
+    # run_load closes its connections at its end: a cold run connects anew.
+    result = await run_load(
+        variant.endpoint,
+        scenario,
+        concurrency,
+        max_requests=10**9,
+        max_seconds=seconds,
+        cold=cold,
+    )
+    cpu1, pg1, busy1, at1 = (
+        _tree_cpu_s(variant.pid),
+        pg.cpu_s(),
+        system_busy_s(),
+        time.perf_counter(),
+    )
+    done = len(result.samples)
+    own = sample_proc(os.getpid())
+    harness = own.cpu_s if own else 0.0
+    total = latency([s.total for s in result.samples])
+    ttfb = latency([s.ttfb for s in result.samples])
+    return {
+        "streams": done,
+        "errors": sum(result.errors.values()) + result.unfinished,
+        "per_s": done / max(result.wall_s, 1e-9),
+        "cpu_ms": (cpu1 - cpu0) * 1000 / done if done else 0.0,
+        "pg_ms": (pg1 - pg0) * 1000 / done if done else 0.0,
+        "p50_ms": total.p50_ms if total else 0.0,
+        "p99_ms": total.p99_ms if total else 0.0,
+        "ttfb_p50_ms": ttfb.p50_ms if ttfb else 0.0,
+        # Every CPU of the machine busy meanwhile, in % of one CPU, ours included.
+        "machine_busy_pct": (busy1 - busy0) * 100 / max(at1 - at0, 1e-9),
+        "harness_cpu_s": harness,
+    }
+
+
+async def run(args: argparse.Namespace, out: Path) -> list[Variant]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("bench.costs needs two usable CPUs (relay on one, harness on the other)")
+    kinds = [k for k in args.variants.split(",") if k]
+    for kind in kinds:
+        if kind != "floor" and kind not in RELAY_VARIANTS:
+            raise SystemExit(f"unknown variant {kind!r}; known: floor, {', '.join(RELAY_VARIANTS)}")
+    # Data directories (the cluster, spools, dumps) in /tmp, which the 'postgres'
+    # user (the embedded cluster runs as it when we are root) can enter.
+    work = Path(tempfile.mkdtemp(prefix="relay-costs-"))
+    os.chmod(work, 0o755)
+    try:
+        return await _run(args, out, work, cpus, kinds)
+    finally:
+        await trio.to_thread.run_sync(functools.partial(shutil.rmtree, work, ignore_errors=True))
+
+
+async def _run(
+    args: argparse.Namespace, out: Path, work: Path, cpus: list[int], kinds: list[str]
+) -> list[Variant]:
+    mock = MockUpstream(record=False)
+    scenarios.install_bench_responder(mock)
+    pg = Postgres(work / "pg")
+    revs = [rev for rev in (args.baseline or "").split(",") if rev]
+    async with _baseline_trees(revs) as trees:
+        variants = [Variant(k, k, REPO) for k in kinds]
+        for rev, tree in trees.items():
+            variants += [Variant(f"{k}@{rev}", k, tree) for k in kinds if k != "floor"]
+        await trio.to_thread.run_sync(pg.start)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(mock.serve, 0)
+                env = _relay_env(mock, str(work))
+                env["CODER_PG_CONNECTION_URL"] = pg.dsn
+                await _relay_cli(["migrate"], env)
+                user = f"bench-costs-{os.getpid()}-{int(time.time())}"
+                await _relay_cli(["users", "create", user], env)
+                token = (await _relay_cli(["tokens", "create", "--user", user], env)).encode()
+                async with contextlib.AsyncExitStack() as stack:
+                    for variant in variants:
+                        try:
+                            await stack.enter_async_context(
+                                _start(variant, mock, pg, token, work, out)
+                            )
+                        except TargetError as exc:
+                            raise SystemExit(
+                                f"bench.costs: {variant.label} did not start: {exc}"
+                            ) from None
+                    for round_ in range(args.rounds):
+                        for variant in variants:
+                            figures = await _measure(
+                                variant,
+                                pg,
+                                cpus,
+                                args.concurrency,
+                                args.seconds,
+                                args.pacing,
+                                args.cold,
+                            )
+                            variant.rounds.append(figures)
+                            print(
+                                f"round {round_ + 1} {variant.label:>18}: {figures['per_s']:7.0f}/s "
+                                f"cpu {figures['cpu_ms']:.3f} ms pg {figures['pg_ms']:.3f} ms "
+                                f"p50/p99 {figures['p50_ms']:.0f}/{figures['p99_ms']:.0f} ms "
+                                f"machine {figures['machine_busy_pct']:.0f}%",
+                                flush=True,
+                            )
+                    os.sched_setaffinity(0, set(cpus))
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.to_thread.run_sync(pg.stop)
+    for variant in variants:
+        if variant.log and any(r["errors"] for r in variant.rounds):
+            print(f"{variant.label}: errors; log ends:\n{_tail(Path(variant.log))}")
+    return variants
+
+
+def _median(variant: Variant, key: str) -> float:
+    return statistics.median(r[key] for r in variant.rounds) if variant.rounds else 0.0
+
+
+def render(variants: list[Variant], args: argparse.Namespace, started: str) -> str:
+    by_label = {v.label: v for v in variants}
+    base = by_label.get("on")
+    floor = by_label.get("floor")
+    lines = [
+        f"# bench.costs, {started}",
+        "",
+        f"`python -m bench.costs --variants {args.variants} --rounds {args.rounds} "
+        f"--seconds {args.seconds:g} --concurrency {args.concurrency} --pacing {args.pacing}"
+        + (f" --baseline {args.baseline}" if args.baseline else "")
+        + (" --cold`" if args.cold else "`"),
+        "",
+        f"Medians of {args.rounds} interleaved rounds; `{args.pacing}` stream, "
+        f"{args.concurrency} clients. Pinned variants: relay (and PostgreSQL, except "
+        "pg-other) on CPU 0, harness on CPU 1; w1/w2 unpinned.",
+        "",
+        "| variant | streams/s | CPU ms / stream | Δ vs on | PostgreSQL ms / stream | "
+        "p50 / p99 ms | TTFB p50 ms | ÷ floor CPU | machine busy % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        cpu = _median(v, "cpu_ms")
+        delta = (
+            f"{cpu - _median(base, 'cpu_ms'):+.3f}" if base is not None and v is not base else ""
+        )
+        ratio = (
+            f"{cpu / _median(floor, 'cpu_ms'):.2f}×" if floor is not None and v is not floor else ""
+        )
+        lines.append(
+            f"| {v.label} | {_median(v, 'per_s'):,.0f} | {cpu:.3f} | {delta} | "
+            f"{_median(v, 'pg_ms'):.3f} | {_median(v, 'p50_ms'):.1f} / {_median(v, 'p99_ms'):.1f} | "
+            f"{_median(v, 'ttfb_p50_ms'):.2f} | {ratio} | {_median(v, 'machine_busy_pct'):.0f} |"
+        )
+    errors = {v.label: sum(int(r["errors"]) for r in v.rounds) for v in variants}
+    if any(errors.values()):
+        lines += ["", f"Errors or unfinished requests: {errors}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.costs", description=__doc__)
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--pacing", default="fast", choices=sorted(scenarios.PACINGS))
+    parser.add_argument(
+        "--baseline", default=None, help="git revisions to compare with (comma-separated)"
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="every client connects when the clock starts (as wrk does): the accept path counts",
+    )
+    args = parser.parse_args()
+    started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"costs-{started}"
+    out.mkdir(parents=True)
+    variants = trio.run(run, args, out)
+    report = render(variants, args, started)
+    (out / "costs.md").write_text(report)
+    (out / "costs.json").write_bytes(
+        msgspec.json.encode(
+            [{"label": v.label, "kind": v.kind, "rounds": v.rounds} for v in variants]
+        )
+    )
+    print("\n" + report + f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()
