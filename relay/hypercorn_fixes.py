@@ -213,6 +213,7 @@ def install() -> None:
             installed,
             ", ".join(sorted(TESTED_VERSIONS)),
         )
-    hypercorn.trio.run.TCPServer = RelayTCPServer  # type: ignore[misc]
+    # Replacing what these modules imported: names they do not export (hence the ignores).
+    hypercorn.trio.run.TCPServer = RelayTCPServer  # type: ignore[attr-defined]
     hypercorn.trio.run.trio = _TRIO_FOR_HYPERCORN  # type: ignore[attr-defined]
-    hypercorn.protocol.H11Protocol = RelayH11Protocol  # type: ignore[misc]
+    hypercorn.protocol.H11Protocol = RelayH11Protocol  # type: ignore[attr-defined]

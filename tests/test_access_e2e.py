@@ -518,7 +518,9 @@ async def test_max_concurrency_refuses_at_once(pg_dsn, tmp_path):
                 model="mock-text",
                 max_tokens=10,
                 messages=USER,
-                extra_headers={"x-mock-first-token-ms": "400"},
+                # Holds the slot while the two refusals below are made: 400 ms was
+                # outlasted by a loaded machine (the passthrough then got the slot).
+                extra_headers={"x-mock-first-token-ms": "3000"},
             ) as stream:
                 done.append("".join([t async for t in stream.text_stream]))
 

@@ -380,9 +380,12 @@ class EmbeddedPostgres:
         argv = [str(part) for part in command]
         # A clean environment: PGDATA, PGPORT etc. of the caller must not leak in.
         env = {"PATH": os.environ.get("PATH") or "/usr/bin:/bin", "LC_ALL": "C"}
-        kwargs: dict[str, object] = {}
+        # None: this process's own user and groups (subprocess.run's defaults).
+        user: int | None = None
+        group: int | None = None
+        extra_groups: list[int] | None = None
         if run_as.other_user:
-            kwargs = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
+            user, group, extra_groups = run_as.uid, run_as.gid, list(run_as.groups)
         try:
             result = subprocess.run(
                 argv,
@@ -394,7 +397,9 @@ class EmbeddedPostgres:
                 env=env,
                 timeout=_COMMAND_TIMEOUT,
                 check=False,
-                **kwargs,  # type: ignore[call-overload]
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise EmbeddedPostgresError(f"{what} failed: {exc}") from exc

@@ -22,13 +22,13 @@ from relay.asgi import (
 )
 from relay.dump import DumpHandle
 from relay.intercept.base import (
-    ErrorStyle,
     Outcome,
     answer_exhausted,
     fail_before_response,
     send_upstream,
     watch_disconnect,
 )
+from relay.routes import ErrorStyle
 from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import HTTP11Client, RequestBody
 from relay.upstream.keypool import Exhausted, Failover

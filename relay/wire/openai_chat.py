@@ -64,8 +64,9 @@ _STREAM_OPTIONS = msgspec.json.Decoder(_StreamOptions)
 
 def _tool_name(tool: _Tool) -> str | None:
     for spec in (tool.function, tool.custom):
-        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-            return spec["name"]
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if isinstance(name, str):
+            return name
     return None
 
 

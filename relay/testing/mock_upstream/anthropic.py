@@ -109,7 +109,9 @@ def _blocks(scenario: str, events: int) -> tuple[list[_Block], str]:
     return [_text_block(text_deltas(scenario, events))], "end_turn"
 
 
-def _message(model: str, content: list[object], stop_reason: str | None, usage: object) -> dict:
+def _message(
+    model: str, content: list[object], stop_reason: str | None, usage: object
+) -> dict[str, object]:
     return {
         "id": MESSAGE_ID,
         "type": "message",

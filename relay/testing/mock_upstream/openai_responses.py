@@ -23,6 +23,7 @@ from .scenarios import (
     THINKING_ANSWER_DELTAS,
     TOOL_CALL,
     StreamPlan,
+    ToolCallSpec,
     sse,
     text_deltas,
     usage_for,
@@ -76,11 +77,13 @@ class _Events:
         self.out.append(sse(kind, {"type": kind, **fields, "sequence_number": len(self.out)}))
 
 
-def _message_item(ev: _Events | None, index: int, deltas: tuple[str, ...] | list[str], cut: bool):
+def _message_item(
+    ev: _Events | None, index: int, deltas: tuple[str, ...] | list[str], cut: bool
+) -> dict[str, object]:
     item_id = f"msg_{ID_PLACEHOLDER}"
     text = "".join(deltas)
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-    done = {
+    done: dict[str, object] = {
         "id": item_id,
         "type": "message",
         "status": "completed",
@@ -128,9 +131,11 @@ def _message_item(ev: _Events | None, index: int, deltas: tuple[str, ...] | list
     return done
 
 
-def _function_call_item(ev: _Events | None, index: int, call_index: int, call) -> dict:
+def _function_call_item(
+    ev: _Events | None, index: int, call_index: int, call: ToolCallSpec
+) -> dict[str, object]:
     item_id = f"fc_{ID_PLACEHOLDER}{call_index}"
-    done = {
+    done: dict[str, object] = {
         "id": item_id,
         "type": "function_call",
         "status": "completed",
@@ -159,10 +164,10 @@ def _function_call_item(ev: _Events | None, index: int, call_index: int, call) -
     return done
 
 
-def _reasoning_item(ev: _Events | None, index: int) -> dict:
+def _reasoning_item(ev: _Events | None, index: int) -> dict[str, object]:
     item_id = f"rs_{ID_PLACEHOLDER}"
     summary = {"type": "summary_text", "text": "".join(REASONING_SUMMARY_DELTAS)}
-    done = {"id": item_id, "type": "reasoning", "summary": [summary]}
+    done: dict[str, object] = {"id": item_id, "type": "reasoning", "summary": [summary]}
     if ev is None:
         return done
     ev.emit("response.output_item.added", output_index=index, item={**done, "summary": []})
