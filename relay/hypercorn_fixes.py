@@ -34,7 +34,7 @@ starts all their handlers in the same round.
 hypercorn's worker looks these classes up by module global at call time,
 so ``install`` swaps them in; it is idempotent. The overridden methods are
 private: ``TESTED_VERSIONS`` names the hypercorn versions they were read
-against, and tests/test_hostile_input.py fails on any other.
+against, and tests/request/test_hostile_input.py fails on any other.
 """
 
 from __future__ import annotations

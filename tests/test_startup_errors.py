@@ -26,7 +26,7 @@ import trio
 from relay.app import RelayApp
 from tests.conftest import PgCluster, admin_execute
 from tests.relay_harness import clean_env
-from tests.test_http11_client import self_signed
+from tests.upstream.test_http11_client import self_signed
 
 CONNECT_REFUSED = "connection refused (is PostgreSQL running and listening there?)"
 

@@ -5,7 +5,7 @@ bytes). For responses the generator needs far less than h11 does: the
 status, where the body ends, how many body bytes and SSE events it held. h11
 costs tens of microseconds per chunk, which on a 31-chunk stream made the
 generator, not the target, the bottleneck; this reader costs a few
-microseconds per chunk. ``tests/test_loadgen.py`` checks it against h11 on
+microseconds per chunk. ``tests/bench/test_loadgen.py`` checks it against h11 on
 arbitrary splits of real responses.
 """
 

@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from relay.auth import AuthError, create_token, create_user, revoke_token
+from tests.e2e.test_access_e2e import BOTH, CENTRAL_KEY, USER, relay_with
 from tests.relay_harness import RunningRelay
-from tests.test_access_e2e import BOTH, CENTRAL_KEY, USER, relay_with
 
 pytestmark = pytest.mark.usefixtures("pg_dsn")
 

@@ -27,7 +27,7 @@ from bench.replay.run import ReplayOptions, ReplayReport, print_report, run_repl
 from relay.dump import SUFFIX_CHUNKS, SUFFIX_REQUEST, DumpWriter
 from relay.testing.mock_upstream import MockUpstream
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-ant-replay-SECRET-0123456789"
 
 # provider, method, api path, model (None: passthrough), request body

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.facts import Facts, ToolCall, Usage
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -420,7 +420,7 @@ def test_hypercorn_workers_share_their_metrics(tmp_path: Path) -> None:
             "2",
             "-b",
             f"127.0.0.1:{port}",
-            "tests.test_metrics:multiworker_app()",
+            "tests.metrics.test_metrics:multiworker_app()",
         ],
         env=env,
         cwd=ROOT,

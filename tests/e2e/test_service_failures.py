@@ -20,7 +20,7 @@ import trio
 
 from tests.relay_harness import clean_env, mock_and_relay
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@
 - a blocking upstream 200 whose JSON body is cut short is recorded as
   ``failed`` with a parse error (Coder's ``wrong_response_format`` capture);
 - the Bedrock provider's start-up line names its endpoint and access key.
-(``key_pool_failover_attempts`` is checked in tests/test_access_e2e.py.)
+(``key_pool_failover_attempts`` is checked in tests/e2e/test_access_e2e.py.)
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from relay.intercept.messages import MessagesAccumulator
 from relay.intercept.responses import ResponsesAccumulator
 from relay.streams.sse import SSEDecoder
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ACCUMULATORS: dict[str, Any] = {
     "messages": MessagesAccumulator,
     "chatcompletions": ChatAccumulator,

@@ -592,7 +592,7 @@ async def test_a_pool_of_bedrock_api_keys_fails_over_and_exhausts(pg_dsn, tmp_pa
 
 
 async def test_bedrock_time_to_first_byte_reaches_metrics(pg_dsn, tmp_path):
-    from tests.test_metrics import parse, value
+    from tests.metrics.test_metrics import parse, value
 
     async with bedrock_relay(pg_dsn, tmp_path) as (_mock, relay):
         body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True, "messages": USER}
