@@ -130,15 +130,7 @@ _KEY_COLUMNS = (
 
 
 def _key_row(row: Any) -> ApiKeyRow:
-    return ApiKeyRow(
-        id=row["id"],
-        user_id=row["user_id"],
-        user_name=row["user_name"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        last_used_at=row["last_used_at"],
-    )
+    return ApiKeyRow(**{f: row[f] for f in ApiKeyRow.__struct_fields__})
 
 
 async def create_token(

@@ -111,15 +111,7 @@ def _provider_changes(args: argparse.Namespace) -> dict[str, Any]:
         keys += [line.strip() for line in sys.stdin if line.strip()]
     if keys or args.clear_keys:
         changes["keys"] = tuple(keys)
-    for field in (
-        "base_url",
-        "bedrock_region",
-        "bedrock_access_key",
-        "bedrock_access_key_secret",
-        "bedrock_model",
-        "bedrock_small_fast_model",
-        "bedrock_base_url",
-    ):
+    for field in store.SETTABLE_FIELDS:
         value = getattr(args, field)
         if value is not None:
             changes[field] = value

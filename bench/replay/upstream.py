@@ -11,6 +11,7 @@ status, headers and body, cut into the recorded chunks and paced as recorded
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import defaultdict
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from bench.replay.cases import ReplayCase, wire_chunks
+from relay.asgi import ClientDisconnected, read_body
 
 CASE_HEADER = "x-relay-replay-case"
 
@@ -104,12 +106,10 @@ class ReplayUpstream:
                     return
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        try:
+            body = await read_body(receive, sys.maxsize)
+        except ClientDisconnected:
+            return
         started = trio.current_time()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         case = self.match(scope["method"], scope["path"], headers, body)

@@ -32,24 +32,16 @@ from relay.db.bridge import Database
 from relay.errors import CommandError
 from relay.providers.types import Provider, ProviderType, provider_problems
 
-_FIELDS = (
-    "name",
-    "type",
-    "base_url",
-    "keys",
-    "bedrock_region",
-    "bedrock_access_key",
-    "bedrock_access_key_secret",
-    "bedrock_model",
-    "bedrock_small_fast_model",
-    "bedrock_base_url",
-    "enabled",
-    "source",
-)
+# The columns of `providers` are the fields of Provider, in its order: the
+# struct is the one list (the CLI's settable options derive from it too).
+_FIELDS: tuple[str, ...] = Provider.__struct_fields__
 _COLUMNS = ", ".join(_FIELDS)
 _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(_FIELDS) + 1))
 # Fields that define a provider; 'enabled' and 'source' are the row's state.
-_CONFIG_FIELDS = _FIELDS[:-2]
+_CONFIG_FIELDS = tuple(f for f in _FIELDS if f not in ("enabled", "source"))
+# What `relay providers add|update` sets from a plain option (--base-url, ...);
+# name and type are given otherwise, keys through --key / --keys-stdin.
+SETTABLE_FIELDS = tuple(f for f in _CONFIG_FIELDS if f not in ("name", "type", "keys"))
 
 # Serialises seeding when several relay processes boot at once. An arbitrary
 # constant, distinct from the migrations' lock ("relaysed" in ASCII).
@@ -77,20 +69,10 @@ class SeedPlan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def provider_from_row(row: Mapping[str, Any]) -> Provider:
-    return Provider(
-        name=row["name"],
-        type=ProviderType(row["type"]),
-        base_url=row["base_url"],
-        keys=tuple(row["keys"] or ()),
-        bedrock_region=row["bedrock_region"],
-        bedrock_access_key=row["bedrock_access_key"],
-        bedrock_access_key_secret=row["bedrock_access_key_secret"],
-        bedrock_model=row["bedrock_model"],
-        bedrock_small_fast_model=row["bedrock_small_fast_model"],
-        bedrock_base_url=row["bedrock_base_url"],
-        enabled=row["enabled"],
-        source=row["source"],
-    )
+    values = {f: row[f] for f in _FIELDS}
+    values["type"] = ProviderType(row["type"])
+    values["keys"] = tuple(row["keys"] or ())
+    return Provider(**values)
 
 
 def _row_args(provider: Provider) -> list[Any]:
@@ -209,7 +191,7 @@ async def add_provider(db: Database, provider: Provider) -> Provider:
 
 async def update_provider(db: Database, name: str, **changes: Any) -> Provider:
     """Change fields of a provider (not its name or type); the row becomes source 'api'."""
-    bad = set(changes) - set(_CONFIG_FIELDS[2:]) - {"enabled"}
+    bad = set(changes) - (set(_CONFIG_FIELDS) - {"name", "type"}) - {"enabled"}
     if bad:
         raise ProviderStoreError(f"cannot change {', '.join(sorted(bad))}")
     if "keys" in changes:

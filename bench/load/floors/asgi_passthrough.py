@@ -19,10 +19,19 @@ the relay's own work.
 from __future__ import annotations
 
 import os
+import sys
 
 import trio
 
-from relay.asgi import HOP_BY_HOP, Message, Receive, Send, forwardable_response_headers
+from relay.asgi import (
+    HOP_BY_HOP,
+    ClientDisconnected,
+    Message,
+    Receive,
+    Send,
+    forwardable_response_headers,
+)
+from relay.asgi import read_body as relay_read_body
 from relay.upstream.clients import UpstreamClients
 from relay.upstream.errors import UpstreamError
 
@@ -33,14 +42,11 @@ _DROP = HOP_BY_HOP | {b"host", b"content-length"}
 
 
 async def read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise trio.BrokenResourceError("client left before the request body ended")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    """The whole request body, as the relay reads it (its own ``read_body``, no limit)."""
+    try:
+        return await relay_read_body(receive, sys.maxsize)
+    except ClientDisconnected:
+        raise trio.BrokenResourceError("client left before the request body ended") from None
 
 
 async def cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
