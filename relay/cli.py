@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -259,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(serve, OPTIONS)
 
+    proxy = commands.add_parser(
+        "proxy",
+        help="run the AI Gateway Proxy alone (or print its CA certificate)",
+        description="Serve only the AI Gateway Proxy (an HTTPS_PROXY), against the same "
+        "database as relay serve. `relay proxy ca-cert` prints the CA certificate clients "
+        "must trust (generated on first use). See docs/proxy.md.",
+        epilog=OLD_NAMES_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    proxy.add_argument("proxy_action", nargs="?", choices=["ca-cert"], metavar="ca-cert")
+    add_flags(proxy, OPTIONS)
+
     db_flags = argparse.ArgumentParser(add_help=False)
     add_flags(db_flags, _DB_OPTIONS)
 
@@ -351,6 +364,19 @@ def _serve(options: Options, demo: bool) -> None:
         serve(options, demo=demo)
 
 
+def _proxy(options: Options, action: str | None) -> None:
+    if action == "ca-cert":
+        from relay.proxy.ca import load_or_create_ca
+
+        sys.stdout.write(load_or_create_ca(options).cert_pem.decode("ascii"))
+        return
+    from relay.proxy.service import run_proxy
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    providers_from_env(os.environ, lambda _line: None, options)
+    trio.run(functools.partial(run_proxy, options, env=os.environ))
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """What can be refused without a database, before starting one."""
     if args.command == "tokens" and args.tokens_action == "create":
@@ -389,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Fail before starting anything; warnings are printed once, by the server.
             providers_from_env(os.environ, lambda _line: None, options)
             _serve(options, args.demo)
+        elif args.command == "proxy":
+            _proxy(options, args.proxy_action)
         else:
             trio.run(_run_admin, options, args)
     except Exception as raised:

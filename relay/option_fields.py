@@ -51,6 +51,16 @@ class OptionFields:
     metrics_token: str  # CODER_AI_GATEWAY_METRICS_TOKEN
     metrics_max_models: int  # CODER_AI_GATEWAY_METRICS_MAX_MODELS
     metrics_initiator_id_label: bool  # CODER_AI_GATEWAY_METRICS_INITIATOR_ID_LABEL
+    proxy_enabled: bool  # CODER_AI_GATEWAY_PROXY_ENABLED
+    proxy_listen_addr: str  # CODER_AI_GATEWAY_PROXY_LISTEN_ADDR
+    proxy_cert_file: str  # CODER_AI_GATEWAY_PROXY_CERT_FILE
+    proxy_key_file: str  # CODER_AI_GATEWAY_PROXY_KEY_FILE
+    proxy_allowed_private_cidrs: str  # CODER_AI_GATEWAY_PROXY_ALLOWED_PRIVATE_CIDRS
+    proxy_max_tunnels: int  # CODER_AI_GATEWAY_PROXY_MAX_TUNNELS
+    proxy_max_tunnels_per_user: int  # CODER_AI_GATEWAY_PROXY_MAX_TUNNELS_PER_USER
+    proxy_header_timeout: float  # CODER_AI_GATEWAY_PROXY_HEADER_TIMEOUT
+    proxy_dial_timeout: float  # CODER_AI_GATEWAY_PROXY_DIAL_TIMEOUT
+    proxy_idle_timeout: float  # CODER_AI_GATEWAY_PROXY_IDLE_TIMEOUT
     openai_key: str  # CODER_AI_GATEWAY_OPENAI_KEY
     openai_base_url: str  # CODER_AI_GATEWAY_OPENAI_BASE_URL
     anthropic_key: str  # CODER_AI_GATEWAY_ANTHROPIC_KEY

@@ -149,6 +149,22 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_cidr_list(text: str) -> str:
+    """Comma-separated address ranges (``10.0.0.0/8, fd00::/8``), returned normalised."""
+    import ipaddress
+
+    ranges = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            ranges.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an address range (e.g. 10.1.0.0/16)") from None
+    return ",".join(ranges)
+
+
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -493,6 +509,85 @@ OPTIONS: tuple[Option, ...] = (
         "Fill the initiator_id label (the user's id) of the interception, prompt and "
         "token metrics: one series per person. Off: the label is empty.",
         group="Observability",
+    ),
+    _opt(
+        "PROXY_ENABLED",
+        parse_bool,
+        "false",
+        "Run the AI Gateway Proxy: an HTTPS_PROXY for clients that cannot change their base "
+        "URL. It decrypts the traffic of the known LLM hosts and serves it as relay requests, "
+        "and tunnels everything else. See docs/proxy.md.",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_LISTEN_ADDR",
+        parse_address,
+        "127.0.0.1:8888",
+        "Address the proxy listens on (host:port).",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_CERT_FILE",
+        parse_str,
+        "",
+        "PEM certificate of the CA that signs the proxy's leaf certificates (with "
+        "PROXY_KEY_FILE). Empty: a CA generated into <data dir>/proxy/ on first start.",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_KEY_FILE",
+        parse_str,
+        "",
+        "PEM private key of that CA.",
+        group="AI Gateway Proxy",
+        secret=True,
+    ),
+    _opt(
+        "PROXY_ALLOWED_PRIVATE_CIDRS",
+        parse_cidr_list,
+        "",
+        "Comma-separated address ranges (10.1.0.0/16, fd00::/8) tunneled traffic may reach "
+        "although they are private or reserved. Empty: none.",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_MAX_TUNNELS",
+        parse_non_negative_int,
+        "1000",
+        "Connections the proxy holds open at once, authenticated or not; one more is "
+        "answered 503 and closed. 0: unlimited.",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_MAX_TUNNELS_PER_USER",
+        parse_non_negative_int,
+        "100",
+        "Tunnels (decrypted or not) one proxy user holds open at once; one more is "
+        "answered 429. 0: unlimited.",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_HEADER_TIMEOUT",
+        parse_duration,
+        "10s",
+        "Longest time a client may take to send its proxy request head (CONNECT line and "
+        "headers); beyond it the connection is closed.",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_DIAL_TIMEOUT",
+        parse_duration,
+        "10s",
+        "Longest time resolving and connecting to a tunnel's destination may take (504 "
+        "when exceeded).",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_IDLE_TIMEOUT",
+        parse_duration,
+        "5m",
+        "A tunnel that carries no byte either way for this long is closed.",
+        group="AI Gateway Proxy",
     ),
     # Legacy single-provider options.
     _opt("OPENAI_KEY", parse_str, "", "Key of the provider named 'openai'.", "Providers", True),

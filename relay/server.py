@@ -88,6 +88,16 @@ async def run_server(
     """
     config = hypercorn_config(options)
     sockets = bind_listeners(config, options.http_address)
+    proxy_listeners: list[trio.SocketListener] = []
+    if options.proxy_enabled:
+        from relay.proxy.server import open_proxy_listeners
+
+        try:
+            proxy_listeners = await open_proxy_listeners(options.proxy_listen_addr)
+        except BaseException:
+            for sock in sockets.insecure_sockets:
+                sock.close()
+            raise
     app = RelayApp(options, env)
     app.report_startup_failure = False  # the caller reports it, in one line
     try:
@@ -112,16 +122,26 @@ async def run_server(
                     waiting.start_soon(first, app.failed.wait)
 
             async with trio.open_nursery() as nursery:
-                binds = await nursery.start(
-                    partial(
-                        worker_serve,
+
+                async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                    await worker_serve(
                         ASGIWrapper(cast(Any, app)),
                         config,
                         sockets=sockets,
                         shutdown_trigger=until_shutdown,
+                        task_status=task_status,
                     )
-                )
+                    nursery.cancel_scope.cancel()  # the proxy stops with the relay
+
+                binds = await nursery.start(serve_http)
                 describe(app, binds, out)
+                if proxy_listeners:
+                    from relay.proxy.service import build_proxy, listening_on
+
+                    proxy = build_proxy(options, app)
+                    await nursery.start(proxy.serve, proxy_listeners)
+                    where = ", ".join(listening_on(proxy_listeners))
+                    out(f"relay: AI Gateway Proxy listening on {where}")
                 task_status.started(app)
     except Exception:
         if app.startup_error is not None:
@@ -130,6 +150,8 @@ async def run_server(
     finally:
         for sock in sockets.insecure_sockets:
             sock.close()
+        for listener in proxy_listeners:
+            listener.socket.close()
     if app.failure is not None:
         raise ServiceFailure(app.failure)
 

@@ -82,6 +82,11 @@ def test_the_copy_keeps_every_contract(package_copy: Path) -> None:
         ("relay.intercept.base", "import relay.providers.kinds", "shell-knows-no-type"),
         # A sans-io core doing I/O.
         ("relay.streams.sse", "import trio", "sans-io"),
+        ("relay.proxy.guard", "import trio", "sans-io"),
+        ("relay.proxy.head", "import relay.upstream.http11", "sans-io"),
+        # The proxy intercepting on its own instead of handing over to the app.
+        ("relay.proxy.server", "import relay.intercept.base", "proxy-hands-over"),
+        ("relay.app", "import relay.proxy.server", "layers"),
         # The package reaching into the benchmarks.
         ("relay.demo", "import bench.replay", "no-bench-tests"),
     ],

@@ -257,6 +257,33 @@ class Metrics:
         self.dump_drops = counter(
             r + "dump_dropped", "Exchanges whose dump lost data because the dump queue was full."
         )
+        # The AI Gateway Proxy (docs/proxy.md), under Coder's names.
+        self.proxy_sessions = counter(
+            p + "proxy_connect_sessions",
+            "Proxy sessions accepted, by type: mitm (decrypted) or tunneled.",
+            ("type",),
+        )
+        self.proxy_mitm_requests = counter(
+            p + "proxy_mitm_requests",
+            "Requests decrypted by the proxy and served as relay requests.",
+            ("provider",),
+        )
+        self.proxy_inflight_mitm = gauge(
+            p + "proxy_inflight_mitm_requests",
+            "Decrypted requests being served.",
+            (),
+            "livesum",
+        )
+        self.proxy_mitm_responses = counter(
+            p + "proxy_mitm_responses",
+            "Answers to decrypted requests, by status code and provider.",
+            ("code", "provider"),
+        )
+        self.proxy_refusals = counter(
+            r + "proxy_refusals",
+            "Proxy requests refused, by reason (auth, port, blocked, dial, timeout, ...).",
+            ("reason",),
+        )
         self._children: dict[int, dict[tuple[str, ...], Any]] = {}
         self._providers_shown: set[tuple[str, str, str]] = set()
         self._recorder_seen = (0, 0)
@@ -444,6 +471,20 @@ class Metrics:
         while True:
             await trio.sleep(interval)
             self.recorder(stats.queued, stats.spooled, stats.lost)
+
+    def proxy_session(self, kind: str) -> None:
+        self._child(self.proxy_sessions, kind).inc()
+
+    def proxy_refused(self, reason: str) -> None:
+        self._child(self.proxy_refusals, reason).inc()
+
+    def proxy_mitm_request(self, provider: str) -> None:
+        self._child(self.proxy_mitm_requests, provider).inc()
+        self.proxy_inflight_mitm.inc()
+
+    def proxy_mitm_response(self, provider: str, code: int) -> None:
+        self.proxy_inflight_mitm.dec()
+        self._child(self.proxy_mitm_responses, str(code), provider).inc()
 
     def dump_write_failure(self) -> None:
         self.dump_failures.inc()
