@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 
 import pytest
 from hypothesis import given
@@ -31,7 +32,7 @@ def test_split_anywhere_gives_the_same_request(cuts: list[int]) -> None:
     points = sorted({0, len(data), *[min(c, len(data)) for c in cuts]})
     reader = HeadReader()
     found = None
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         result = reader.feed(data[a:b])
         if result is not None:
             found = result
