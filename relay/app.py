@@ -67,6 +67,9 @@ class RelayApp:
         # down (``relay serve`` waits on ``failed``) and new requests get a 503.
         self.failure: str | None = None
         self.failed = trio.Event()
+        # The AI Gateway Proxy's CA certificate (PEM), once the proxy runs: served at
+        # /api/v2/ai-gateway/proxy/ca-cert.pem for clients to trust (docs/proxy.md).
+        self.proxy_ca_pem: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

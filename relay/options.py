@@ -652,7 +652,7 @@ OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
 
 # Keys of indexed providers: CODER_AI_GATEWAY_PROVIDER_<N>_<KEY>.
 PROVIDER_KEYS: tuple[tuple[str, str], ...] = (
-    ("TYPE", "Provider type: openai, anthropic or bedrock."),
+    ("TYPE", "Provider type: openai, anthropic, bedrock or copilot."),
     ("NAME", "Instance name used in the route (defaults to TYPE); ^[a-z0-9]+(-[a-z0-9]+)*$."),
     ("KEY", "The provider's API key (for bedrock: a Bedrock API key)."),
     ("KEYS", "Comma-separated key pool, at most 5, tried in order (not with KEY)."),

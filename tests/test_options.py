@@ -25,6 +25,7 @@ from relay.options import (
     markdown,
     parse_address,
     parse_bool,
+    parse_cidr_list,
     parse_duration,
     parse_int,
     parse_non_negative_int,
@@ -53,6 +54,7 @@ def sample(key: str) -> tuple[str, object]:
         parse_pg_url: ("postgresql://u@db.example/relay", "postgresql://u@db.example/relay"),
         parse_non_negative_int: ("7", 7),
         parse_positive_int: ("7", 7),
+        parse_cidr_list: ("10.1.0.0/16, fd00::1/8", "10.1.0.0/16,fd00::/8"),
     }
     if opt.parse in by_parser:
         return by_parser[opt.parse]
@@ -227,3 +229,9 @@ def test_a_body_budget_of_0_or_at_least_the_largest_body_is_accepted():
     for value in ("0", "32MiB", "1GiB"):
         options = load_options({"CODER_AI_GATEWAY_MAX_BODIES_IN_FLIGHT": value}, warn=print)
         assert options.max_bodies_in_flight in (0, 32 * 1024**2, 1024**3)
+
+
+def test_allowed_private_cidrs_are_checked_at_load() -> None:
+    env = {"CODER_AI_GATEWAY_PROXY_ALLOWED_PRIVATE_CIDRS": "10.0.0.0/8,not-a-range"}
+    with pytest.raises(OptionError, match="'not-a-range' is not an address range"):
+        load_options(env, warn=lambda line: None)

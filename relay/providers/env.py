@@ -108,13 +108,13 @@ def _indexed_provider(raw: _Indexed, problems: list[str], warn: Warn) -> Provide
     start = len(problems)
     type_text = raw.get("TYPE").lower()
     if not type_text:
-        problems.append(f"{raw.var('TYPE')} is required (openai, anthropic or bedrock)")
+        problems.append(f"{raw.var('TYPE')} is required (openai, anthropic, bedrock or copilot)")
         return None
     try:
         ptype = ProviderType(type_text)
     except ValueError:
         problems.append(
-            f"{raw.var('TYPE')}={raw.get('TYPE')!r}: unknown TYPE (use openai, anthropic or bedrock)"
+            f"{raw.var('TYPE')}={raw.get('TYPE')!r}: unknown TYPE (use openai, anthropic, bedrock or copilot)"
         )
         return None
 

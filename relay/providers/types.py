@@ -19,13 +19,14 @@ import msgspec
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 MAX_KEYS = 5
 # Route segments under /api/v2/ai-gateway/ that are not providers.
-RESERVED_NAMES = frozenset({"admin"})
+RESERVED_NAMES = frozenset({"admin", "proxy"})
 
 
 class ProviderType(enum.StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     BEDROCK = "bedrock"
+    COPILOT = "copilot"
 
 
 # Bedrock has no fixed default: empty means the regional endpoint
@@ -34,6 +35,8 @@ DEFAULT_BASE_URLS: dict[ProviderType, str] = {
     ProviderType.OPENAI: "https://api.openai.com/v1/",
     ProviderType.ANTHROPIC: "https://api.anthropic.com/",
     ProviderType.BEDROCK: "",
+    # No key: each person's own Copilot token is forwarded (BYOK).
+    ProviderType.COPILOT: "https://api.individual.githubcopilot.com/",
 }
 DEFAULT_BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 DEFAULT_BEDROCK_SMALL_FAST_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -74,7 +77,7 @@ def provider_problems(provider: Provider) -> list[str]:
     if not NAME_RE.match(provider.name):
         problems.append(f"name {provider.name!r} must match ^[a-z0-9]+(-[a-z0-9]+)*$")
     elif provider.name in RESERVED_NAMES:
-        problems.append(f"name {provider.name!r} is reserved (the admin API)")
+        problems.append(f"name {provider.name!r} is reserved (the admin API, the proxy's CA)")
     problem = keys_problem(provider.keys)
     if problem:
         problems.append(f"keys: {problem}")

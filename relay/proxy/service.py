@@ -19,9 +19,12 @@ from relay.app import RelayApp, print_now
 from relay.asgi import Scope
 from relay.errors import ServiceFailure, StartupError
 from relay.identity import TokenVerifier
+from relay.metrics import Metrics
 from relay.options import Options
+from relay.providers.registry import ProviderRegistry
+from relay.proxy.ca import CertificateAuthority, LeafContexts, load_or_create_ca
+from relay.proxy.mitm import Decryptor
 from relay.proxy.server import (
-    ProxyMetrics,
     ProxyServer,
     ProxySettings,
     Resolver,
@@ -30,18 +33,43 @@ from relay.proxy.server import (
 
 
 def build_proxy(
-    options: Options, app: RelayApp, *, resolver: Resolver | None = None
+    options: Options,
+    app: RelayApp,
+    *,
+    ca: CertificateAuthority | None = None,
+    resolver: Resolver | None = None,
 ) -> ProxyServer:
+    """The proxy of ``app``: its tokens, metrics and providers; ``ca`` signs the leaves."""
+    if ca is None:
+        ca = load_or_create_ca(options)
+    # Served at /api/v2/ai-gateway/proxy/ca-cert.pem for clients to trust.
+    app.proxy_ca_pem = ca.cert_pem
+
     def tokens() -> TokenVerifier | None:
         services = app.services
         return services.tokens if services is not None else None
 
-    def metrics() -> ProxyMetrics | None:
+    def metrics() -> Metrics | None:
         services = app.services
         return services.metrics if services is not None else None
 
+    def registry() -> ProviderRegistry | None:
+        services = app.services
+        return services.providers if services is not None else None
+
+    decryptor = Decryptor(
+        app,
+        LeafContexts(ca),
+        registry,
+        metrics=metrics,
+        handshake_timeout=options.proxy_header_timeout,
+    )
     return ProxyServer(
-        ProxySettings.from_options(options), tokens, resolver=resolver, metrics=metrics
+        ProxySettings.from_options(options),
+        tokens,
+        resolver=resolver,
+        interceptor=decryptor,
+        metrics=metrics,
     )
 
 
@@ -95,19 +123,22 @@ async def run_proxy(
     env: Mapping[str, str] | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     resolver: Resolver | None = None,
+    ca: CertificateAuthority | None = None,
     task_status: trio.TaskStatus[
         tuple[RelayApp, ProxyServer, list[str]]
     ] = trio.TASK_STATUS_IGNORED,
     out: Callable[[str], None] = print_now,
 ) -> None:
     """``relay proxy``: the proxy alone, against the same database as ``relay serve``."""
+    if ca is None:
+        ca = await trio.to_thread.run_sync(load_or_create_ca, options)
     listeners = await open_proxy_listeners(options.proxy_listen_addr)
     app = RelayApp(options, env)
     app.report_startup_failure = False
     trigger = shutdown_trigger or _first_signal
     try:
         async with app_lifespan(app):
-            proxy = build_proxy(options, app, resolver=resolver)
+            proxy = build_proxy(options, app, ca=ca, resolver=resolver)
             async with trio.open_nursery() as nursery:
                 await nursery.start(proxy.serve, listeners)
                 where = listening_on(listeners)

@@ -78,6 +78,12 @@ async def answer_local(req: Request) -> bool:
         await services.metrics.metrics_endpoint(req.scope, req.receive, req.send)
         return True
     split = split_gateway_path(path)
+    if split is not None and split[0] == "proxy":  # reserved: the AI Gateway Proxy's CA
+        ca_pem: bytes | None = getattr(gateway, "proxy_ca_pem", None)
+        if split[1] == "/ca-cert.pem" and ca_pem is not None and req.method in ("GET", "HEAD"):
+            await send_response(req.send, 200, ca_pem, content_type=b"application/x-pem-file")
+            return True
+        refuse(404, "the AI Gateway Proxy is not running here (PROXY_ENABLED)")
     if split is not None and split[0] == "admin":  # reserved: the admin API, not a provider
         await handle_admin(
             req.scope, req.receive, req.send, services.db, services.options.admin_token

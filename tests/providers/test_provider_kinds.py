@@ -16,9 +16,9 @@ def test_every_provider_type_has_a_kind_and_every_kind_a_type():
     assert {k.type for k in all_kinds()} == {str(t) for t in ProviderType}
     for t in ProviderType:
         assert kind_for(t).type == t  # a ProviderType is its string
-    assert find_kind("copilot") is None
+    assert find_kind("gemini") is None
     with pytest.raises(KeyError):
-        kind_for("copilot")
+        kind_for("gemini")
 
 
 @pytest.mark.parametrize(
@@ -50,6 +50,13 @@ def test_every_provider_type_has_a_kind_and_every_kind_a_type():
             "/model/{id}/invoke-with-response-stream",
         ),
         ("bedrock", "GET", "/v1/models", None, "other"),
+        ("copilot", "POST", "/chat/completions", RouteKind.CHAT, "/chat/completions"),
+        ("copilot", "POST", "/responses", RouteKind.RESPONSES, "/responses"),
+        ("copilot", "POST", "/v1/messages", RouteKind.MESSAGES, "/v1/messages"),
+        ("copilot", "GET", "/models", P, "/*"),
+        ("copilot", "GET", "/_ping", P, "/*"),
+        ("copilot", "POST", "/agents/x", P, "/*"),
+        ("copilot", "GET", "/chat/completions", P, "/*"),
     ],
 )
 def test_routes_and_their_labels(type_, method, path, route, label):
@@ -80,6 +87,9 @@ def test_upstream_paths():
     assert kind_for("openai").upstream_path("/v1/chat/completions") == "chat/completions"
     assert kind_for("openai").upstream_path("/other") == "other"
     assert kind_for("anthropic").upstream_path("/v1/messages") == "v1/messages"
+    # Copilot's API is at the root of its host: paths are kept.
+    assert kind_for("copilot").upstream_path("/chat/completions") == "chat/completions"
+    assert kind_for("copilot").key_auth_headers("k") == [(b"authorization", b"Bearer k")]
 
 
 def test_error_styles():

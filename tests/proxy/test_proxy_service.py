@@ -94,3 +94,39 @@ async def test_relay_proxy_runs_alone(pg_dsn: str, tmp_path: Path) -> None:
         stop.set()
     # Only the proxy listened: the relay's own listener was not started.
     assert not any(line.startswith("relay: listening on") for line in lines)
+
+
+def test_relay_proxy_ca_cert_prints_the_generated_ca(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from cryptography import x509
+
+    from relay.cli import main
+
+    monkeypatch.setenv("CODER_AI_GATEWAY_DATA_DIR", str(tmp_path))
+    assert main(["proxy", "ca-cert"]) == 0
+    first = capsys.readouterr().out
+    cert = x509.load_pem_x509_certificate(first.encode())
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    key = tmp_path / "proxy" / "ca-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # Generated once: the same CA the next time.
+    assert main(["proxy", "ca-cert"]) == 0
+    assert capsys.readouterr().out == first
+    # A configured CA needs both files.
+    monkeypatch.setenv("CODER_AI_GATEWAY_PROXY_CERT_FILE", str(tmp_path / "proxy" / "ca.pem"))
+    assert main(["proxy", "ca-cert"]) == 1
+    assert "PROXY_CERT_FILE and PROXY_KEY_FILE must be given together" in capsys.readouterr().err
+    monkeypatch.setenv("CODER_AI_GATEWAY_PROXY_KEY_FILE", str(key))
+    assert main(["proxy", "ca-cert"]) == 0
+    assert capsys.readouterr().out == first
+
+
+def test_leaves_are_minted_once_per_host_and_bounded() -> None:
+    from relay.proxy.ca import CertificateAuthority, LeafContexts
+
+    leaves = LeafContexts(CertificateAuthority.generate(), max_cached=2)
+    a = leaves.context_for("api.openai.com")
+    assert leaves.context_for("api.openai.com") is a
+    leaves.context_for("api.anthropic.com")
+    leaves.context_for("api.individual.githubcopilot.com")
+    assert leaves.minted == 3
+    assert leaves.cached("api.openai.com") is None  # the oldest went

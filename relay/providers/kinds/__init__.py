@@ -13,7 +13,7 @@ subclass and a ``KIND`` instance, and list it in ``_KINDS`` below (and in
 
 from __future__ import annotations
 
-from relay.providers.kinds import anthropic, bedrock, openai
+from relay.providers.kinds import anthropic, bedrock, copilot, openai
 from relay.providers.kinds.base import ExchangeContext, ProviderKind
 from relay.wire.errors import ErrorStyle
 
@@ -26,7 +26,9 @@ __all__ = [
     "kind_for",
 ]
 
-_KINDS: dict[str, ProviderKind] = {k.type: k for k in (anthropic.KIND, openai.KIND, bedrock.KIND)}
+_KINDS: dict[str, ProviderKind] = {
+    k.type: k for k in (anthropic.KIND, openai.KIND, bedrock.KIND, copilot.KIND)
+}
 
 
 def kind_for(provider_type: str) -> ProviderKind:
