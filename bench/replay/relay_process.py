@@ -102,8 +102,10 @@ async def started_relay(
     postgres_url: str = "",
     dump_dir: Path | None = None,
     ready_timeout: float = 90.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RelayProcess]:
-    """A running relay, stopped (SIGTERM) when the block ends (``dump_dir``: it dumps there)."""
+    """A running relay, stopped (SIGTERM) when the block ends (``dump_dir``: it dumps there;
+    ``extra_env``: more relay options, e.g. the AI Gateway Proxy's)."""
     own_dir = data_dir is None
     directory = Path(tempfile.mkdtemp(prefix="relay-replay-")) if data_dir is None else data_dir
     directory.mkdir(parents=True, exist_ok=True)
@@ -116,6 +118,7 @@ async def started_relay(
         env = relay_env(os.environ, directory, postgres_url, f"127.0.0.1:{port}", providers)
         if dump_dir is not None:
             env["CODER_AI_GATEWAY_DUMP_DIR"] = str(dump_dir)
+        env.update(extra_env or {})
         user = "replay-" + secrets.token_hex(4)
         await _cli(["users", "create", user], env)
         token = await _cli(["tokens", "create", "--user", user], env)
