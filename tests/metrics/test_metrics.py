@@ -106,6 +106,11 @@ def traffic(m: Metrics) -> None:
         done, status="completed", method="POST", initiator_id=user, client="claude-code"
     )
     m.passthrough("anthropic", "/v1/models", "GET")
+    m.proxy_session("mitm")
+    m.proxy_session("tunneled")
+    m.proxy_refused("blocked")
+    m.proxy_mitm_request("openai")
+    m.proxy_mitm_response("openai", 200)
     for phase in ("before-response", "mid-stream", "mid-stream"):
         m.disconnect(phase)
     m.circuit_breaker_state("openai", "/v1/responses", "gpt-x", "half-open")
@@ -248,6 +253,11 @@ GATEWAY_LABELS = {
     "provider_info": {"provider_name", "provider_type", "status"},
     "providers_last_reload_timestamp_seconds": set(),
     "providers_last_reload_success_timestamp_seconds": set(),
+    # The AI Gateway Proxy's (docs/proxy.md).
+    "proxy_connect_sessions": {"type"},
+    "proxy_mitm_requests": {"provider"},
+    "proxy_inflight_mitm_requests": set(),
+    "proxy_mitm_responses": {"code", "provider"},
 }
 
 
