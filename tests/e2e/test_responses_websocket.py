@@ -1,0 +1,176 @@
+"""Issue 17: the Responses API over WebSocket, through the real relay.
+
+A real hypercorn relay on loopback, a trio-websocket client (the official
+``openai`` SDK's WebSocket mode needs the ``websockets`` package and asyncio),
+the mock upstream WebSocket (``relay.testing.mock_responses_ws``) speaking
+the Responses event protocol, and the relay's own PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from relay.testing.mock_responses_ws import MockResponsesSocket
+from relay.testing.mock_upstream import scenarios
+from tests.relay_harness import RunningRelay, running_relay
+
+KEY = "sk-upstream-test-key-0001"
+CODEX_UA = "codex_cli_rs/0.46.0 (Ubuntu 24.4.0; x86_64) xterm-256color"
+SESSION = "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+
+
+@contextlib.asynccontextmanager
+async def ws_relay(
+    pg_dsn: str, tmp_path: Path, extra_env: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[MockResponsesSocket, RunningRelay]]:
+    mock = MockResponsesSocket(key=KEY)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mock.serve)
+        env = {
+            "CODER_AI_GATEWAY_PROVIDER_0_TYPE": "anthropic",
+            "CODER_AI_GATEWAY_PROVIDER_0_NAME": "anthropic",
+            "CODER_AI_GATEWAY_PROVIDER_0_KEY": KEY,
+            "CODER_AI_GATEWAY_PROVIDER_0_BASE_URL": mock.base_url,
+            "CODER_AI_GATEWAY_PROVIDER_1_TYPE": "openai",
+            "CODER_AI_GATEWAY_PROVIDER_1_NAME": "openai",
+            "CODER_AI_GATEWAY_PROVIDER_1_KEY": KEY,
+            "CODER_AI_GATEWAY_PROVIDER_1_BASE_URL": mock.base_url,
+            **(extra_env or {}),
+        }
+        async with running_relay(pg_dsn, tmp_path, env) as relay:
+            yield mock, relay
+        nursery.cancel_scope.cancel()
+
+
+def ws_url(relay: RunningRelay, provider: str = "openai", path: str = "/v1/responses") -> str:
+    return relay.gateway(provider).replace("http://", "ws://") + path
+
+
+def client_headers(token: str, **extra: str) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"authorization", f"Bearer {token}".encode()),
+        (b"user-agent", CODEX_UA.encode()),
+        (b"originator", b"codex_cli_rs"),
+        (b"session-id", SESSION.encode()),
+        (b"openai-beta", b"responses_websockets=2026-02-06"),
+    ]
+    headers += [(k.replace("_", "-").encode(), v.encode()) for k, v in extra.items()]
+    return headers
+
+
+def create(model: str = "mock-text", text: str = "Say hello", **fields: Any) -> str:
+    body = {
+        "type": "response.create",
+        "model": model,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": text}]}],
+        **fields,
+    }
+    return json.dumps(body)
+
+
+async def read_turn(ws: WebSocketConnection) -> list[dict[str, Any]]:
+    """Events until the turn's terminal event (or an error event)."""
+    events: list[dict[str, Any]] = []
+    with trio.fail_after(10):
+        while True:
+            message = await ws.get_message()
+            assert isinstance(message, str)  # text stays text
+            event = json.loads(message)
+            events.append(event)
+            if event["type"] in ("response.completed", "response.incomplete", "response.failed"):
+                return events
+            if event["type"] == "error":
+                return events
+
+
+async def interceptions(relay: RunningRelay, count: int) -> list[Any]:
+    return await relay.wait_for_rows(
+        "SELECT i.*, u.input_tokens, u.output_tokens FROM interceptions i "
+        "LEFT JOIN token_usages u ON u.interception_id = i.id ORDER BY i.started_at",
+        count=count,
+    )
+
+
+async def test_several_turns_with_previous_response_id(pg_dsn: str, tmp_path: Path) -> None:
+    async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token)
+        ) as ws:
+            await ws.send_message(create(text="first question"))
+            first = await read_turn(ws)
+            assert first[0]["type"] == "response.created"
+            assert first[-1]["type"] == "response.completed"
+            first_id = first[-1]["response"]["id"]
+            await ws.send_message(create(text="second question", previous_response_id=first_id))
+            second = await read_turn(ws)
+            assert second[-1]["type"] == "response.completed"
+            # A tool-call turn on the same socket.
+            await ws.send_message(
+                create("mock-tool", "use a tool", previous_response_id=second[-1]["response"]["id"])
+            )
+            third = await read_turn(ws)
+            assert any(e["type"] == "response.function_call_arguments.done" for e in third)
+        rows = await interceptions(relay, 3)
+        assert [r["status"] for r in rows] == ["completed"] * 3
+        assert {r["route"] for r in rows} == {"/v1/responses"}
+        assert {r["client"] for r in rows} == {"codex"}
+        assert {r["client_session_id"] for r in rows} == {SESSION}
+        assert all(r["output_tokens"] for r in rows)
+        prompts = await relay.wait_for_rows(
+            "SELECT p.prompt FROM user_prompts p JOIN interceptions i ON i.id = p.interception_id "
+            "ORDER BY i.started_at",
+            count=3,
+        )
+        assert [p["prompt"] for p in prompts] == ["first question", "second question", "use a tool"]
+        tools = await relay.wait_for_rows("SELECT name, input FROM tool_usages", count=1)
+        assert [(t["name"], t["input"]) for t in tools] == [
+            (scenarios.TOOL_CALL.name, scenarios.TOOL_CALL.arguments)
+        ]
+        # The upstream saw the provider's key and the client's headers, and the messages as sent.
+        upgrade = mock.upgrades[0]
+        assert upgrade["authorization"] == f"Bearer {KEY}"
+        assert upgrade["openai-beta"] == "responses_websockets=2026-02-06"
+        assert upgrade["session-id"] == SESSION
+        assert upgrade["originator"] == "codex_cli_rs"
+        assert json.loads(mock.received[0])["input"][0]["content"][0]["text"] == "first question"
+
+
+async def test_refusals_of_the_upgrade(pg_dsn: str, tmp_path: Path) -> None:
+    async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
+        # No or a bad relay token: 401, before anything goes upstream.
+        with pytest.raises(ConnectionRejected) as refused:
+            async with open_websocket_url(
+                ws_url(relay), extra_headers=client_headers("not-a-token")
+            ):
+                pass
+        assert refused.value.status_code == 401
+        assert json.loads(refused.value.body or b"")["error"]["message"]
+        # A provider type or path the relay does not bridge: 426 (Codex falls back to HTTP).
+        for provider, path in (("anthropic", "/v1/messages"), ("openai", "/v1/chat/completions")):
+            with pytest.raises(ConnectionRejected) as refused:
+                async with open_websocket_url(
+                    ws_url(relay, provider, path), extra_headers=client_headers(relay.token)
+                ):
+                    pass
+            assert refused.value.status_code == 426, (provider, path)
+        # The provider refusing the upgrade: its status and body, not an accepted socket.
+        with pytest.raises(ConnectionRejected) as refused:
+            async with open_websocket_url(
+                ws_url(relay), extra_headers=client_headers(relay.token, x_mock_ws_reject="429")
+            ):
+                pass
+        assert refused.value.status_code == 429
+        assert b"refused by the mock" in (refused.value.body or b"")
+        assert mock.upgrades == []
