@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 from trio_websocket import (
+    ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
     open_websocket_url,
@@ -174,3 +175,143 @@ async def test_refusals_of_the_upgrade(pg_dsn: str, tmp_path: Path) -> None:
         assert refused.value.status_code == 429
         assert b"refused by the mock" in (refused.value.body or b"")
         assert mock.upgrades == []
+
+
+async def test_feature_off_and_socket_caps_answer_426(pg_dsn: str, tmp_path: Path) -> None:
+    env = {"CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_MAX_PER_USER": "1"}
+    async with ws_relay(pg_dsn, tmp_path, env) as (_mock, relay):
+        headers = client_headers(relay.token)
+        async with open_websocket_url(ws_url(relay), extra_headers=headers):
+            with pytest.raises(ConnectionRejected) as refused:
+                async with open_websocket_url(ws_url(relay), extra_headers=headers):
+                    pass
+            assert refused.value.status_code == 426
+        # The place is given back when the socket closes.
+        async with open_websocket_url(ws_url(relay), extra_headers=headers) as ws:
+            await ws.send_message(create())
+            assert (await read_turn(ws))[-1]["type"] == "response.completed"
+
+
+async def test_feature_off_answers_426(pg_dsn: str, tmp_path: Path) -> None:
+    async with ws_relay(pg_dsn, tmp_path, {"CODER_AI_GATEWAY_RESPONSES_WEBSOCKET": "false"}) as (
+        mock,
+        relay,
+    ):
+        with pytest.raises(ConnectionRejected) as refused:
+            async with open_websocket_url(ws_url(relay), extra_headers=client_headers(relay.token)):
+                pass
+        assert refused.value.status_code == 426
+        assert mock.upgrades == []
+
+
+async def test_close_codes_go_both_ways(pg_dsn: str, tmp_path: Path) -> None:
+    async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
+        headers = client_headers(relay.token)
+        # The provider closes mid-response with its code: the client gets the same code.
+        async with open_websocket_url(ws_url(relay), extra_headers=headers) as ws:
+            await ws.send_message(create("mock-ws-close-4003", "closing"))
+            with pytest.raises(ConnectionClosed) as closed:
+                await read_turn(ws)
+            assert closed.value.reason.code == 4003
+        # The provider drops the TCP connection (1006 on the relay's side): 1011 to the client.
+        async with open_websocket_url(ws_url(relay), extra_headers=headers) as ws:
+            await ws.send_message(create("mock-ws-drop", "dropping"))
+            with pytest.raises(ConnectionClosed) as closed:
+                await read_turn(ws)
+            assert closed.value.reason.code == 1011
+        # The client closes with its code: the provider gets the same code.
+        mock.socket_closed = trio.Event()
+        async with open_websocket_url(ws_url(relay), extra_headers=headers) as ws:
+            await ws.send_message(create())
+            await read_turn(ws)
+            await ws.aclose(4000)
+        with trio.fail_after(5):
+            await mock.socket_closed.wait()
+        assert mock.closes[-1] == 4000
+        rows = await interceptions(relay, 3)
+        assert [r["status"] for r in rows] == ["failed", "failed", "completed"]
+        assert rows[0]["error_type"] == "upstream_closed"
+
+
+async def test_client_leaving_mid_turn_closes_the_upstream(pg_dsn: str, tmp_path: Path) -> None:
+    async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
+        mock.event_delay = 0.05
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token)
+        ) as ws:
+            await ws.send_message(create("mock-long", "a long answer"))
+            assert json.loads(await ws.get_message())["type"] == "response.created"
+        with trio.fail_after(5):
+            await mock.socket_closed.wait()
+        rows = await interceptions(relay, 1)
+        assert rows[0]["status"] == "cancelled"
+        assert len(mock.closes) == 1
+
+
+async def test_a_5_mb_message_passes(pg_dsn: str, tmp_path: Path) -> None:
+    async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
+        big = "x" * (5 * 1000 * 1000)
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token), max_message_size=16 << 20
+        ) as ws:
+            await ws.send_message(create(text=big))
+            assert (await read_turn(ws))[-1]["type"] == "response.completed"
+        assert len(mock.received[0]) > 5_000_000
+        prompts = await relay.wait_for_rows(
+            "SELECT truncated, original_bytes FROM user_prompts", count=1
+        )
+        assert prompts[0]["truncated"] and prompts[0]["original_bytes"] == len(big)
+
+
+async def test_refused_turns_get_an_error_event_and_the_socket_stays_open(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    async with ws_relay(pg_dsn, tmp_path, {"CODER_AI_GATEWAY_RATE_LIMIT": "2"}) as (mock, relay):
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token)
+        ) as ws:
+            # No model: refused by the relay (400), as on HTTP; nothing goes upstream.
+            await ws.send_message(json.dumps({"type": "response.create", "input": "hi"}))
+            assert (await read_turn(ws))[0]["status"] == 400
+            await ws.send_message(create())
+            assert (await read_turn(ws))[-1]["type"] == "response.completed"
+            await ws.send_message(create())
+            refusal = await read_turn(ws)
+            assert refusal == [
+                {
+                    "type": "error",
+                    "status": 429,
+                    "error": {
+                        "type": "requests",
+                        "code": "rate_limit_exceeded",
+                        "message": refusal[0]["error"]["message"],
+                        "param": None,
+                    },
+                }
+            ]
+            # The provider's own error event for a turn: recorded as failed.
+            await trio.sleep(0.55)
+            await ws.send_message(create(previous_response_id="resp_unknown"))
+            error = await read_turn(ws)
+            assert error[0]["error"]["code"] == "previous_response_not_found"
+        assert len([m for m in mock.received if "response.create" in m]) == 2
+        rows = await interceptions(relay, 2)
+        assert [r["status"] for r in rows] == ["completed", "failed"]
+        assert rows[1]["error_type"] == "previous_response_not_found"
+
+
+async def test_the_lifetime_ends_the_socket(pg_dsn: str, tmp_path: Path) -> None:
+    env = {"CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_LIFETIME": "300ms"}
+    async with ws_relay(pg_dsn, tmp_path, env) as (mock, relay):
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token)
+        ) as ws:
+            with trio.fail_after(5):
+                event = json.loads(await ws.get_message())
+            assert event["error"]["code"] == "websocket_connection_limit_reached"
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason.code == 1001
+        with trio.fail_after(5):
+            await mock.socket_closed.wait()
+        assert mock.closes == [1001]
