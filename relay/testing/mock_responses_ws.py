@@ -13,7 +13,10 @@ What it does is chosen like the HTTP mock's, by model name (``mock-text``,
 ``mock-tool``, ``mock-long``, ``mock-thinking``…) plus, for this transport:
 ``mock-ws-error`` (an ``error`` event), ``mock-ws-close-<code>`` (closes the
 socket with that code mid-response), ``mock-ws-drop`` (drops the TCP
-connection mid-response). An upgrade with ``x-mock-ws-reject: <status>`` is
+connection mid-response). A turn that carries a ``function_call_output``
+(a tool's result) is answered with text, so an agent's tool loop ends; one
+with ``generate: false`` (a warm-up) gets ``response.created`` and
+``response.completed`` with no output and no usage. An upgrade with ``x-mock-ws-reject: <status>`` is
 refused with that status and an OpenAI error body; one without
 ``authorization: Bearer <key>`` (when ``key`` is set) with 401.
 
@@ -37,7 +40,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from relay.testing.mock_upstream.openai_responses import build_stream
+from relay.testing.mock_upstream.openai_responses import build_stream, response_object
 from relay.testing.mock_upstream.scenarios import ID_PLACEHOLDER, MODEL_PREFIX
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -47,18 +50,33 @@ class _Create(msgspec.Struct):
     type: str | None = None
     model: str | None = None
     previous_response_id: str | None = None
+    generate: bool | None = None
 
 
 _CREATE = msgspec.json.Decoder(_Create)
 
 
-def events_of(scenario: str, model: str, response_id_token: str) -> list[str]:
+def events_of(
+    scenario: str, model: str, response_id_token: str, long_events: int = 20
+) -> list[str]:
     """The scenario's Responses events as WebSocket text messages (ids filled in)."""
-    plan = build_stream(scenario, model, 20)
+    plan = build_stream(scenario, model, long_events)
     out: list[str] = []
     for block in plan.events:
         data = block.split(b"\ndata: ", 1)[1].rstrip(b"\n")
         out.append(data.decode().replace(ID_PLACEHOLDER, response_id_token))
+    return out
+
+
+def warmup_events(model: str, token: str) -> list[str]:
+    """``generate: false``: ``response.created`` then ``response.completed``, no output, no usage."""
+    out = []
+    for n, (kind, status) in enumerate(
+        (("response.created", "in_progress"), ("response.completed", "completed"))
+    ):
+        response = response_object(model, status, [], None, "resp_" + token)
+        event = {"type": kind, "response": response, "sequence_number": n}
+        out.append(msgspec.json.encode(event).decode())
     return out
 
 
@@ -87,6 +105,10 @@ class MockResponsesSocket:
     port: int = 0
     # Pause before each event (a slow provider); 0: none.
     event_delay: float = 0.0
+    # Text deltas of ``mock-long``, and bytes of padding added to each of them.
+    long_events: int = 20
+    event_padding: int = 0
+    sent: int = 0  # events sent so far, every socket
 
     @property
     def base_url(self) -> str:
@@ -167,7 +189,15 @@ class MockResponsesSocket:
                 continue
             model = create.model or "mock-text"
             scenario = model.removeprefix(MODEL_PREFIX)
+            if '"function_call_output"' in message:
+                scenario = "text"  # a tool's result came back: the model answers it
             token = secrets.token_hex(len(ID_PLACEHOLDER) // 2)
+            if create.generate is False:
+                # A warm-up (Codex's prewarm): the response exists, nothing is generated.
+                for event in warmup_events(model, token):
+                    await ws.send_message(event)
+                produced.add("resp_" + token)
+                continue
             if scenario == "ws-error":
                 await ws.send_message(error_event(400, "invalid_value", "the mock refuses this"))
                 continue
@@ -175,7 +205,12 @@ class MockResponsesSocket:
             drop = scenario == "ws-drop"
             if scenario.startswith("ws-close-"):
                 close_code = int(scenario.removeprefix("ws-close-"))
-            events = events_of("text" if close_code or drop else scenario, model, token)
+            events = events_of(
+                "text" if close_code or drop else scenario, model, token, self.long_events
+            )
+            if self.event_padding:
+                pad = ',"mock_padding":"' + "p" * self.event_padding + '"}'
+                events = [e[:-1] + pad if ".delta" in e[:60] else e for e in events]
             for n, event in enumerate(events):
                 if (close_code or drop) and n == 4:
                     if drop:
@@ -186,6 +221,7 @@ class MockResponsesSocket:
                 if self.event_delay:
                     await trio.sleep(self.event_delay)
                 await ws.send_message(event)
+                self.sent += 1
             produced.add("resp_" + token)
 
 

@@ -50,6 +50,9 @@ _HANDSHAKE_HEADERS = frozenset(
 )
 
 
+READ_SIZE = 64 * 1024
+
+
 class UpstreamRefused(Exception):
     """The provider answered the upgrade with an HTTP response instead of a socket."""
 
@@ -107,6 +110,8 @@ async def open_upstream_socket(
             extra_headers=upgrade_headers(headers),
             message_queue_size=1,
             max_message_size=max_message_size,
+            # trio-websocket reads 4 KiB at a time by default; the HTTP client reads 64 KiB.
+            receive_buffer_size=READ_SIZE,
             connect_timeout=connect_timeout,
             disconnect_timeout=disconnect_timeout,
         ) as connection:
