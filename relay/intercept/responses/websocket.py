@@ -18,7 +18,9 @@ message (text stays text, bytes stay bytes), until either side closes:
   1015 cannot be sent in a close frame: 1011 instead); the client leaving
   closes the upstream at once.
 - the lifetime cap ends the socket with OpenAI's
-  ``websocket_connection_limit_reached`` error event, then close 1001.
+  ``websocket_connection_limit_reached`` error event, then close 1001; a
+  shutdown whose grace period ran out closes both sides with 1001, and the
+  turns it cut are recorded ``cancelled`` (phase ``shutdown``).
 
 Each ``response.create`` is its own interception, recorded like an HTTP
 Responses request (``relay.intercept.session.record_interception``): its
@@ -30,6 +32,7 @@ should turns overlap, events are told apart by the response id the
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -47,7 +50,7 @@ from relay.clients import client_session_id, detect_client
 from relay.dump import DumpHandle
 from relay.identity import Principal
 from relay.intercept.apis import RESPONSES
-from relay.intercept.base import Accumulator, mark_interrupted
+from relay.intercept.base import Accumulator, _is_cancellation, mark_interrupted
 from relay.intercept.ports import InterceptionPorts
 from relay.intercept.session import Prepared, prepare, record_interception
 from relay.providers.types import Provider, mask_secret
@@ -354,6 +357,14 @@ async def bridge(
             nursery.start_soon(pumps.lifetime)
     except BaseException as exc:
         failure = exc
+        if _is_cancellation(exc):
+            # Cancelled from outside: the shutdown's grace period ran out. Both sides
+            # are told (1001, going away) before the connections are dropped.
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                with contextlib.suppress(Exception):
+                    await send({"type": "websocket.close", "code": GOING_AWAY})
+                with contextlib.suppress(Exception):
+                    await upstream.aclose(GOING_AWAY)
         raise
     finally:
         end.turns = turns.count
