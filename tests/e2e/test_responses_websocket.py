@@ -107,7 +107,11 @@ async def interceptions(relay: RunningRelay, count: int) -> list[Any]:
 
 
 async def test_several_turns_with_previous_response_id(pg_dsn: str, tmp_path: Path) -> None:
-    async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
+    dumps = tmp_path / "dumps"
+    async with ws_relay(pg_dsn, tmp_path, {"CODER_AI_GATEWAY_DUMP_DIR": str(dumps)}) as (
+        mock,
+        relay,
+    ):
         async with open_websocket_url(
             ws_url(relay), extra_headers=client_headers(relay.token)
         ) as ws:
@@ -148,6 +152,19 @@ async def test_several_turns_with_previous_response_id(pg_dsn: str, tmp_path: Pa
         assert upgrade["session-id"] == SESSION
         assert upgrade["originator"] == "codex_cli_rs"
         assert json.loads(mock.received[0])["input"][0]["content"][0]["text"] == "first question"
+        # Metrics: the socket is closed again, with its three turns; each turn an interception.
+        metrics = relay.app.services.metrics.render()  # type: ignore[union-attr]
+        assert b'relay_responses_websockets_open{provider="openai"} 0.0' in metrics
+        assert b'relay_responses_websocket_turns_sum{provider="openai"} 3.0' in metrics
+        # One dump per turn: the response.create as the request, the events as the response.
+        with trio.fail_after(5):
+            while len(requests := sorted(dumps.glob("openai/**/*.req.txt"))) < 3:
+                await trio.sleep(0.05)
+        assert "first question" in requests[0].read_text()
+        assert (
+            "response.completed"
+            in requests[0].with_name(requests[0].name.replace(".req.txt", ".resp.txt")).read_text()
+        )
 
 
 async def test_refusals_of_the_upgrade(pg_dsn: str, tmp_path: Path) -> None:
