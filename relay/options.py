@@ -608,6 +608,11 @@ PROVIDER_KEYS: tuple[tuple[str, str], ...] = (
     ("BEDROCK_MODEL", "Bedrock model for ordinary requests."),
     ("BEDROCK_SMALL_FAST_MODEL", "Bedrock model for requests naming a 'haiku' model."),
     ("BEDROCK_BASE_URL", "Replaces the Bedrock runtime endpoint."),
+    (
+        "RESPONSES_WEBSOCKET",
+        "openai: bridge the Responses API over WebSocket (default true; false: 426, "
+        "clients use HTTP).",
+    ),
 )
 
 

@@ -69,7 +69,7 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         services, guards = req.services, req.guards
         if kind.responses_websocket is None or api_path != kind.responses_websocket:
             refuse(426, NOT_BRIDGED)
-        if not services.options.responses_websocket:
+        if not (services.options.responses_websocket and provider.responses_websocket):
             reason = "disabled"
             refuse(426, "the relay does not bridge the Responses API over WebSocket; use HTTP")
         reason = "auth"

@@ -50,6 +50,12 @@ async def ws_relay(
             "CODER_AI_GATEWAY_PROVIDER_1_NAME": "openai",
             "CODER_AI_GATEWAY_PROVIDER_1_KEY": KEY,
             "CODER_AI_GATEWAY_PROVIDER_1_BASE_URL": mock.base_url,
+            # The same provider with its WebSocket switched off.
+            "CODER_AI_GATEWAY_PROVIDER_2_TYPE": "openai",
+            "CODER_AI_GATEWAY_PROVIDER_2_NAME": "openai-http",
+            "CODER_AI_GATEWAY_PROVIDER_2_KEY": KEY,
+            "CODER_AI_GATEWAY_PROVIDER_2_BASE_URL": mock.base_url,
+            "CODER_AI_GATEWAY_PROVIDER_2_RESPONSES_WEBSOCKET": "false",
             **(extra_env or {}),
         }
         async with running_relay(pg_dsn, tmp_path, env) as relay:
@@ -178,7 +184,11 @@ async def test_refusals_of_the_upgrade(pg_dsn: str, tmp_path: Path) -> None:
         assert refused.value.status_code == 401
         assert json.loads(refused.value.body or b"")["error"]["message"]
         # A provider type or path the relay does not bridge: 426 (Codex falls back to HTTP).
-        for provider, path in (("anthropic", "/v1/messages"), ("openai", "/v1/chat/completions")):
+        for provider, path in (
+            ("anthropic", "/v1/messages"),
+            ("openai", "/v1/chat/completions"),
+            ("openai-http", "/v1/responses"),  # its RESPONSES_WEBSOCKET is false
+        ):
             with pytest.raises(ConnectionRejected) as refused:
                 async with open_websocket_url(
                     ws_url(relay, provider, path), extra_headers=client_headers(relay.token)
