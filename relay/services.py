@@ -31,6 +31,7 @@ from relay.dump import DumpWriter
 from relay.errors import RelayError, sole_exception
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 from relay.options import Options
+from relay.pricing.store import PriceCache, seed_default_prices
 from relay.providers.env import providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
 from relay.providers.store import seed_providers_from_env
@@ -124,6 +125,8 @@ class Services:
     dumps: DumpWriter
     # This process in relay_instances: its id stamps the interceptions it serves.
     instance: Instance | None = None
+    # The price book in memory, reloaded on every change (usage is priced from it).
+    prices: PriceCache | None = None
 
 
 @asynccontextmanager
@@ -166,6 +169,7 @@ async def open_services(
     """
     async with open_database(options) as (db, description):
         await migrate(db)
+        await seed_default_prices(db)
         providers = providers_from_env(env, _warn, options)
         seeded = await seed_providers_from_env(db, providers)
         if seeded.absent:
@@ -185,6 +189,7 @@ async def open_services(
         await instance.sweep()
         registry = ProviderRegistry()
         tokens = TokenCache(db)
+        prices = PriceCache()
         upstreams = UpstreamClients(
             connect_timeout=options.upstream_connect_timeout,
             read_timeout=options.upstream_read_timeout,
@@ -202,7 +207,7 @@ async def open_services(
         async with trio.open_nursery() as nursery:
             # One LISTEN per process feeds both: provider changes and
             # revocations reach this process within a second.
-            listener = ConfigListener(db, registry, tokens)
+            listener = ConfigListener(db, registry, tokens, prices)
             await nursery.start(supervised, "config listener", on_failure, listener.run)
             await nursery.start(supervised, "recorder", on_failure, recorder.run)
             await nursery.start(supervised, "instance heartbeat", on_failure, instance.run)
@@ -249,6 +254,7 @@ async def open_services(
                     metrics,
                     dumps,
                     instance,
+                    prices,
                 )
             finally:
                 with trio.CancelScope(shield=True):
