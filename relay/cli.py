@@ -311,12 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     usage = commands.add_parser(
         "usage",
         parents=[db_flags],
-        help="tokens, requests and tool calls per user, model and day",
+        help="requests, tokens, tool calls and cost per day, user, provider, model or client",
+        description="Cost is in US dollars, from the prices stored with each usage row when it "
+        "was recorded; usage recorded without a price is counted as unpriced, not as $0.",
     )
     usage.add_argument("--user", help="only this user")
     usage.add_argument("--provider", help="only this provider instance")
+    usage.add_argument("--model", help="only this model (as recorded)")
+    usage.add_argument("--client", help="only this client (claude-code, codex, ...)")
     usage.add_argument(
-        "--since", metavar="DURATION", default="7d", help="how far back (default 7d; e.g. 24h, 30d)"
+        "--since",
+        metavar="WHEN",
+        default="7d",
+        help="from: a duration back (default 7d; e.g. 24h, 30d) or an RFC 3339 time / date",
+    )
+    usage.add_argument(
+        "--until", metavar="WHEN", help="up to (excluded): a duration back or an RFC 3339 time"
+    )
+    usage.add_argument(
+        "--group-by",
+        metavar="DIMS",
+        default="day,user,provider,model",
+        help="comma-separated, from day, user, provider, model, client "
+        "(default day,user,provider,model)",
     )
     _add_prices_parser(commands, db_flags)
     return parser
@@ -366,9 +383,17 @@ def _add_prices_parser(commands: Any, db_flags: argparse.ArgumentParser) -> None
 async def _usage(db: Database, args: argparse.Namespace, out: TextIO) -> None:
     from relay.admin.usage import format_usage_table, usage_report
 
-    since = datetime.now(UTC) - timedelta(seconds=args.since_seconds)
-    rows = await usage_report(db, user=args.user, provider=args.provider, since=since)
-    out.write(format_usage_table(rows))
+    rows = await usage_report(
+        db,
+        user=args.user,
+        provider=args.provider,
+        since=args.since_at,
+        until=args.until_at,
+        model=args.model,
+        client=args.client,
+        group_by=args.group_by_dims,
+    )
+    out.write(format_usage_table(rows, args.group_by_dims))
 
 
 async def _prices(db: Database, args: argparse.Namespace, out: TextIO) -> None:
@@ -500,15 +525,34 @@ def _check_arguments(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise CommandError(f"--expires: {exc}") from None
     if args.command == "usage":
+        from relay.admin.usage import parse_group_by
+
+        args.since_at = _point_in_time(args.since, "--since")
+        args.until_at = _point_in_time(args.until, "--until") if args.until else None
         try:
-            args.since_seconds = parse_duration(args.since)
+            args.group_by_dims = parse_group_by(args.group_by)
         except ValueError as exc:
-            raise CommandError(f"--since: {exc}") from None
+            raise CommandError(f"--group-by: {exc}") from None
     if args.command == "prices":
         _check_prices_arguments(args)
     if args.command == "providers" and args.providers_action == "update":
         if not (args.keys_stdin or _provider_changes(args)):
             raise CommandError("nothing to update: give at least one option")
+
+
+def _point_in_time(text: str, flag: str) -> datetime:
+    """A duration back from now (``7d``), or an RFC 3339 time or date (UTC when naive)."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"{flag}: {text!r} is neither a duration (24h, 30d) nor a time (2026-01-31)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _check_prices_arguments(args: argparse.Namespace) -> None:
