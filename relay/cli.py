@@ -336,7 +336,49 @@ def build_parser() -> argparse.ArgumentParser:
         "(default day,user,provider,model)",
     )
     _add_prices_parser(commands, db_flags)
+    _add_budget_parsers(commands, db_flags)
     return parser
+
+
+def _add_budget_parsers(commands: Any, db_flags: argparse.ArgumentParser) -> None:
+    groups = commands.add_parser("groups", help="groups of users (for budgets)")
+    g_actions = groups.add_subparsers(dest="groups_action", required=True, metavar="ACTION")
+    g_actions.add_parser("list", parents=[db_flags], help="groups and their members")
+    for action, text in (("create", "create a group"), ("delete", "delete a group")):
+        sub = g_actions.add_parser(action, parents=[db_flags], help=text)
+        sub.add_argument("name")
+    for action, text in (
+        ("add", "add a user to a group"),
+        ("remove", "remove a user from a group"),
+    ):
+        sub = g_actions.add_parser(action, parents=[db_flags], help=text)
+        sub.add_argument("name", help="the group")
+        sub.add_argument("user", help="the user's name")
+
+    budgets = commands.add_parser(
+        "budgets",
+        help="spend limits per user, group or relay token, checked before a request goes upstream",
+        description="A budget limits what a user, a group's members together, or a relay token "
+        "may spend per calendar period (UTC), on every model or one. Spent: new requests are "
+        "refused (429) until the period resets; requests in flight finish. "
+        "See docs/cost-and-budgets.md.",
+    )
+    b_actions = budgets.add_subparsers(dest="budgets_action", required=True, metavar="ACTION")
+    b_actions.add_parser("list", parents=[db_flags], help="budgets and what each has spent")
+    set_ = b_actions.add_parser("set", parents=[db_flags], help="create or change a budget")
+    set_.add_argument("name")
+    who = set_.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user's name")
+    who.add_argument("--group", help="a group's name: its members' spend together")
+    who.add_argument("--token", metavar="ID", help="a relay token's id (see tokens list)")
+    set_.add_argument("--limit", required=True, metavar="USD", help="per period, e.g. 100 or 12.50")
+    set_.add_argument("--period", choices=["day", "week", "month"], default="month")
+    set_.add_argument("--model", help="only this model family (claude-sonnet-4-5)")
+    set_.add_argument(
+        "--soft", type=int, default=80, metavar="PERCENT", help="warn from this share (default 80)"
+    )
+    remove = b_actions.add_parser("remove", parents=[db_flags], help="remove a budget")
+    remove.add_argument("name")
 
 
 def _add_prices_parser(commands: Any, db_flags: argparse.ArgumentParser) -> None:
@@ -492,6 +534,78 @@ def _price_line(price: object) -> str:
     )
 
 
+async def _groups(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    from relay.budgets import store as budgets
+
+    action = args.groups_action
+    if action == "create":
+        await budgets.create_group(db, args.name)
+        print(f"created group {args.name}", file=out)
+    elif action == "delete":
+        await budgets.delete_group(db, args.name)
+        print(f"deleted group {args.name} (and its budgets)", file=out)
+    elif action == "add":
+        added = await budgets.add_member(db, args.name, args.user)
+        print(f"{'added' if added else 'already in'}: {args.user} in {args.name}", file=out)
+    elif action == "remove":
+        removed = await budgets.remove_member(db, args.name, args.user)
+        print(f"{'removed' if removed else 'not in'}: {args.user} from {args.name}", file=out)
+    else:
+        groups = await budgets.list_groups(db)
+        if not groups:
+            print("no groups", file=out)
+            return
+        _table([["GROUP", "MEMBERS"], *([name, ", ".join(m) or "-"] for name, m in groups)], out)
+
+
+async def _budgets(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    from relay.budgets import store as budgets
+    from relay.pricing.book import format_dollars, parse_dollars
+
+    action = args.budgets_action
+    if action == "set":
+        try:
+            limit = parse_dollars(args.limit)
+        except ValueError as exc:
+            raise CommandError(f"--limit: {exc}") from None
+        await budgets.set_budget(
+            db,
+            args.name,
+            user=args.user,
+            group=args.group,
+            api_key_id=args.token,
+            limit_micros=limit,
+            period=args.period,
+            model=args.model,
+            soft_percent=args.soft,
+        )
+        print(f"set budget {args.name}: ${format_dollars(limit)} per {args.period}", file=out)
+        return
+    if action == "remove":
+        await budgets.remove_budget(db, args.name)
+        print(f"removed budget {args.name}", file=out)
+        return
+    rows = await budgets.budgets_with_spend(db)
+    if not rows:
+        print("no budgets", file=out)
+        return
+    table = [["BUDGET", "FOR", "MODEL", "PERIOD", "LIMIT $", "SPENT $", "USED", "SOFT"]]
+    for b, spent in rows:
+        table.append(
+            [
+                b.name,
+                f"{b.scope} {b.subject_name}",
+                b.model or "(all)",
+                b.period,
+                format_dollars(b.limit_micros),
+                format_dollars(spent),
+                f"{spent * 100 // b.limit_micros}%",
+                f"{b.soft_percent}%",
+            ]
+        )
+    _table(table, out)
+
+
 async def _migrate(db: Database, args: argparse.Namespace, out: TextIO) -> None:
     # open_admin_database has applied them; say where the schema stands.
     version = await db.fetchval("SELECT max(version) FROM schema_migrations")
@@ -505,6 +619,8 @@ _ADMIN: dict[str, Callable[[Database, argparse.Namespace, TextIO], Awaitable[Non
     "tokens": _tokens,
     "usage": _usage,
     "prices": _prices,
+    "groups": _groups,
+    "budgets": _budgets,
 }
 
 

@@ -17,6 +17,8 @@ import platformdirs
 import trio
 
 from relay.auth import TokenCache
+from relay.budgets.store import BudgetService
+from relay.budgets.tracker import BudgetTracker, ChargingSink
 from relay.db.bridge import (
     CONNECT_ERRORS,
     Database,
@@ -127,6 +129,10 @@ class Services:
     instance: Instance | None = None
     # The price book in memory, reloaded on every change (usage is priced from it).
     prices: PriceCache | None = None
+    # Budgets and their spend in memory (checked by admit, charged as recorded).
+    budgets: BudgetTracker | None = None
+    # What the request path records through: the recorder, charging budgets on the way.
+    records: ChargingSink | None = None
 
 
 @asynccontextmanager
@@ -190,6 +196,8 @@ async def open_services(
         registry = ProviderRegistry()
         tokens = TokenCache(db)
         prices = PriceCache()
+        budgets = BudgetTracker()
+        budget_service = BudgetService(db, budgets, options.budget_refresh_interval)
         upstreams = UpstreamClients(
             connect_timeout=options.upstream_connect_timeout,
             read_timeout=options.upstream_read_timeout,
@@ -205,9 +213,9 @@ async def open_services(
             watch_interval=1.0 if options.require_recording else None,
         )
         async with trio.open_nursery() as nursery:
-            # One LISTEN per process feeds both: provider changes and
-            # revocations reach this process within a second.
-            listener = ConfigListener(db, registry, tokens, prices)
+            # One LISTEN per process feeds them all: provider changes,
+            # revocations, prices and budgets reach this process within a second.
+            listener = ConfigListener(db, registry, tokens, prices, budget_service)
             await nursery.start(supervised, "config listener", on_failure, listener.run)
             await nursery.start(supervised, "recorder", on_failure, recorder.run)
             await nursery.start(supervised, "instance heartbeat", on_failure, instance.run)
@@ -222,6 +230,13 @@ async def open_services(
                     token=options.metrics_token,
                 )
             )
+
+            budgets.on_refused.append(lambda b: metrics.budget_refused(b.name))
+            budgets.on_soft_limit.append(lambda b, _spent: metrics.budget_soft_limit(b.name))
+            budget_service.on_refresh = lambda: metrics.budget_state(
+                (b.name, budgets.spent(b), b.limit_micros) for b in budgets.budgets
+            )
+            await nursery.start(supervised, "budget totals", on_failure, budget_service.run)
 
             async def report_providers(_changes: object = None) -> None:
                 metrics.providers([(p.name, str(p.type), "enabled") for p in registry.all()])
@@ -255,6 +270,8 @@ async def open_services(
                     dumps,
                     instance,
                     prices,
+                    budgets,
+                    ChargingSink(recorder, budgets, metrics),
                 )
             finally:
                 with trio.CancelScope(shield=True):

@@ -27,11 +27,14 @@ from relay.facts import Facts, Usage
 from relay.pricing.book import PriceLookup, cost_micros
 
 #: How an interception ended (what the relay itself records at its end).
-Status: TypeAlias = Literal["completed", "failed", "cancelled"]
+#: ``refused``: turned away before it went upstream (a spent budget).
+Status: TypeAlias = Literal["completed", "failed", "cancelled", "refused"]
 #: Every state of an ``interceptions`` row: recorded ``in_progress`` when the
 #: request is accepted, then ended with a ``Status``; or ``interrupted`` when the
 #: relay process serving it was found gone (relay.record.instances).
-RowStatus: TypeAlias = Literal["in_progress", "completed", "failed", "cancelled", "interrupted"]
+RowStatus: TypeAlias = Literal[
+    "in_progress", "completed", "failed", "cancelled", "interrupted", "refused"
+]
 CredentialKind: TypeAlias = Literal["centralized", "byok"]
 # Timestamps are timezone-aware (UTC); the schema says date-time.
 Timestamp: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
