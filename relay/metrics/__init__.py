@@ -227,7 +227,9 @@ class Metrics:
         )
         # Cost control (docs/cost-and-budgets.md): spend in micro-dollars, by
         # provider and model; by user only with the initiator label option.
-        c = p + "cost_control_"
+        # The relay's own names: the Gateway's cost-control metric names and
+        # labels could not be checked, and coder_ai_gateway_* are exactly its.
+        c = r + "cost_"
         self.spend = counter(
             c + "spend_micros",
             "Cost of recorded usage, in micro-dollars (1e-6 USD), at the prices it was recorded with.",
