@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from relay.pricing.book import candidate_names, format_dollars
+from relay.pricing.book import format_dollars, model_candidates
 from relay.record.events import InterceptionRecord, Record, TokenUsageRecord
 
 log = logging.getLogger("relay.budgets")
@@ -76,7 +76,7 @@ def model_matches(budget_model: str | None, model: str) -> bool:
     """Does a budget on ``budget_model`` cover ``model`` (a request's or a usage's model)?"""
     if budget_model is None:
         return True
-    return budget_model == model or budget_model in candidate_names(model)
+    return budget_model == model or budget_model in model_candidates(model)
 
 
 @dataclass(frozen=True, slots=True)

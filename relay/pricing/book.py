@@ -22,6 +22,7 @@ No other guessing: ``gpt-4o-mini`` never falls back to ``gpt-4o``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
@@ -96,13 +97,9 @@ _BEDROCK_VENDOR = re.compile(r"^(anthropic|openai|amazon|meta|mistral|cohere|ai2
 _SNAPSHOT = re.compile(r"([-@](\d{8}|\d{4}-\d{2}-\d{2})|-latest)$")
 
 
-def candidate_names(model: str) -> list[str]:
-    """The names a recorded model is looked up under, most specific first.
-
-    ``global.anthropic.claude-sonnet-4-5-20250929-v1:0`` →
-    ``[that, claude-sonnet-4-5-20250929, claude-sonnet-4-5]``;
-    ``gpt-4o-2024-08-06`` → ``[that, gpt-4o]``.
-    """
+@functools.lru_cache(maxsize=4096)
+def model_candidates(model: str) -> tuple[str, ...]:
+    """``candidate_names`` as a tuple, memoised: what lookups use."""
     name = model.strip().lower()
     names = [name]
     bare = _ARN.sub("", name)
@@ -112,7 +109,18 @@ def candidate_names(model: str) -> list[str]:
     for candidate in (bare, family):
         if candidate and candidate not in names:
             names.append(candidate)
-    return names
+    return tuple(names)
+
+
+def candidate_names(model: str) -> list[str]:
+    """The names a recorded model is looked up under, most specific first.
+
+    ``global.anthropic.claude-sonnet-4-5-20250929-v1:0`` →
+    ``[that, claude-sonnet-4-5-20250929, claude-sonnet-4-5]``;
+    ``gpt-4o-2024-08-06`` → ``[that, gpt-4o]``. Memoised (model names are few;
+    the regular expressions ran per interception otherwise).
+    """
+    return list(model_candidates(model))
 
 
 class PriceBook:
@@ -144,7 +152,7 @@ class PriceBook:
         if not model:
             return None
         day = (at or datetime.now(UTC)).astimezone(UTC).date()
-        names = candidate_names(model)
+        names = model_candidates(model)
         for ptype in (provider_type, *FALLBACK_TYPES.get(provider_type, ())):
             for name in names:
                 found = _effective(self._exact.get((ptype, name)), day)
