@@ -46,6 +46,7 @@ class OptionFields:
     responses_websocket_lifetime: float  # CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_LIFETIME
     responses_websocket_ping_interval: float  # CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_PING_INTERVAL
     retention: float  # CODER_AI_GATEWAY_RETENTION
+    budget_refresh_interval: float  # CODER_AI_GATEWAY_BUDGET_REFRESH_INTERVAL
     recorder_flush_interval: float  # CODER_AI_GATEWAY_RECORDER_FLUSH_INTERVAL
     recorder_batch_size: int  # CODER_AI_GATEWAY_RECORDER_BATCH_SIZE
     max_stored_prompt: int  # CODER_AI_GATEWAY_MAX_STORED_PROMPT

@@ -279,6 +279,7 @@ def record_interception(
             outcome.status,
             error,
             ended_at=datetime.now(UTC),
+            prices=ports.prices,
         )
     )
     if timer is not None:
