@@ -114,14 +114,21 @@ async def _bridge(
     url = join_url(provider.base_url, kind.upstream_path(api_path), req.query_string)
     subprotocols: list[str] = list(req.scope.get("subprotocols") or ())
 
-    def admit_turn() -> tuple[int, str] | None:
+    def admit_turn(model: str) -> tuple[int, str, str | None] | None:
+        """The guards of one turn, in the HTTP order (the body is decoded already)."""
         if guards.rate is not None:
             wait = guards.rate.check(principal.api_key_id, trio.current_time())
             if wait is not None:
                 retry = retry_after_header(wait).decode()
-                return 429, f"relay rate limit exceeded; retry after {retry} s"
+                return 429, f"relay rate limit exceeded; retry after {retry} s", None
         if options.require_recording and services.recorder.cannot_record:
-            return 503, UNRECORDABLE_MESSAGE
+            return 503, UNRECORDABLE_MESSAGE, None
+        budgets = services.budgets
+        if budgets is not None and budgets.budgets and not caller.byok:
+            exceeded = budgets.check(principal.user_id, principal.api_key_id, model)
+            if exceeded is not None:
+                # As over HTTP: OpenAI's insufficient_quota (it will not pass this period).
+                return 429, exceeded.message(), "insufficient_quota"
         return None
 
     ctx = SocketContext(

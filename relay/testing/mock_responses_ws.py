@@ -188,7 +188,10 @@ class MockResponsesSocket:
                 )
                 continue
             model = create.model or "mock-text"
-            scenario = model.removeprefix(MODEL_PREFIX)
+            # Another model name (a real one, priced): the text scenario under that name.
+            scenario = (
+                model.removeprefix(MODEL_PREFIX) if model.startswith(MODEL_PREFIX) else "text"
+            )
             if '"function_call_output"' in message:
                 scenario = "text"  # a tool's result came back: the model answers it
             token = secrets.token_hex(len(ID_PLACEHOLDER) // 2)

@@ -24,6 +24,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from relay.budgets.store import set_budget
 from relay.db import Database
 from relay.testing.mock_responses_ws import MockResponsesSocket
 from relay.testing.mock_upstream import scenarios
@@ -302,8 +303,9 @@ async def test_refused_turns_get_an_error_event_and_the_socket_stays_open(
             # No model: refused by the relay (400), as on HTTP; nothing goes upstream.
             await ws.send_message(json.dumps({"type": "response.create", "input": "hi"}))
             assert (await read_turn(ws))[0]["status"] == 400
-            await ws.send_message(create())
-            assert (await read_turn(ws))[-1]["type"] == "response.completed"
+            for _ in range(2):  # the rate limit's burst (the 400 above took nothing)
+                await ws.send_message(create())
+                assert (await read_turn(ws))[-1]["type"] == "response.completed"
             await ws.send_message(create())
             refusal = await read_turn(ws)
             assert refusal == [
@@ -323,10 +325,10 @@ async def test_refused_turns_get_an_error_event_and_the_socket_stays_open(
             await ws.send_message(create(previous_response_id="resp_unknown"))
             error = await read_turn(ws)
             assert error[0]["error"]["code"] == "previous_response_not_found"
-        assert len([m for m in mock.received if "response.create" in m]) == 2
-        rows = await interceptions(relay, 2)
-        assert [r["status"] for r in rows] == ["completed", "failed"]
-        assert rows[1]["error_type"] == "previous_response_not_found"
+        assert len([m for m in mock.received if "response.create" in m]) == 3
+        rows = await interceptions(relay, 3)
+        assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
+        assert rows[2]["error_type"] == "previous_response_not_found"
 
 
 async def test_the_lifetime_ends_the_socket(pg_dsn: str, tmp_path: Path) -> None:
@@ -387,3 +389,28 @@ async def test_a_shutdown_closes_open_sockets_and_records_the_cut_turn(
     async with Database.open(pg_dsn, max_size=1) as db:
         rows = await db.fetch("SELECT status FROM interceptions")
     assert [r["status"] for r in rows] == ["cancelled"]
+
+
+async def test_a_spent_budget_refuses_the_next_turn(pg_dsn: str, tmp_path: Path) -> None:
+    env = {"CODER_AI_GATEWAY_BUDGET_REFRESH_INTERVAL": "100ms"}
+    async with ws_relay(pg_dsn, tmp_path, env) as (mock, relay):
+        await set_budget(relay.db, "alice-monthly", user="alice", limit_micros=1)
+        budgets = relay.app.services.budgets  # type: ignore[union-attr]
+        with trio.fail_after(10):
+            while not budgets.budgets:
+                await trio.sleep(0.01)
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token)
+        ) as ws:
+            await ws.send_message(create("gpt-4o", "a priced turn"))
+            assert (await read_turn(ws))[-1]["type"] == "response.completed"
+            [row] = await interceptions(relay, 1)
+            user, key = str(row["initiator_id"]), row["api_key_id"]
+            with trio.fail_after(10):  # its cost reaches the budget's spend
+                while budgets.check(user, key, "gpt-4o") is None:
+                    await trio.sleep(0.05)
+            await ws.send_message(create("gpt-4o", "over budget"))
+            refusal = await read_turn(ws)
+            assert refusal[0]["status"] == 429
+            assert refusal[0]["error"]["code"] == "insufficient_quota"
+        assert len([m for m in mock.received if "response.create" in m]) == 1

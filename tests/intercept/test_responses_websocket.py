@@ -44,7 +44,7 @@ class NoDumps:
         return None
 
 
-def turns(refuse: tuple[int, str] | None = None) -> tuple[SocketTurns, Records]:
+def turns(refuse: tuple[int, str, str | None] | None = None) -> tuple[SocketTurns, Records]:
     records = Records()
     ctx = SocketContext(
         ports=InterceptionPorts(records, NoMetrics(), NoDumps(), None),  # type: ignore[arg-type]
@@ -57,7 +57,7 @@ def turns(refuse: tuple[int, str] | None = None) -> tuple[SocketTurns, Records]:
         instance_id=None,
         max_stored_prompt=None,
         fold_model=lambda model: model,
-        admit_turn=lambda: refuse,
+        admit_turn=lambda model: refuse,
         lifetime=3600,
         ping_interval=0,
     )
@@ -109,9 +109,10 @@ async def test_an_error_before_response_created_ends_its_turn() -> None:
 
 
 async def test_a_refused_turn_is_answered_and_not_started() -> None:
-    socket, records = turns(refuse=(429, "slow down"))
+    socket, records = turns(refuse=(429, "spent", "insufficient_quota"))
     answer = socket.client_text(create())
     assert answer is not None and json.loads(answer)["status"] == 429
+    assert json.loads(answer)["error"]["code"] == "insufficient_quota"
     assert socket.count == 0 and records.rows == []
     # Other client messages are not turns.
     assert socket.client_text('{"type":"response.steer","input":"x"}') is None

@@ -7,8 +7,8 @@ message (text stays text, bytes stay bytes), until either side closes:
 
 - client → upstream: each message is forwarded as it came; a
   ``response.create`` first starts a turn (``SocketTurns``), or is answered
-  with an ``error`` event in OpenAI's shape when its per-turn guard refuses
-  it (the rate limit) or its body cannot be decoded, and is not forwarded:
+  with an ``error`` event in OpenAI's shape when its body cannot be decoded
+  or its per-turn guards refuse it (the rate limit, a spent budget), and is not forwarded:
   the socket stays open, as Coder's bridge does.
 - upstream → client: each text message is accounted to its turn (the same
   ``ResponsesAccumulator`` the SSE path feeds, one event per message) before
@@ -113,8 +113,9 @@ class SocketContext:
     instance_id: uuid.UUID | None
     max_stored_prompt: int | None
     fold_model: Callable[[str], str]
-    # Per turn: None to let a response.create through, else (status, message) of its refusal.
-    admit_turn: Callable[[], tuple[int, str] | None]
+    # Per turn, with the model it names: None to let a response.create through,
+    # else (status, message, error code or None) of its refusal.
+    admit_turn: Callable[[str], tuple[int, str, str | None] | None]
     lifetime: float  # seconds; then websocket_connection_limit_reached and close 1001
     ping_interval: float  # an upstream ping this often (0: none)
 
@@ -158,10 +159,6 @@ class SocketTurns:
             return None  # not JSON: the provider answers it
         if kind != "response.create":
             return None
-        refusal = self._ctx.admit_turn()
-        if refusal is not None:
-            status, message = refusal
-            return responses_websocket_error(status, message)
         ctx = self._ctx
         try:
             prepared = prepare(
@@ -176,6 +173,10 @@ class SocketTurns:
             )
         except InvalidRequestBody as exc:
             return responses_websocket_error(400, str(exc))
+        refusal = ctx.admit_turn(prepared.info.model or "")
+        if refusal is not None:
+            status, message, code = refusal
+            return responses_websocket_error(status, message, code=code, type_=code)
         self._start(prepared, text)
         return None
 
