@@ -7,14 +7,18 @@ no query, no lock, no row updated. The spend it compares with is
           + what this process charged since that refresh began,
 
 so this process sees its own spend at once and the other processes' within
-one refresh interval (plus their recorder's flush interval). The recorder
+one refresh interval (plus their recorder's flush interval). One exception:
+a refresh that reads the totals before this process's recorder has written
+its latest charges (they are at most a flush interval old) drops them from
+the view until the next refresh. The recorder
 maintains the running totals (``spend_daily``) once per batch; the refresh is
 one query per interval per process, whatever the traffic.
 
 Overshoot bound: a request admitted under the limit runs to its end (a stream
 is never cut), so a budget can end above its limit by (a) what the requests
-in flight when it was crossed go on to cost, plus (b) what other processes
-spend within one refresh interval + one flush interval, before they see it.
+in flight when it was crossed go on to cost, plus (b) what the fleet (this
+process included, see above) spends within one refresh interval + one flush
+interval, before it is seen.
 """
 
 from __future__ import annotations

@@ -117,10 +117,12 @@ async def test_two_relays_sharing_a_database_enforce_one_group_budget(pg_dsn, tm
             await bob.messages.create(model=SONNET, max_tokens=100, messages=USER)  # 458
             await alice.messages.create(model=SONNET, max_tokens=100, messages=USER)  # 916
             await alice.messages.create(model=SONNET, max_tokens=100, messages=USER)  # 1374
-            (on_b,) = tracker(b).budgets
+            (on_a,), (on_b,) = tracker(a).budgets, tracker(b).budgets
             # Relay b learns alice's spend on relay a from PostgreSQL's running
-            # totals: within a refresh interval plus a's recorder flush.
+            # totals, and a learns bob's: within a refresh interval plus the
+            # other's recorder flush.
             await until(lambda: tracker(b).spent(on_b) >= 1000)
+            await until(lambda: tracker(a).spent(on_a) >= 1000)
             with pytest.raises(anthropic.RateLimitError) as refused:
                 await bob.messages.create(model=SONNET, max_tokens=100, messages=USER)
             assert "budget 'team-daily' (group team)" in refused.value.message
