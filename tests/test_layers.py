@@ -47,6 +47,9 @@ VIOLATIONS = [
     # The proxy intercepting on its own instead of handing over to the app.
     ("relay.proxy.server", "import relay.intercept.base", "proxy-hands-over"),
     ("relay.app", "import relay.proxy.server", "layers"),
+    ("relay.pricing.book", "import relay.db.bridge", "sans-io"),
+    # The budgets reaching into the interception.
+    ("relay.budgets.tracker", "import relay.intercept.base", "budgets-no-intercept"),
     # The package reaching into the benchmarks.
     ("relay.demo", "import bench.replay", "no-bench-tests"),
 ]

@@ -65,6 +65,7 @@ KEY_STATES = ("valid", "temporary", "permanent")
 DURATION_BUCKETS = (0.5, 2, 5, 15, 30, 60, 120)
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 FAILOVER_BUCKETS = (1, 2, 3, 4, 5)
+WEBSOCKET_TURN_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
 
 DEFAULT_MAX_MODELS = 100
 # Tool names and SDK names are chosen by clients too; these caps are generous.
@@ -225,6 +226,38 @@ class Metrics:
             (),
             "livemax",
         )
+        # Cost control (docs/cost-and-budgets.md): spend in micro-dollars, by
+        # provider and model; by user only with the initiator label option.
+        # The relay's own names: the Gateway's cost-control metric names and
+        # labels could not be checked, and coder_ai_gateway_* are exactly its.
+        c = r + "cost_"
+        self.spend = counter(
+            c + "spend_micros",
+            "Cost of recorded usage, in micro-dollars (1e-6 USD), at the prices it was recorded with.",
+            (*provider_model, "initiator_id"),
+        )
+        self.unpriced = counter(
+            c + "unpriced_usages",
+            "Usage rows recorded without a price (their model matched no price book entry).",
+            provider_model,
+        )
+        self.budget_refusals = counter(
+            c + "budget_refusals", "Requests refused because a budget was spent.", ("budget",)
+        )
+        self.budget_warnings = counter(
+            c + "budget_soft_limit_warnings",
+            "Times a budget was found past its soft limit (once per budget and period per process).",
+            ("budget",),
+        )
+        self.budget_spend = gauge(
+            c + "budget_spend_micros",
+            "What a budget has spent in its current period, as this process last saw it.",
+            ("budget",),
+            "livemax",
+        )
+        self.budget_limit = gauge(
+            c + "budget_limit_micros", "A budget's limit per period.", ("budget",), "livemax"
+        )
         # The relay's own.
         self.recorder_queue = gauge(
             r + "recorder_queue_depth",
@@ -283,6 +316,23 @@ class Metrics:
             r + "proxy_refusals",
             "Proxy requests refused, by reason (auth, port, blocked, dial, timeout, ...).",
             ("reason",),
+        )
+        self.websockets_open = gauge(
+            r + "responses_websockets_open",
+            "Responses WebSockets currently bridged, by provider.",
+            ("provider",),
+            "livesum",
+        )
+        self.websocket_refusals = counter(
+            r + "responses_websocket_refusals",
+            "Responses WebSocket upgrades refused, by reason (426 ones send the client to HTTP).",
+            ("reason",),
+        )
+        self.websocket_turns = histogram(
+            r + "responses_websocket_turns",
+            "response.create turns per Responses WebSocket, observed when it closes.",
+            ("provider",),
+            WEBSOCKET_TURN_BUCKETS,
         )
         self._children: dict[int, dict[tuple[str, ...], Any]] = {}
         self._providers_shown: set[tuple[str, str, str]] = set()
@@ -374,6 +424,29 @@ class Metrics:
                     count
                 )
 
+    def cost(
+        self, provider: str, model: str, initiator_id: object, cost_micros: int | None
+    ) -> None:
+        """One recorded usage row's cost (None: unpriced)."""
+        model = self.models.fold(model)
+        if cost_micros is None:
+            self._child(self.unpriced, provider, model).inc()
+        elif cost_micros > 0:
+            initiator = self._initiator(initiator_id)
+            self._child(self.spend, provider, model, initiator).inc(cost_micros)
+
+    def budget_refused(self, budget: str) -> None:
+        self._child(self.budget_refusals, budget).inc()
+
+    def budget_soft_limit(self, budget: str) -> None:
+        self._child(self.budget_warnings, budget).inc()
+
+    def budget_state(self, budgets: Iterable[tuple[str, int, int]]) -> None:
+        """(name, spent, limit) of every budget, after a refresh."""
+        for name, spent, limit in budgets:
+            self._child(self.budget_spend, name).set(spent)
+            self._child(self.budget_limit, name).set(limit)
+
     def passthrough(self, provider: str, route: str, method: str) -> None:
         """``route``: the route's pattern (``ProviderKind.route_label``), not the path."""
         self._child(self.passthroughs, provider, route, method_label(method)).inc()
@@ -383,6 +456,17 @@ class Metrics:
 
     def disconnect(self, phase: str) -> None:
         self._child(self.disconnects, phase).inc()
+
+    def websocket_opened(self, provider: str) -> None:
+        self._child(self.websockets_open, provider).inc()
+
+    def websocket_closed(self, provider: str, turns: int) -> None:
+        self._child(self.websockets_open, provider).dec()
+        self._child(self.websocket_turns, provider).observe(turns)
+
+    def websocket_refused(self, reason: str) -> None:
+        """``reason``: a fixed word (auth, disabled, not_bridged, user_cap, process_cap, upstream…)."""
+        self._child(self.websocket_refusals, reason).inc()
 
     # -- resilience ------------------------------------------------------------------------------
 

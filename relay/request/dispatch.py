@@ -2,8 +2,8 @@
 
 Passthrough routes are forwarded unparsed (``relay.intercept.passthrough``);
 intercepted routes go to ``relay.intercept.session.run_interception`` with
-the ports it records, counts, dumps and connects through. (The Responses
-WebSocket will be a third.)
+the ports it records, counts, dumps and connects through. (A Responses
+WebSocket upgrade is served by ``relay.request.websocket``.)
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ async def passthrough(req: Request) -> None:
 
 def interception_ports(services: Services) -> InterceptionPorts:
     return InterceptionPorts(
-        records=services.recorder,
+        records=services.records or services.recorder,
         metrics=services.metrics,
         dumps=services.dumps,
         upstreams=services.upstreams,
+        prices=services.prices,
     )
 
 

@@ -72,6 +72,8 @@ class ProviderKind:
     specs: ClassVar[Mapping[RouteKind, ApiSpec]]
     # What a client's base URL adds after /api/v2/ai-gateway/<name> (OpenAI SDKs: /v1).
     client_base_path: ClassVar[str] = ""
+    # The API path a Responses WebSocket is bridged on (None: upgrades are answered 426).
+    responses_websocket: ClassVar[str | None] = None
 
     def route(self, method: str, api_path: str) -> Route | None:
         for route in self.intercepted:
