@@ -82,6 +82,8 @@ def test_the_copy_keeps_every_contract(package_copy: Path) -> None:
         ("relay.intercept.base", "import relay.providers.kinds", "shell-knows-no-type"),
         # A sans-io core doing I/O.
         ("relay.streams.sse", "import trio", "sans-io"),
+        # The MCP client reaching into the interception.
+        ("relay.mcp.client", "import relay.intercept.base", "mcp-apart"),
         # The package reaching into the benchmarks.
         ("relay.demo", "import bench.replay", "no-bench-tests"),
     ],

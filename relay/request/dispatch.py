@@ -55,6 +55,7 @@ def interception_ports(services: Services) -> InterceptionPorts:
         metrics=services.metrics,
         dumps=services.dumps,
         upstreams=services.upstreams,
+        mcp=services.mcp,
     )
 
 
