@@ -51,14 +51,21 @@ def test_servers_load_in_index_order_with_aliases_and_filters() -> None:
         ({f"{P}1_NAME": "a", f"{P}1_URL": "http://x"}, "contiguous from 0"),
         ({f"{P}x_NAME": "a"}, "is not a number"),
         (
-            {f"{P}0_NAME": "a", f"{P}0_URL": "http://x", f"{P}1_NAME": "a", f"{P}1_URL": "http://y"},
+            {
+                f"{P}0_NAME": "a",
+                f"{P}0_URL": "http://x",
+                f"{P}1_NAME": "a",
+                f"{P}1_URL": "http://y",
+            },
             "the name is taken",
         ),
         ({f"{P}0_NAME": "a", f"{P}0_URL": "http://x", f"{P}0_TOOL_DENY_REGEX": "("}, "regular"),
         ({f"{P}0_NAME": "a", f"{P}0_URL": "http://x", f"{P}0_HEADERS": "nocolon"}, "Name: value"),
     ],
 )
-def test_unusable_servers_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+def test_unusable_servers_are_refused_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
     with pytest.raises(OptionError, match=message):
         _load(env)
 

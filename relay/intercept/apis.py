@@ -8,6 +8,7 @@ from __future__ import annotations
 from relay.intercept.base import ApiSpec
 from relay.intercept.chatcompletions.accumulator import ChatAccumulator
 from relay.intercept.messages.accumulator import MessagesAccumulator
+from relay.intercept.messages.injection import messages_tool_loop
 from relay.intercept.responses.accumulator import ResponsesAccumulator
 from relay.wire.anthropic import parse_messages_request
 from relay.wire.common import RequestInfo
@@ -44,6 +45,7 @@ MESSAGES = ApiSpec(
     parse_request=parse_messages_request,
     new_accumulator=MessagesAccumulator,
     stream_error=anthropic_sse_error,
+    tool_loop=messages_tool_loop,
 )
 
 CHAT = ApiSpec(
