@@ -323,7 +323,8 @@ def tool_loop(ctx: InterceptionContext, kind_injects: bool) -> Any | None:
     if not toolset:
         return None
     try:
-        body = msgspec.json.decode(ctx.prepared.upstream_body)
+        # The client's own body: the loop makes its own rewrite (chat's include_usage too).
+        body = msgspec.json.decode(ctx.body)
     except msgspec.DecodeError:
         return None
     if not isinstance(body, dict):

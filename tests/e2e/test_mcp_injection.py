@@ -319,3 +319,106 @@ async def test_no_tools_for_a_small_fast_model(pg_dsn: str, tmp_path: Path) -> N
             )
         assert response.status_code == 200
         assert mock.requests[0].body == body
+
+
+def _openai(relay: RunningRelay) -> Any:
+    import openai
+
+    return openai.AsyncOpenAI(
+        api_key=relay.token, base_url=relay.gateway("openai") + "/v1", max_retries=0
+    )
+
+
+async def test_chat_completions_stream_and_blocking(pg_dsn: str, tmp_path: Path) -> None:
+    async with mcp_relay(pg_dsn, tmp_path) as (mock, relay, mcp):
+        assert mcp is not None
+        client = _openai(relay)
+        # Streamed, without include_usage: the SDK's accumulated completion has both
+        # rounds' text, one id, no tool call, no usage chunk.
+        chunks = []
+        stream = await client.chat.completions.create(
+            model="gpt-x",
+            messages=USER,
+            stream=True,
+            extra_headers=_script([("bmcp_mock_add", {"a": 2, "b": 3})]),
+        )
+        async for chunk in stream:
+            chunks.append(chunk)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+            "Checking.Done: 5"
+        )
+        assert len({c.id for c in chunks}) == 1
+        assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+        assert [
+            c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+        ] == ["stop"]
+        assert all(c.usage is None for c in chunks)
+        sent = msgspec.json.decode(mock.requests[0].body)
+        assert sent["parallel_tool_calls"] is False
+        assert sent["tools"][0]["function"]["name"] == "bmcp_mock_echo"
+        # With include_usage: one usage chunk, summed over both rounds.
+        async with client.chat.completions.stream(
+            model="gpt-x",
+            messages=USER,
+            stream_options={"include_usage": True},
+            extra_headers=_script([("bmcp_mock_echo", {"text": "x"})]),
+        ) as s:
+            final = await s.get_final_completion()
+        assert final.choices[0].message.content == "Checking.Done: echo: x"
+        assert final.usage is not None and final.usage.prompt_tokens == 107 + 207
+        # Blocking, a failing tool, then a client tool.
+        done = await client.chat.completions.create(
+            model="gpt-x",
+            messages=USER,
+            extra_headers=_script([("bmcp_mock_fail", {})]),
+        )
+        assert done.choices[0].message.content.startswith("Checking.Done: ")
+        assert done.usage is not None and done.usage.completion_tokens == 30
+        mine = await client.chat.completions.create(
+            model="gpt-x",
+            messages=USER,
+            tools=[{"type": "function", "function": {"name": "read_file", "parameters": {}}}],
+            extra_headers=_script([("read_file", {"path": "a"})]),
+        )
+        assert mine.choices[0].finish_reason == "tool_calls"
+        assert mine.choices[0].message.tool_calls[0].function.name == "read_file"
+        rows = await relay.wait_for_rows(
+            "SELECT name, injected, invocation_error FROM tool_usages ORDER BY created_at", count=4
+        )
+        assert [(r["name"], r["injected"], r["invocation_error"] is not None) for r in rows] == [
+            ("bmcp_mock_add", True, False),
+            ("bmcp_mock_echo", True, False),
+            ("bmcp_mock_fail", True, True),
+            ("read_file", False, False),
+        ]
+
+
+async def test_responses_stream_and_blocking(pg_dsn: str, tmp_path: Path) -> None:
+    async with mcp_relay(pg_dsn, tmp_path) as (mock, relay, _):
+        client = _openai(relay)
+        async with client.responses.stream(
+            model="gpt-x",
+            input="Add two and three.",
+            extra_headers=_script([("bmcp_mock_add", {"a": 2, "b": 3})]),
+        ) as stream:
+            final = await stream.get_final_response()
+        assert final.output_text == "Checking.Done: 5"
+        assert [i.type for i in final.output] == ["message", "message"]
+        assert final.usage is not None and final.usage.input_tokens == 107 + 207
+        sent = msgspec.json.decode(mock.requests[0].body)
+        assert sent["parallel_tool_calls"] is False and sent["tools"][0]["name"] == "bmcp_mock_echo"
+        follow = msgspec.json.decode(mock.requests[1].body)
+        assert follow["input"][-1]["type"] == "function_call_output"
+        assert follow["input"][-1]["output"] == "5"
+        # Blocking, two calls in one turn.
+        response = await client.responses.create(
+            model="gpt-x",
+            input="Two things.",
+            extra_headers=_script(
+                [("bmcp_mock_add", {"a": 1, "b": 1}), ("bmcp_mock_echo", {"text": "two"})]
+            ),
+        )
+        assert response.output_text == "Checking.Done: 2 | echo: two"
+        assert response.id == msgspec.json.decode(mock.requests[2].response_body)["id"]
+        rows = await relay.wait_for_rows("SELECT count(*) AS n FROM token_usages", count=1)
+        assert rows[0]["n"] == 4

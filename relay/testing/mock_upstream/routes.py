@@ -272,6 +272,16 @@ class Responder:
                     api, 200, uid, tool_script.anthropic_message(script, request, model)
                 )
             events = tool_script.anthropic_stream(script, request, model)
+        elif path == "/v1/chat/completions":
+            if not stream:
+                return self._json(
+                    api, 200, uid, tool_script.chat_completion(script, request, model)
+                )
+            events = tool_script.chat_stream(script, request, model)
+        elif path == "/v1/responses":
+            if not stream:
+                return self._json(api, 200, uid, tool_script.responses_body(script, request, model))
+            events = tool_script.responses_stream(script, request, model)
         else:
             return self._error(api, 404, uid, "tool scripts: not for this route yet")
         events = [e.replace(PLACEHOLDER, uid) for e in events]
