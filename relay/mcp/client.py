@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay.mcp")
 
-RETRY_CAP = 30.0  # a server that is down is tried again at least this often
+RETRY_CAP = 30.0
+# What one MCP answer (a JSON body, or one SSE event) may weigh before it is read
+# whole: a hostile server cannot make the relay buffer more.
+MIN_RESPONSE_CAP = 4 * 1024 * 1024  # a server that is down is tried again at least this often
 MAX_PAGES = 16  # tools/list pages read per listing
 
 
@@ -87,8 +90,10 @@ class McpServer:
         *,
         connect_timeout: float,
         refresh_interval: float,
+        max_response: int = MIN_RESPONSE_CAP,
     ) -> None:
         self.option = option
+        self.max_response = max_response  # bytes of one answer the SDK may read
         self.connect_timeout = connect_timeout
         self.refresh_interval = refresh_interval
         self.tools = ServerTools(option.name, option.url)
@@ -132,13 +137,18 @@ class McpServer:
 
         headers = dict(self.option.headers)
         timeout = httpx2.Timeout(self.connect_timeout, read=None)
+        limit = self.max_response
         # One scope bounds the connection and the first listing: the SDK's task groups
         # live inside it, so its deadline is lifted, not left, once the tools are known.
         with trio.CancelScope(deadline=trio.current_time() + self.connect_timeout) as scope:
             async with (
-                httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+                httpx2.AsyncClient(
+                    headers=headers, timeout=timeout, transport=capped_transport(limit)
+                ) as http,
                 Client(
-                    streamable_http_client(self.option.url, http_client=http),
+                    streamable_http_client(
+                        self.option.url, http_client=http, max_sse_event_size=limit
+                    ),
                     mode="legacy",
                     cache=None,
                     message_handler=on_message,
@@ -210,6 +220,54 @@ class McpServer:
         return result_text(result, max_bytes)
 
 
+class ResponseTooLarge(Exception):
+    """An MCP server's answer was larger than the relay reads."""
+
+
+def capped_transport(limit: int) -> Any:
+    """An httpx2 transport whose POST answers end in ``ResponseTooLarge`` past ``limit`` bytes.
+
+    The session's GET stream (notifications, for as long as the session lives) is
+    left alone; its events are bounded by the SDK's ``max_sse_event_size``.
+    """
+    import httpx2
+
+    class Capped(httpx2.AsyncByteStream):
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        async def __aiter__(self) -> Any:
+            seen = 0
+            async for chunk in self._inner:
+                seen += len(chunk)
+                if seen > limit:
+                    raise ResponseTooLarge(f"the MCP server's answer is over {limit} bytes")
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    class Transport(httpx2.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self._inner = httpx2.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: Any) -> Any:
+            response = await self._inner.handle_async_request(request)
+            if request.method != "POST":
+                return response
+            return httpx2.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=Capped(response.stream),
+                extensions=response.extensions,
+            )
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return Transport()
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line for a failure (the first leaf of an exception group), never a header value."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -231,8 +289,14 @@ class McpServers:
         max_result: int = 256 * 1024,
         max_rounds: int = 10,
     ) -> None:
+        cap = max(MIN_RESPONSE_CAP, 8 * max_result)
         self.servers = [
-            McpServer(o, connect_timeout=connect_timeout, refresh_interval=refresh_interval)
+            McpServer(
+                o,
+                connect_timeout=connect_timeout,
+                refresh_interval=refresh_interval,
+                max_response=cap,
+            )
             for o in options
         ]
         self.tool_timeout = tool_timeout

@@ -96,3 +96,24 @@ async def test_a_server_down_at_start_is_skipped_then_picked_up(
         while not servers.snapshot():
             await trio.sleep(0.05)
     assert servers.snapshot().resolve("bmcp_mock_echo") is not None
+
+
+async def test_an_answer_over_the_cap_fails_the_call_not_the_relay(nursery: trio.Nursery) -> None:
+    mock = await serve_mock_mcp(nursery)
+    servers = McpServers([_option(mock.url)], tool_timeout=10, max_result=1000)
+    for server in servers.servers:
+        server.max_response = 200_000  # the cap, small for the test
+    await nursery.start(servers.run)
+    huge = servers.snapshot().resolve("bmcp_mock_huge")
+    assert huge is not None
+    with trio.fail_after(5):
+        result = await servers.call(huge, {"size": 1_000_000})
+    assert result.error is not None and "timed out" not in result.error, result.error
+    # The server stays usable (or is connected again) for the next call.
+    echo = servers.snapshot().resolve("bmcp_mock_echo")
+    with trio.fail_after(5):
+        while True:
+            if echo is not None and (await servers.call(echo, {"text": "a"})).text == "echo: a":
+                break
+            await trio.sleep(0.1)
+            echo = servers.snapshot().resolve("bmcp_mock_echo")
