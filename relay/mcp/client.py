@@ -303,6 +303,7 @@ class McpServers:
         self.max_result = max_result
         self.max_rounds = max_rounds
         self._by_name = {s.option.name: s for s in self.servers}
+        self._snapshot: tuple[tuple[ServerTools, ...], ToolSet] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Every server's task; started once each has had its first attempt."""
@@ -314,7 +315,12 @@ class McpServers:
             task_status.started()
 
     def snapshot(self) -> ToolSet:
-        return build_toolset(s.tools for s in self.servers)
+        """Every server's tools now; built again only after a server's list changed."""
+        lists = tuple(s.tools for s in self.servers)
+        cached = self._snapshot
+        if cached is None or any(a is not b for a, b in zip(cached[0], lists, strict=True)):
+            cached = self._snapshot = (lists, build_toolset(lists))
+        return cached[1]
 
     async def call(self, tool: McpTool, arguments: Mapping[str, Any]) -> ToolResult:
         server = self._by_name.get(tool.server)
