@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -63,7 +62,7 @@ def build_mock_mcp(name: str = "mock") -> MockMcp:
         mock.count("slow")
         mock.slow_started.set()
         try:
-            await anyio.sleep(seconds)
+            await trio.sleep(seconds)  # the SDK's server runs on trio here
         except BaseException:
             mock.slow_cancelled.set()
             raise
