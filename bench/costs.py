@@ -12,6 +12,8 @@ to the ASGI floor (``bench/load/floors/asgi_passthrough.py``):
 ``off``         all four off: the relay's routing, auth, limits and shell only
 ``pg-other``    ``on``, PostgreSQL on the harness's core instead of the relay's
 ``floor``       the ASGI pass-through floor (hypercorn + the relay's client)
+``direct``      the mock upstream itself, no gateway (in the harness's process):
+                what every "added" figure is measured against
 ``w1`` / ``w2`` ``default`` under ``hypercorn -k trio -w 1`` / ``-w 2``,
                 nothing pinned (the load generator neither): several workers
 ==============  ==============================================================
@@ -25,7 +27,11 @@ the first CPU, the harness (load generator and mock) to the second.
 ``--baseline REV[,REV...]`` adds every relay variant again, run from a
 checkout of each REV (a temporary ``git worktree``), labelled
 ``variant@REV``: before/after figures of a change, or of a series of
-changes step by step, from one run. Results: bench/results/costs-<UTC time>/
+changes step by step, from one run. With ``direct`` among the variants the
+report adds "added TTFB p50": each round's TTFB p50 less the direct one of
+the same round, the median of those differences (on a ``paced`` stream the
+first body byte is the first event, so this is the added time to first
+token). Results: bench/results/costs-<UTC time>/
 (``costs.md``, ``costs.json``, the processes' logs).
 """
 
@@ -54,6 +60,7 @@ from .load import scenarios
 from .load.loadgen import Endpoint, run_load
 from .load.results import latency
 from .load.targets import (
+    CLIENT_KEY,
     REPO,
     TargetError,
     _credentials,
@@ -86,7 +93,7 @@ DEFAULT_VARIANTS = "on,default,no-recording,no-metrics,no-parsing,off,pg-other,f
 @dataclass
 class Variant:
     label: str
-    kind: str  # a key of RELAY_VARIANTS, or "floor"
+    kind: str  # a key of RELAY_VARIANTS, "floor" or "direct"
     tree: Path  # the checkout whose relay runs
     endpoint: Endpoint | None = None
     pid: int | None = None
@@ -188,6 +195,12 @@ async def _start(
     variant: Variant, mock: MockUpstream, pg: Postgres, token: bytes, work: Path, logs: Path
 ) -> AsyncIterator[None]:
     port = free_port()
+    if variant.kind == "direct":
+        key = CLIENT_KEY.encode()
+        assert mock.port is not None
+        variant.endpoint = Endpoint("127.0.0.1", mock.port, {}, _credentials(key, key))
+        yield
+        return
     if variant.kind == "floor":
         command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "0"]
         command += ["-b", f"127.0.0.1:{port}", "bench.load.floors.asgi_passthrough:app"]
@@ -235,9 +248,11 @@ async def _measure(
     pacing: str,
     cold: bool,
 ) -> dict[str, float]:
-    assert variant.endpoint is not None and variant.pid is not None
+    assert variant.endpoint is not None
     scenario = scenarios.litellm_stream(pacing)  # type: ignore[arg-type]
-    if variant.pinned:
+    if variant.pid is None:  # direct: the mock, in this process
+        os.sched_setaffinity(0, {cpus[1]})
+    elif variant.pinned:
         os.sched_setaffinity(0, {cpus[1]})
         for p in [variant.pid, *_descendants(variant.pid)]:
             pin(p, {cpus[0]})
@@ -249,8 +264,9 @@ async def _measure(
         pg.pin(set(cpus))
     # Warm: connections, the token cache, the upstream pool, the workers.
     await run_load(variant.endpoint, scenario, concurrency, max_requests=300, max_seconds=3)
+    pid = variant.pid
     cpu0, pg0, busy0, at0 = (
-        _tree_cpu_s(variant.pid),
+        _tree_cpu_s(pid) if pid is not None else 0.0,
         pg.cpu_s(),
         system_busy_s(),
         time.perf_counter(),
@@ -265,7 +281,7 @@ async def _measure(
         cold=cold,
     )
     cpu1, pg1, busy1, at1 = (
-        _tree_cpu_s(variant.pid),
+        _tree_cpu_s(pid) if pid is not None else 0.0,
         pg.cpu_s(),
         system_busy_s(),
         time.perf_counter(),
@@ -296,8 +312,10 @@ async def run(args: argparse.Namespace, out: Path) -> list[Variant]:
         raise SystemExit("bench.costs needs two usable CPUs (relay on one, harness on the other)")
     kinds = [k for k in args.variants.split(",") if k]
     for kind in kinds:
-        if kind != "floor" and kind not in RELAY_VARIANTS:
-            raise SystemExit(f"unknown variant {kind!r}; known: floor, {', '.join(RELAY_VARIANTS)}")
+        if kind not in ("floor", "direct") and kind not in RELAY_VARIANTS:
+            raise SystemExit(
+                f"unknown variant {kind!r}; known: floor, direct, {', '.join(RELAY_VARIANTS)}"
+            )
     # Data directories (the cluster, spools, dumps) in /tmp, which the 'postgres'
     # user (the embedded cluster runs as it when we are root) can enter.
     work = Path(tempfile.mkdtemp(prefix="relay-costs-"))
@@ -318,7 +336,9 @@ async def _run(
     async with _baseline_trees(revs) as trees:
         variants = [Variant(k, k, REPO) for k in kinds]
         for rev, tree in trees.items():
-            variants += [Variant(f"{k}@{rev}", k, tree) for k in kinds if k != "floor"]
+            variants += [
+                Variant(f"{k}@{rev}", k, tree) for k in kinds if k not in ("floor", "direct")
+            ]
         await trio.to_thread.run_sync(pg.start)
         try:
             async with trio.open_nursery() as nursery:
@@ -372,10 +392,22 @@ def _median(variant: Variant, key: str) -> float:
     return statistics.median(r[key] for r in variant.rounds) if variant.rounds else 0.0
 
 
+def _added_ttfb(variant: Variant, direct: Variant | None) -> str:
+    """Median over rounds of (this TTFB p50 - the direct TTFB p50 of the same round)."""
+    if direct is None or variant is direct or not variant.rounds:
+        return ""
+    added = [
+        mine["ttfb_p50_ms"] - theirs["ttfb_p50_ms"]
+        for mine, theirs in zip(variant.rounds, direct.rounds, strict=False)
+    ]
+    return f"{statistics.median(added):.2f}"
+
+
 def render(variants: list[Variant], args: argparse.Namespace, started: str) -> str:
     by_label = {v.label: v for v in variants}
     base = by_label.get("on")
     floor = by_label.get("floor")
+    direct = by_label.get("direct")
     lines = [
         f"# bench.costs, {started}",
         "",
@@ -389,8 +421,8 @@ def render(variants: list[Variant], args: argparse.Namespace, started: str) -> s
         "pg-other) on CPU 0, harness on CPU 1; w1/w2 unpinned.",
         "",
         "| variant | streams/s | CPU ms / stream | Δ vs on | PostgreSQL ms / stream | "
-        "p50 / p99 ms | TTFB p50 ms | ÷ floor CPU | machine busy % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "p50 / p99 ms | TTFB p50 ms | added TTFB p50 ms | ÷ floor CPU | machine busy % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         cpu = _median(v, "cpu_ms")
@@ -398,12 +430,15 @@ def render(variants: list[Variant], args: argparse.Namespace, started: str) -> s
             f"{cpu - _median(base, 'cpu_ms'):+.3f}" if base is not None and v is not base else ""
         )
         ratio = (
-            f"{cpu / _median(floor, 'cpu_ms'):.2f}×" if floor is not None and v is not floor else ""
+            f"{cpu / _median(floor, 'cpu_ms'):.2f}×"
+            if floor is not None and v not in (floor, direct)
+            else ""
         )
         lines.append(
             f"| {v.label} | {_median(v, 'per_s'):,.0f} | {cpu:.3f} | {delta} | "
             f"{_median(v, 'pg_ms'):.3f} | {_median(v, 'p50_ms'):.1f} / {_median(v, 'p99_ms'):.1f} | "
-            f"{_median(v, 'ttfb_p50_ms'):.2f} | {ratio} | {_median(v, 'machine_busy_pct'):.0f} |"
+            f"{_median(v, 'ttfb_p50_ms'):.2f} | {_added_ttfb(v, direct)} | {ratio} | "
+            f"{_median(v, 'machine_busy_pct'):.0f} |"
         )
     errors = {v.label: sum(int(r["errors"]) for r in v.rounds) for v in variants}
     if any(errors.values()):

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import httpx
+import trio
 
 from tests.relay_harness import mock_and_relay
 
+# Generous client timeouts: on a loaded machine a probe while PostgreSQL
+# restarts may take seconds (a safety net, not a timing assertion).
+TIMEOUT = httpx.Timeout(30)
+
+
+async def database_back(http: httpx.AsyncClient, url: str) -> httpx.Response:
+    """``/readyz`` once it sees PostgreSQL again: the pool's connections died with
+    the server, and the first probe after a restart may still meet one."""
+    with trio.fail_after(20):
+        while True:
+            r = await http.get(url + "/readyz")
+            if r.json()["checks"]["database"] == "ok":
+                return r
+            await trio.sleep(0.05)
+
 
 async def test_readyz_follows_the_database_and_the_token_cache(pg_dsn, pg_cluster, tmp_path):
-    async with mock_and_relay(pg_dsn, tmp_path) as (_mock, relay), httpx.AsyncClient() as http:
+    async with (
+        mock_and_relay(pg_dsn, tmp_path) as (_mock, relay),
+        httpx.AsyncClient(timeout=TIMEOUT) as http,
+    ):
         r = await http.get(relay.url + "/readyz")
         assert r.status_code == 200
         assert r.json() == {
@@ -36,6 +55,7 @@ async def test_readyz_follows_the_database_and_the_token_cache(pg_dsn, pg_cluste
             assert (await http.get(relay.url + "/healthz")).status_code == 200
 
         # A request verifies (and caches) alice's token...
+        await database_back(http, relay.url)
         models = relay.gateway("openai") + "/v1/models"
         auth = {"authorization": f"Bearer {relay.token}"}
         assert (await http.get(models, headers=auth)).status_code == 200
@@ -46,7 +66,7 @@ async def test_readyz_follows_the_database_and_the_token_cache(pg_dsn, pg_cluste
             assert r.json()["checks"]["tokens"] == "cached"
             assert r.json()["checks"]["database"].startswith("unreachable: ")
 
-        r = await http.get(relay.url + "/readyz")
+        r = await database_back(http, relay.url)
         assert r.status_code == 200
         assert r.json()["checks"]["database"] == "ok"
 

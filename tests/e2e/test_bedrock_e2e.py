@@ -497,7 +497,7 @@ async def test_client_leaving_mid_stream_cancels_the_bedrock_call(pg_dsn, tmp_pa
         async with running_relay(pg_dsn, tmp_path, env) as relay:
             body = {"model": "sonnet", "max_tokens": 64, "stream": True, "messages": USER}
             headers = {"x-api-key": relay.token}
-            async with httpx.AsyncClient(trust_env=False) as client:
+            async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
                 url = relay.gateway(PROVIDER) + "/v1/messages"
                 async with client.stream("POST", url, headers=headers, json=body) as response:
                     first = await response.aiter_raw().__anext__()

@@ -475,11 +475,16 @@ async def claude_code_stream(relay: RunningRelay, session: str) -> str:
 
 
 async def recorded_by_session(dsn: str, expected: int, timeout: float = 20) -> dict[str, Any]:
-    """Once ``expected`` interceptions are there: per session, the interceptions' and
-    usage rows' counts and the response ids. Reads on its own connection, retrying
-    while PostgreSQL is still coming back."""
+    """Once ``expected`` interceptions are there, none still ``in_progress``: per
+    session, the interceptions' and usage rows' counts and the response ids. Reads
+    on its own connection, retrying while PostgreSQL is still coming back.
+
+    Settled, not only present: an interception's start row and its end (with its
+    usage and prompt) are separate batches, so a replay can be between them.
+    """
     query = (
         "SELECT i.client_session_id AS session, count(DISTINCT i.id) AS interceptions, "
+        "bool_or(i.status = 'in_progress') AS open, "
         "count(u.id) AS usages, array_agg(u.provider_response_id) AS response_ids, "
         "(SELECT count(*) FROM token_usages) AS all_usages, "
         "(SELECT count(*) FROM user_prompts) AS all_prompts "
@@ -491,7 +496,8 @@ async def recorded_by_session(dsn: str, expected: int, timeout: float = 20) -> d
                 async with Database.open(dsn, max_size=1) as db:
                     while True:
                         rows = await db.fetch(query)
-                        if sum(r["interceptions"] for r in rows) >= expected:
+                        present = sum(r["interceptions"] for r in rows)
+                        if present >= expected and not any(r["open"] for r in rows):
                             return {r["session"]: r for r in rows}
                         await trio.sleep(0.05)
             except UNAVAILABLE_ERRORS:

@@ -32,8 +32,14 @@ def chunk_frame(payload: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(payload), payload)
 
 
-def pieces(events: list[bytes], chunking: Chunking, rng: random.Random) -> list[bytes]:
-    """Cut the body (the concatenated events) into the payloads of successive writes."""
+def pieces(
+    events: list[bytes],
+    chunking: Chunking,
+    rng: random.Random,
+    split_max: int = RANDOM_SPLIT_MAX,
+) -> list[bytes]:
+    """Cut the body (the concatenated events) into the payloads of successive writes
+    (``random``: pieces of 1 to ``split_max`` bytes)."""
     if chunking == "event":
         return list(events)
     if chunking == "coalesce":
@@ -50,7 +56,7 @@ def pieces(events: list[bytes], chunking: Chunking, rng: random.Random) -> list[
     out = []
     pos = 0
     while pos < len(body):
-        step = rng.randint(1, RANDOM_SPLIT_MAX)
+        step = rng.randint(1, split_max)
         out.append(body[pos : pos + step])
         pos += step
     return out

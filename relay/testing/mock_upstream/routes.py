@@ -16,7 +16,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from . import anthropic, openai_chat, openai_responses, tool_script
-from .framing import Writes, build_writes, pieces
+from .framing import RANDOM_SPLIT_MAX, Writes, build_writes, pieces
 from .scenarios import (
     ID_PLACEHOLDER,
     RETRY_AFTER_SECONDS,
@@ -105,9 +105,11 @@ class Responder:
         rate_limited_keys: Collection[str] = (),
         revoked_keys: Collection[str] = (),
         retry_after: int = RETRY_AFTER_SECONDS,
+        split_max: int = RANDOM_SPLIT_MAX,
     ) -> None:
         self.chunking: Chunking = chunking
         self.seed = seed
+        self.split_max = split_max  # the largest piece of ``random`` chunking
         self.keys = None if keys is None else frozenset(keys)
         self.rate_limited_keys = frozenset(rate_limited_keys)
         self.revoked_keys = frozenset(revoked_keys)
@@ -286,7 +288,9 @@ class Responder:
             return self._error(api, 404, uid, "tool scripts: not for this route yet")
         events = [e.replace(PLACEHOLDER, uid) for e in events]
         chunking = knobs.chunking or self.chunking
-        writes = build_writes(pieces(events, chunking, random.Random(self.seed)), True)
+        writes = build_writes(
+            pieces(events, chunking, random.Random(self.seed), self.split_max), True
+        )
         return StreamReply(
             headers=[
                 (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -342,7 +346,7 @@ class Responder:
             # Splits may cut through an id: swap the ids in before splitting.
             events = [e.replace(PLACEHOLDER, uid) for e in plan.events]
             rng = random.Random(self.seed * 1_000_003 + request_index)
-            writes = build_writes(pieces(events, chunking, rng), chunked)
+            writes = build_writes(pieces(events, chunking, rng, self.split_max), chunked)
         return StreamReply(
             headers=[
                 (b"content-type", b"text/event-stream; charset=utf-8"),

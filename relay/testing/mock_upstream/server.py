@@ -27,7 +27,7 @@ from typing import Any
 import h11
 import trio
 
-from .framing import unframe
+from .framing import RANDOM_SPLIT_MAX, unframe
 from .records import ConnectionEvent, Phase, RecordedRequest, WriteStats
 from .routes import Reply, Responder, StreamReply
 from .scenarios import RETRY_AFTER_SECONDS, Chunking, Ending
@@ -68,6 +68,7 @@ class MockUpstream:
         *,
         record: bool = True,
         retry_after: int = RETRY_AFTER_SECONDS,
+        split_max: int = RANDOM_SPLIT_MAX,
     ) -> None:
         self.responder = Responder(
             chunking=chunking,
@@ -76,6 +77,7 @@ class MockUpstream:
             rate_limited_keys=rate_limited_keys,
             revoked_keys=revoked_keys,
             retry_after=retry_after,
+            split_max=split_max,
         )
         self.record = record
         self.host = "127.0.0.1"
