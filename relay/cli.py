@@ -70,10 +70,12 @@ def _stderr(line: str) -> None:
 async def open_admin_database(options: Options) -> AsyncIterator[Database]:
     """The database ``relay serve`` would use (embedded when no URL is set), migrated."""
     from relay.db.migrate import migrate
+    from relay.pricing.store import seed_default_prices
     from relay.services import open_database
 
     async with open_database(options) as (db, _description):
         await migrate(db)
+        await seed_default_prices(db)
         yield db
 
 
@@ -309,22 +311,299 @@ def build_parser() -> argparse.ArgumentParser:
     usage = commands.add_parser(
         "usage",
         parents=[db_flags],
-        help="tokens, requests and tool calls per user, model and day",
+        help="requests, tokens, tool calls and cost per day, user, provider, model or client",
+        description="Cost is in US dollars, from the prices stored with each usage row when it "
+        "was recorded; usage recorded without a price is counted as unpriced, not as $0.",
     )
     usage.add_argument("--user", help="only this user")
     usage.add_argument("--provider", help="only this provider instance")
+    usage.add_argument("--model", help="only this model (as recorded)")
+    usage.add_argument("--client", help="only this client (claude-code, codex, ...)")
     usage.add_argument(
-        "--since", metavar="DURATION", default="7d", help="how far back (default 7d; e.g. 24h, 30d)"
+        "--since",
+        metavar="WHEN",
+        default="7d",
+        help="from: a duration back (default 7d; e.g. 24h, 30d) or an RFC 3339 time / date",
     )
+    usage.add_argument(
+        "--until", metavar="WHEN", help="up to (excluded): a duration back or an RFC 3339 time"
+    )
+    usage.add_argument(
+        "--group-by",
+        metavar="DIMS",
+        default="day,user,provider,model",
+        help="comma-separated, from day, user, provider, model, client "
+        "(default day,user,provider,model)",
+    )
+    _add_prices_parser(commands, db_flags)
+    _add_budget_parsers(commands, db_flags)
     return parser
+
+
+def _add_budget_parsers(commands: Any, db_flags: argparse.ArgumentParser) -> None:
+    groups = commands.add_parser("groups", help="groups of users (for budgets)")
+    g_actions = groups.add_subparsers(dest="groups_action", required=True, metavar="ACTION")
+    g_actions.add_parser("list", parents=[db_flags], help="groups and their members")
+    for action, text in (("create", "create a group"), ("delete", "delete a group")):
+        sub = g_actions.add_parser(action, parents=[db_flags], help=text)
+        sub.add_argument("name")
+    for action, text in (
+        ("add", "add a user to a group"),
+        ("remove", "remove a user from a group"),
+    ):
+        sub = g_actions.add_parser(action, parents=[db_flags], help=text)
+        sub.add_argument("name", help="the group")
+        sub.add_argument("user", help="the user's name")
+
+    budgets = commands.add_parser(
+        "budgets",
+        help="spend limits per user, group or relay token, checked before a request goes upstream",
+        description="A budget limits what a user, a group's members together, or a relay token "
+        "may spend per calendar period (UTC), on every model or one. Spent: new requests are "
+        "refused (429) until the period resets; requests in flight finish. "
+        "See docs/cost-and-budgets.md.",
+    )
+    b_actions = budgets.add_subparsers(dest="budgets_action", required=True, metavar="ACTION")
+    b_actions.add_parser("list", parents=[db_flags], help="budgets and what each has spent")
+    set_ = b_actions.add_parser("set", parents=[db_flags], help="create or change a budget")
+    set_.add_argument("name")
+    who = set_.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user's name")
+    who.add_argument("--group", help="a group's name: its members' spend together")
+    who.add_argument("--token", metavar="ID", help="a relay token's id (see tokens list)")
+    set_.add_argument("--limit", required=True, metavar="USD", help="per period, e.g. 100 or 12.50")
+    set_.add_argument("--period", choices=["day", "week", "month"], default="month")
+    set_.add_argument("--model", help="only this model family (claude-sonnet-4-5)")
+    set_.add_argument(
+        "--soft", type=int, default=80, metavar="PERCENT", help="warn from this share (default 80)"
+    )
+    remove = b_actions.add_parser("remove", parents=[db_flags], help="remove a budget")
+    remove.add_argument("name")
+
+
+def _add_prices_parser(commands: Any, db_flags: argparse.ArgumentParser) -> None:
+    prices = commands.add_parser(
+        "prices",
+        help="the price book: list, set, import, remove prices; list unpriced models",
+        description="Prices in US dollars per million tokens (stored as integer micro-dollars). "
+        "A price applies from its --from date; usage is priced once, when recorded. "
+        "See docs/cost-and-budgets.md for how models are matched.",
+    )
+    actions = prices.add_subparsers(dest="prices_action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[db_flags], help="the prices in force")
+    listing.add_argument("--all", action="store_true", help="every dated price, past and future")
+    set_ = actions.add_parser("set", parents=[db_flags], help="add or replace one price")
+    set_.add_argument("provider_type", help="anthropic, openai, bedrock, ...")
+    set_.add_argument("model", help="a model family (claude-sonnet-4-5), or a prefix ending in *")
+    set_.add_argument("--input", required=True, metavar="USD", help="per million input tokens")
+    set_.add_argument("--output", required=True, metavar="USD", help="per million output tokens")
+    set_.add_argument("--cache-read", metavar="USD", help="default: the input price")
+    set_.add_argument("--cache-write", metavar="USD", help="default: the input price")
+    set_.add_argument("--cache-write-1h", metavar="USD", help="default: the cache write price")
+    set_.add_argument(
+        "--reasoning", metavar="USD", help="reasoning tokens priced apart (default: as output)"
+    )
+    set_.add_argument(
+        "--from", dest="effective_from_text", metavar="YYYY-MM-DD", help="default: today (UTC)"
+    )
+    imp = actions.add_parser(
+        "import", parents=[db_flags], help="add or replace prices from a JSON file"
+    )
+    imp.add_argument("file", help="same format as relay/pricing/default_prices.json")
+    remove = actions.add_parser("remove", parents=[db_flags], help="remove a model's price(s)")
+    remove.add_argument("provider_type")
+    remove.add_argument("model")
+    remove.add_argument(
+        "--from", dest="effective_from_text", metavar="YYYY-MM-DD", help="only this one"
+    )
+    unpriced = actions.add_parser(
+        "unpriced", parents=[db_flags], help="models whose usage was recorded without a price"
+    )
+    unpriced.add_argument("--since", metavar="DURATION", default="30d", help="default 30d")
 
 
 async def _usage(db: Database, args: argparse.Namespace, out: TextIO) -> None:
     from relay.admin.usage import format_usage_table, usage_report
 
-    since = datetime.now(UTC) - timedelta(seconds=args.since_seconds)
-    rows = await usage_report(db, user=args.user, provider=args.provider, since=since)
-    out.write(format_usage_table(rows))
+    rows = await usage_report(
+        db,
+        user=args.user,
+        provider=args.provider,
+        since=args.since_at,
+        until=args.until_at,
+        model=args.model,
+        client=args.client,
+        group_by=args.group_by_dims,
+    )
+    out.write(format_usage_table(rows, args.group_by_dims))
+
+
+async def _prices(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    from relay.pricing import store as prices
+    from relay.pricing.book import Price, format_dollars
+
+    action = args.prices_action
+    if action == "set":
+        await prices.set_prices(db, [args.price])
+        print(f"set {_price_line(args.price)}", file=out)
+        return
+    if action == "import":
+        await prices.set_prices(db, args.imported)
+        print(f"imported {len(args.imported)} price(s) from {args.file}", file=out)
+        return
+    if action == "remove":
+        removed = await prices.remove_price(db, args.provider_type, args.model, args.effective_from)
+        if not removed:
+            raise CommandError(f"no price for {args.provider_type} {args.model}")
+        print(f"removed {removed} price(s) of {args.provider_type} {args.model}", file=out)
+        return
+    if action == "unpriced":
+        since = datetime.now(UTC) - timedelta(seconds=args.since_seconds)
+        rows = await prices.unpriced_models(db, since)
+        if not rows:
+            print("every recorded usage in that period was priced", file=out)
+            return
+        table = [["TYPE", "MODEL", "USAGES", "TOKENS", "LAST SEEN"]]
+        for r in rows:
+            table.append(
+                [
+                    r["provider_type"],
+                    r["model"],
+                    str(r["usages"]),
+                    f"{r['tokens']:,}",
+                    _when(r["last_seen"]),
+                ]
+            )
+        _table(table, out)
+        return
+    listed: list[Price] = await prices.load_prices(db)
+    if not args.all:
+        today = datetime.now(UTC).date()
+        current: dict[tuple[str, str], Price] = {}
+        for price in listed:  # ordered by effective_from within a model
+            if price.effective_from <= today or (price.provider_type, price.model) not in current:
+                current[(price.provider_type, price.model)] = price
+        listed = list(current.values())
+    table = [
+        [
+            "TYPE",
+            "MODEL",
+            "FROM",
+            "INPUT",
+            "OUTPUT",
+            "CACHE READ",
+            "CACHE WRITE",
+            "1H WRITE",
+            "REASONING",
+            "SOURCE",
+        ]
+    ]
+    for price in listed:
+        table.append(
+            [
+                price.provider_type,
+                price.model,
+                price.effective_from.isoformat(),
+                *(
+                    format_dollars(value, 6).rstrip("0").rstrip(".") if value is not None else "-"
+                    for value in (
+                        price.input,
+                        price.output,
+                        price.cache_read,
+                        price.cache_write,
+                        price.cache_write_1h,
+                        price.reasoning,
+                    )
+                ),
+                price.source,
+            ]
+        )
+    print(
+        f"USD per million tokens (default book checked {prices.default_prices_checked()})", file=out
+    )
+    _table(table, out)
+
+
+def _price_line(price: object) -> str:
+    from relay.pricing.book import Price, format_dollars
+
+    assert isinstance(price, Price)
+    return (
+        f"{price.provider_type} {price.model} from {price.effective_from}: input "
+        f"${format_dollars(price.input)}, output ${format_dollars(price.output)} per million tokens"
+    )
+
+
+async def _groups(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    from relay.budgets import store as budgets
+
+    action = args.groups_action
+    if action == "create":
+        await budgets.create_group(db, args.name)
+        print(f"created group {args.name}", file=out)
+    elif action == "delete":
+        await budgets.delete_group(db, args.name)
+        print(f"deleted group {args.name} (and its budgets)", file=out)
+    elif action == "add":
+        added = await budgets.add_member(db, args.name, args.user)
+        print(f"{'added' if added else 'already in'}: {args.user} in {args.name}", file=out)
+    elif action == "remove":
+        removed = await budgets.remove_member(db, args.name, args.user)
+        print(f"{'removed' if removed else 'not in'}: {args.user} from {args.name}", file=out)
+    else:
+        groups = await budgets.list_groups(db)
+        if not groups:
+            print("no groups", file=out)
+            return
+        _table([["GROUP", "MEMBERS"], *([name, ", ".join(m) or "-"] for name, m in groups)], out)
+
+
+async def _budgets(db: Database, args: argparse.Namespace, out: TextIO) -> None:
+    from relay.budgets import store as budgets
+    from relay.pricing.book import format_dollars, parse_dollars
+
+    action = args.budgets_action
+    if action == "set":
+        try:
+            limit = parse_dollars(args.limit)
+        except ValueError as exc:
+            raise CommandError(f"--limit: {exc}") from None
+        await budgets.set_budget(
+            db,
+            args.name,
+            user=args.user,
+            group=args.group,
+            api_key_id=args.token,
+            limit_micros=limit,
+            period=args.period,
+            model=args.model,
+            soft_percent=args.soft,
+        )
+        print(f"set budget {args.name}: ${format_dollars(limit)} per {args.period}", file=out)
+        return
+    if action == "remove":
+        await budgets.remove_budget(db, args.name)
+        print(f"removed budget {args.name}", file=out)
+        return
+    rows = await budgets.budgets_with_spend(db)
+    if not rows:
+        print("no budgets", file=out)
+        return
+    table = [["BUDGET", "FOR", "MODEL", "PERIOD", "LIMIT $", "SPENT $", "USED", "SOFT"]]
+    for b, spent in rows:
+        table.append(
+            [
+                b.name,
+                f"{b.scope} {b.subject_name}",
+                b.model or "(all)",
+                b.period,
+                format_dollars(b.limit_micros),
+                format_dollars(spent),
+                f"{spent * 100 // b.limit_micros}%",
+                f"{b.soft_percent}%",
+            ]
+        )
+    _table(table, out)
 
 
 async def _migrate(db: Database, args: argparse.Namespace, out: TextIO) -> None:
@@ -339,6 +618,9 @@ _ADMIN: dict[str, Callable[[Database, argparse.Namespace, TextIO], Awaitable[Non
     "users": _users,
     "tokens": _tokens,
     "usage": _usage,
+    "prices": _prices,
+    "groups": _groups,
+    "budgets": _budgets,
 }
 
 
@@ -359,13 +641,77 @@ def _check_arguments(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise CommandError(f"--expires: {exc}") from None
     if args.command == "usage":
+        from relay.admin.usage import parse_group_by
+
+        args.since_at = _point_in_time(args.since, "--since")
+        args.until_at = _point_in_time(args.until, "--until") if args.until else None
+        try:
+            args.group_by_dims = parse_group_by(args.group_by)
+        except ValueError as exc:
+            raise CommandError(f"--group-by: {exc}") from None
+    if args.command == "prices":
+        _check_prices_arguments(args)
+    if args.command == "providers" and args.providers_action == "update":
+        if not (args.keys_stdin or _provider_changes(args)):
+            raise CommandError("nothing to update: give at least one option")
+
+
+def _point_in_time(text: str, flag: str) -> datetime:
+    """A duration back from now (``7d``), or an RFC 3339 time or date (UTC when naive)."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"{flag}: {text!r} is neither a duration (24h, 30d) nor a time (2026-01-31)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _check_prices_arguments(args: argparse.Namespace) -> None:
+    import json
+    from datetime import date
+
+    from relay.pricing.book import Price, parse_dollars
+    from relay.pricing.store import prices_from_document
+
+    action = args.prices_action
+    if action in ("set", "remove"):
+        try:
+            since = getattr(args, "effective_from_text", None)
+            args.effective_from = date.fromisoformat(since) if since else None
+        except ValueError:
+            raise CommandError(f"--from: not a date (YYYY-MM-DD): {since!r}") from None
+    if action == "set":
+        values: dict[str, int | None] = {}
+        for name in ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning"):
+            text = getattr(args, name)
+            try:
+                values[name] = parse_dollars(text) if text is not None else None
+            except ValueError as exc:
+                raise CommandError(f"--{name.replace('_', '-')}: {exc}") from None
+        args.price = Price(
+            provider_type=args.provider_type,
+            model=args.model.strip().lower(),
+            effective_from=args.effective_from or datetime.now(UTC).date(),
+            source="admin",
+            **values,  # type: ignore[arg-type]
+        )
+    elif action == "import":
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                document = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot read {args.file}: {exc}") from None
+        args.imported = prices_from_document(document, source="admin", where=args.file)
+    elif action == "unpriced":
         try:
             args.since_seconds = parse_duration(args.since)
         except ValueError as exc:
             raise CommandError(f"--since: {exc}") from None
-    if args.command == "providers" and args.providers_action == "update":
-        if not (args.keys_stdin or _provider_changes(args)):
-            raise CommandError("nothing to update: give at least one option")
 
 
 async def _run_admin(options: Options, args: argparse.Namespace) -> None:

@@ -41,6 +41,7 @@ class OptionFields:
     upstream_connect_timeout: float  # CODER_AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT
     upstream_read_timeout: float  # CODER_AI_GATEWAY_UPSTREAM_READ_TIMEOUT
     retention: float  # CODER_AI_GATEWAY_RETENTION
+    budget_refresh_interval: float  # CODER_AI_GATEWAY_BUDGET_REFRESH_INTERVAL
     recorder_flush_interval: float  # CODER_AI_GATEWAY_RECORDER_FLUSH_INTERVAL
     recorder_batch_size: int  # CODER_AI_GATEWAY_RECORDER_BATCH_SIZE
     max_stored_prompt: int  # CODER_AI_GATEWAY_MAX_STORED_PROMPT

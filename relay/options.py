@@ -409,6 +409,15 @@ OPTIONS: tuple[Option, ...] = (
         group="Recording",
     ),
     _opt(
+        "BUDGET_REFRESH_INTERVAL",
+        parse_duration,
+        "2s",
+        "How often each relay process rereads the budgets' spend totals from PostgreSQL "
+        "(one query per interval): other processes' spend reaches its budget checks within "
+        "this plus their recorder flush interval.",
+        group="Recording",
+    ),
+    _opt(
         "RECORDER_FLUSH_INTERVAL",
         parse_duration,
         "50ms",

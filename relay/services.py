@@ -17,6 +17,8 @@ import platformdirs
 import trio
 
 from relay.auth import TokenCache
+from relay.budgets.store import BudgetService
+from relay.budgets.tracker import BudgetTracker, ChargingSink
 from relay.db.bridge import (
     CONNECT_ERRORS,
     Database,
@@ -32,6 +34,7 @@ from relay.errors import RelayError, sole_exception
 from relay.mcp.client import McpServers
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 from relay.options import Options
+from relay.pricing.store import PriceCache, seed_default_prices
 from relay.providers.env import providers_from_env
 from relay.providers.registry import ConfigListener, ProviderRegistry
 from relay.providers.store import seed_providers_from_env
@@ -125,6 +128,12 @@ class Services:
     dumps: DumpWriter
     # This process in relay_instances: its id stamps the interceptions it serves.
     instance: Instance | None = None
+    # The price book in memory, reloaded on every change (usage is priced from it).
+    prices: PriceCache | None = None
+    # Budgets and their spend in memory (checked by admit, charged as recorded).
+    budgets: BudgetTracker | None = None
+    # What the request path records through: the recorder, charging budgets on the way.
+    records: ChargingSink | None = None
     # The MCP servers whose tools are injected (None: none configured).
     mcp: McpServers | None = None
 
@@ -183,6 +192,7 @@ async def open_services(
     """
     async with open_database(options) as (db, description):
         await migrate(db)
+        await seed_default_prices(db)
         providers = providers_from_env(env, _warn, options)
         seeded = await seed_providers_from_env(db, providers)
         if seeded.absent:
@@ -202,6 +212,9 @@ async def open_services(
         await instance.sweep()
         registry = ProviderRegistry()
         tokens = TokenCache(db)
+        prices = PriceCache()
+        budgets = BudgetTracker()
+        budget_service = BudgetService(db, budgets, options.budget_refresh_interval)
         upstreams = UpstreamClients(
             connect_timeout=options.upstream_connect_timeout,
             read_timeout=options.upstream_read_timeout,
@@ -217,9 +230,9 @@ async def open_services(
             watch_interval=1.0 if options.require_recording else None,
         )
         async with trio.open_nursery() as nursery:
-            # One LISTEN per process feeds both: provider changes and
-            # revocations reach this process within a second.
-            listener = ConfigListener(db, registry, tokens)
+            # One LISTEN per process feeds them all: provider changes,
+            # revocations, prices and budgets reach this process within a second.
+            listener = ConfigListener(db, registry, tokens, prices, budget_service)
             await nursery.start(supervised, "config listener", on_failure, listener.run)
             await nursery.start(supervised, "recorder", on_failure, recorder.run)
             await nursery.start(supervised, "instance heartbeat", on_failure, instance.run)
@@ -234,6 +247,13 @@ async def open_services(
                     token=options.metrics_token,
                 )
             )
+
+            budgets.on_refused.append(lambda b: metrics.budget_refused(b.name))
+            budgets.on_soft_limit.append(lambda b, _spent: metrics.budget_soft_limit(b.name))
+            budget_service.on_refresh = lambda: metrics.budget_state(
+                (b.name, budgets.spent(b), b.limit_micros) for b in budgets.budgets
+            )
+            await nursery.start(supervised, "budget totals", on_failure, budget_service.run)
 
             async def report_providers(_changes: object = None) -> None:
                 metrics.providers([(p.name, str(p.type), "enabled") for p in registry.all()])
@@ -270,6 +290,9 @@ async def open_services(
                     metrics,
                     dumps,
                     instance,
+                    prices,
+                    budgets,
+                    ChargingSink(recorder, budgets, metrics),
                     mcp,
                 )
             finally:

@@ -17,6 +17,7 @@ import trio
 
 from relay.db import Database, EmbeddedPostgres, EmbeddedPostgresError
 from relay.db.migrate import migrate
+from relay.pricing.store import seed_default_prices
 
 # --------------------------------------------------------------------------------------------
 # Database
@@ -132,6 +133,7 @@ def pg_template(pg_cluster: PgCluster) -> str:
     async def migrate_template() -> None:
         async with Database.open(pg_cluster.dsn_for(TEMPLATE_DATABASE), max_size=1) as db:
             await migrate(db)
+            await seed_default_prices(db)  # as every relay start does
 
     trio.run(migrate_template)
     # No connection may stay on a template while it is copied.

@@ -1,5 +1,12 @@
 """The admin HTTP API: recorded interceptions with their usage, prompt, tool
-calls and thoughts, filtered and keyset-paginated. The base for dashboards.
+calls and thoughts, filtered and keyset-paginated; and the usage and cost
+report. The base for dashboards.
+
+``GET /api/v2/ai-gateway/admin/usage``: ``relay usage`` as JSON
+(``UsageReport``: rows and totals, cost in micro-dollars), with ``group_by``
+(comma-separated: day, user, provider, model, client; default
+day,user,provider,model), ``user``, ``provider``, ``model``, ``client``,
+``since``, ``until``.
 
 ``GET /api/v2/ai-gateway/admin/interceptions`` (also under ``/api/v2/aibridge``)
 with ``Authorization: Bearer <ADMIN_TOKEN>``. Query parameters, all optional:
@@ -21,6 +28,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from relay.admin import ReadDatabase
+from relay.admin.usage import UsageReport, parse_group_by, totals, usage_report
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -41,6 +49,8 @@ class TokenUsage(msgspec.Struct):
     extra: msgspec.Raw
     raw: msgspec.Raw
     created_at: datetime
+    price_model: str | None = None  # the price book entry; null: unpriced
+    cost_micros: int | None = None  # micro-dollars, computed when recorded
 
 
 class ToolUsage(msgspec.Struct):
@@ -118,7 +128,8 @@ LIMIT $8
 """
 _TOKENS_SQL = """
 SELECT interception_id, id, provider_response_id, input_tokens, output_tokens,
-       cache_read_tokens, cache_write_tokens, extra::text AS extra, raw::text AS raw, created_at
+       cache_read_tokens, cache_write_tokens, extra::text AS extra, raw::text AS raw, created_at,
+       price_model, cost_micros
 FROM token_usages WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
 """
 _TOOLS_SQL = """
@@ -269,19 +280,48 @@ async def handle_admin(
             send, 401, {"error": "unauthorized", "message": "admin token required"}, bearer=True
         )
         return
-    if resource != "interceptions":
+    if resource not in ("interceptions", "usage"):
         await _send_json(send, 404, {"error": "not_found", "message": f"no admin API at {path}"})
         return
     if scope.get("method") != "GET":
         await _send_json(send, 405, {"error": "method_not_allowed", "message": "use GET"})
         return
     try:
+        if resource == "usage":
+            report = await usage_from_query(db, scope.get("query_string", b""))
+            await _send_json(send, 200, report)
+            return
         filters = parse_filters(scope.get("query_string", b""))
     except BadRequest as exc:
         await _send_json(send, 400, {"error": "bad_request", "message": str(exc)})
         return
     page = await list_interceptions(db, filters)
     await _send_json(send, 200, page)
+
+
+async def usage_from_query(db: ReadDatabase, query_string: bytes) -> UsageReport:
+    """The usage report a ``GET …/admin/usage`` asks for (BadRequest for bad parameters)."""
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=False)
+
+    def one(name: str) -> str | None:
+        values = query.get(name)
+        return _text(values[-1], name) if values else None
+
+    try:
+        group_by = parse_group_by(one("group_by"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    rows = await usage_report(
+        db,
+        user=one("user"),
+        provider=one("provider"),
+        since=_timestamp(one("since"), "since"),
+        until=_timestamp(one("until"), "until"),
+        model=one("model"),
+        client=one("client"),
+        group_by=group_by,
+    )
+    return UsageReport(group_by=list(group_by), rows=rows, totals=totals(rows))
 
 
 async def _send_json(send: Send, status: int, body: object, *, bearer: bool = False) -> None:

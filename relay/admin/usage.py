@@ -1,4 +1,10 @@
-"""``relay usage``: tokens, requests and tool calls per day, user, provider and model."""
+"""``relay usage`` and ``GET …/admin/usage``: requests, tokens, tool calls and
+cost, grouped by any of day, user, provider, model and client, with totals.
+
+Cost is the sum of the ``cost_micros`` the recorder stored on each usage row
+(docs/cost-and-budgets.md); rows recorded without a price are counted in
+``unpriced``, never summed as $0.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +14,88 @@ from datetime import date, datetime
 import msgspec
 
 from relay.admin import ReadDatabase
+from relay.pricing.book import format_dollars
+
+#: What a report can be grouped by, and the SQL of each.
+DIMENSIONS: dict[str, str] = {
+    "day": "(s.started_at AT TIME ZONE 'UTC')::date",
+    "user": "coalesce(u.name, s.initiator_id::text, '-')",
+    "provider": "s.provider_name",
+    "model": "s.model",
+    "client": "s.client",
+}
+DEFAULT_GROUP_BY = ("day", "user", "provider", "model")
 
 
 class UsageRow(msgspec.Struct, kw_only=True):
-    day: date  # UTC day the interceptions started
-    user: str  # users.name; the user id if the user is gone; "-" if none
-    provider: str
-    model: str  # the model the client asked for
+    """One group; the dimensions it is not grouped by are None."""
+
+    day: date | None = None  # UTC day the interceptions started
+    user: str | None = None  # users.name; the user id if the user is gone; "-" if none
+    provider: str | None = None
+    model: str | None = None  # the model recorded (the upstream's answer, else the request's)
     requests: int
     input_tokens: int  # not read from cache
     output_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
     tool_calls: int
+    client: str | None = None
+    cost_micros: int = 0  # the priced usage rows' cost, micro-dollars
+    unpriced: int = 0  # usage rows recorded without a price (not in cost_micros)
+
+
+class UsageTotals(msgspec.Struct, kw_only=True):
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    tool_calls: int = 0
+    cost_micros: int = 0
+    unpriced: int = 0
+
+
+class UsageReport(msgspec.Struct, kw_only=True):
+    group_by: list[str]
+    rows: list[UsageRow]
+    totals: UsageTotals
+
+
+def parse_group_by(text: str | None) -> tuple[str, ...]:
+    """``"user,model"`` → ``("user", "model")``; ValueError names what is unknown."""
+    if text is None or not text.strip():
+        return DEFAULT_GROUP_BY
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in DIMENSIONS]
+    if unknown:
+        raise ValueError(
+            f"cannot group by {', '.join(unknown)}; choose from {', '.join(DIMENSIONS)}"
+        )
+    return names
 
 
 # Children are summed per interception before the join, so that an
 # interception with two tool calls does not count its tokens twice.
-USAGE_SQL = """
+_SQL = """
 WITH selected AS (
-    SELECT i.id, i.initiator_id, i.provider_name, i.model, i.started_at
+    SELECT i.id, i.initiator_id, i.provider_name, i.model, i.client, i.started_at
     FROM interceptions i
     LEFT JOIN users u ON u.id = i.initiator_id
     WHERE ($1::text IS NULL OR u.name = $1 OR i.initiator_id::text = $1)
       AND ($2::text IS NULL OR i.provider_name = $2)
       AND ($3::timestamptz IS NULL OR i.started_at >= $3)
       AND ($4::timestamptz IS NULL OR i.started_at < $4)
+      AND ($5::text IS NULL OR i.model = $5)
+      AND ($6::text IS NULL OR i.client = $6)
 ), tokens AS (
     SELECT t.interception_id,
            sum(t.input_tokens) AS input_tokens,
            sum(t.output_tokens) AS output_tokens,
            sum(t.cache_read_tokens) AS cache_read_tokens,
-           sum(t.cache_write_tokens) AS cache_write_tokens
+           sum(t.cache_write_tokens) AS cache_write_tokens,
+           sum(t.cost_micros) AS cost_micros,
+           count(*) FILTER (WHERE t.cost_micros IS NULL) AS unpriced
     FROM token_usages t JOIN selected s ON s.id = t.interception_id
     GROUP BY t.interception_id
 ), tools AS (
@@ -47,23 +103,36 @@ WITH selected AS (
     FROM tool_usages tu JOIN selected s ON s.id = tu.interception_id
     GROUP BY tu.interception_id
 )
-SELECT (s.started_at AT TIME ZONE 'UTC')::date AS day,
-       coalesce(u.name, s.initiator_id::text, '-') AS user,
-       s.provider_name AS provider,
-       s.model,
+SELECT {dimensions}
        count(*) AS requests,
        coalesce(sum(tk.input_tokens), 0)::bigint AS input_tokens,
        coalesce(sum(tk.output_tokens), 0)::bigint AS output_tokens,
        coalesce(sum(tk.cache_read_tokens), 0)::bigint AS cache_read_tokens,
        coalesce(sum(tk.cache_write_tokens), 0)::bigint AS cache_write_tokens,
-       coalesce(sum(tl.tool_calls), 0)::bigint AS tool_calls
+       coalesce(sum(tl.tool_calls), 0)::bigint AS tool_calls,
+       coalesce(sum(tk.cost_micros), 0)::bigint AS cost_micros,
+       coalesce(sum(tk.unpriced), 0)::bigint AS unpriced
 FROM selected s
 LEFT JOIN users u ON u.id = s.initiator_id
 LEFT JOIN tokens tk ON tk.interception_id = s.id
 LEFT JOIN tools tl ON tl.interception_id = s.id
-GROUP BY 1, 2, 3, 4
-ORDER BY 1, 2, 3, 4
+{group}
 """
+
+
+def usage_sql(group_by: Sequence[str]) -> str:
+    """The report's query for ``group_by`` (names checked against ``DIMENSIONS``)."""
+    for name in group_by:
+        if name not in DIMENSIONS:
+            raise ValueError(f"cannot group by {name!r}")
+    dimensions = "".join(f"{DIMENSIONS[n]} AS {_column(n)}, " for n in group_by)
+    positions = ", ".join(str(i) for i in range(1, len(group_by) + 1))
+    group = f"GROUP BY {positions} ORDER BY {positions}" if group_by else ""
+    return _SQL.format(dimensions=dimensions, group=group)
+
+
+def _column(name: str) -> str:
+    return '"user"' if name == "user" else name
 
 
 async def usage_report(
@@ -72,67 +141,80 @@ async def usage_report(
     provider: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    *,
+    model: str | None = None,
+    client: str | None = None,
+    group_by: Sequence[str] = DEFAULT_GROUP_BY,
 ) -> list[UsageRow]:
-    """Usage per UTC day, user, provider and model, oldest day first.
+    """Usage per group, in the order of ``group_by`` (oldest day first).
 
     ``user`` is a user name or id; ``since``/``until`` bound the interceptions'
-    start (``until`` excluded).
+    start (``until`` excluded). Without ``group_by`` there is one row of totals
+    (none when nothing matches).
     """
-    rows = await db.fetch(USAGE_SQL, user, provider, since, until)
-    return [UsageRow(**dict(row)) for row in rows]
+    rows = await db.fetch(usage_sql(group_by), user, provider, since, until, model, client)
+    report = [UsageRow(**dict(row)) for row in rows]
+    if not group_by and report and report[0].requests == 0:
+        return []
+    return report
 
 
-_HEADINGS = (
-    "day",
-    "user",
-    "provider",
-    "model",
-    "requests",
-    "input",
-    "output",
-    "cache read",
-    "cache write",
-    "tool calls",
+def totals(rows: Sequence[UsageRow]) -> UsageTotals:
+    total = UsageTotals()
+    for row in rows:
+        for field in UsageTotals.__struct_fields__:
+            setattr(total, field, getattr(total, field) + getattr(row, field))
+    return total
+
+
+_COUNT_HEADINGS = (
+    ("requests", "requests"),
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cache read", "cache_read_tokens"),
+    ("cache write", "cache_write_tokens"),
+    ("tool calls", "tool_calls"),
 )
-_NUMERIC_FROM = 4  # columns from here on are right-aligned numbers
 
 
-def format_usage_table(rows: Sequence[UsageRow]) -> str:
-    """A plain-text table with a total line, for the terminal."""
+def format_usage_table(rows: Sequence[UsageRow], group_by: Sequence[str] = DEFAULT_GROUP_BY) -> str:
+    """A plain-text table with a total line, for the terminal. Cost in US dollars."""
     if not rows:
         return "No recorded usage matches.\n"
-    table = [list(_HEADINGS)]
+    headings = [*group_by, *(h for h, _ in _COUNT_HEADINGS), "cost $", "unpriced"]
+    numeric_from = len(group_by)
+    table = [headings]
     for row in rows:
-        table.append([row.day.isoformat(), row.user, row.provider, row.model, *_numbers(row)])
-    totals = [0] * 6
-    for row in rows:
-        totals = [a + b for a, b in zip(totals, _counts(row), strict=True)]
-    table.append(["total", "", "", "", *(f"{n:,}" for n in totals)])
-    widths = [max(len(line[i]) for line in table) for i in range(len(_HEADINGS))]
+        cells = [_cell(getattr(row, name)) for name in group_by]
+        table.append([*cells, *_numbers(row)])
+    if group_by:  # without groups the one row is the total
+        table.append(["total", *[""] * (numeric_from - 1), *_numbers(totals(rows))])
+    widths = [max(len(line[i]) for line in table) for i in range(len(headings))]
 
     def render(line: list[str]) -> str:
         cells = [
-            cell.rjust(width) if i >= _NUMERIC_FROM else cell.ljust(width)
+            cell.rjust(width) if i >= numeric_from else cell.ljust(width)
             for i, (cell, width) in enumerate(zip(line, widths, strict=True))
         ]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    lines = [render(table[0]), rule, *(render(line) for line in table[1:-1]), rule]
-    lines.append(render(table[-1]))
+    body = table[1:-1] if group_by else table[1:]
+    lines = [render(table[0]), rule, *(render(line) for line in body)]
+    if group_by:
+        lines += [rule, render(table[-1])]
     return "\n".join(lines) + "\n"
 
 
-def _counts(row: UsageRow) -> list[int]:
+def _cell(value: object) -> str:
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _numbers(row: UsageRow | UsageTotals) -> list[str]:
     return [
-        row.requests,
-        row.input_tokens,
-        row.output_tokens,
-        row.cache_read_tokens,
-        row.cache_write_tokens,
-        row.tool_calls,
+        *(f"{getattr(row, field):,}" for _, field in _COUNT_HEADINGS),
+        format_dollars(row.cost_micros),
+        f"{row.unpriced:,}",
     ]
-
-
-def _numbers(row: UsageRow) -> list[str]:
-    return [f"{n:,}" for n in _counts(row)]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.dump import DumpHandle
 from relay.facts import Facts
+from relay.pricing.book import PriceLookup
 from relay.record.events import Record
 from relay.upstream.http11 import HTTP11Client
 
@@ -99,4 +100,7 @@ class InterceptionPorts:
     metrics: MetricsSink
     dumps: DumpSink
     upstreams: UpstreamPool
+    # The running relay's price book (relay.pricing.store.PriceCache): the
+    # usage rows are priced when recorded. None: recorded unpriced.
+    prices: PriceLookup | None = None
     mcp: McpPort | None = None  # None: no MCP server is configured

@@ -278,6 +278,7 @@ async def run_interception(ctx: InterceptionContext) -> None:
                 outcome.status,
                 error,
                 ended_at=datetime.now(UTC),
+                prices=ports.prices,
             )
         )
         if timer is not None:

@@ -230,6 +230,38 @@ class Metrics:
             (),
             "livemax",
         )
+        # Cost control (docs/cost-and-budgets.md): spend in micro-dollars, by
+        # provider and model; by user only with the initiator label option.
+        # The relay's own names: the Gateway's cost-control metric names and
+        # labels could not be checked, and coder_ai_gateway_* are exactly its.
+        c = r + "cost_"
+        self.spend = counter(
+            c + "spend_micros",
+            "Cost of recorded usage, in micro-dollars (1e-6 USD), at the prices it was recorded with.",
+            (*provider_model, "initiator_id"),
+        )
+        self.unpriced = counter(
+            c + "unpriced_usages",
+            "Usage rows recorded without a price (their model matched no price book entry).",
+            provider_model,
+        )
+        self.budget_refusals = counter(
+            c + "budget_refusals", "Requests refused because a budget was spent.", ("budget",)
+        )
+        self.budget_warnings = counter(
+            c + "budget_soft_limit_warnings",
+            "Times a budget was found past its soft limit (once per budget and period per process).",
+            ("budget",),
+        )
+        self.budget_spend = gauge(
+            c + "budget_spend_micros",
+            "What a budget has spent in its current period, as this process last saw it.",
+            ("budget",),
+            "livemax",
+        )
+        self.budget_limit = gauge(
+            c + "budget_limit_micros", "A budget's limit per period.", ("budget",), "livemax"
+        )
         # The relay's own.
         self.recorder_queue = gauge(
             r + "recorder_queue_depth",
@@ -356,6 +388,29 @@ class Metrics:
                 self._child(self.token_counts, provider, model, kind, initiator_id, client).inc(
                     count
                 )
+
+    def cost(
+        self, provider: str, model: str, initiator_id: object, cost_micros: int | None
+    ) -> None:
+        """One recorded usage row's cost (None: unpriced)."""
+        model = self.models.fold(model)
+        if cost_micros is None:
+            self._child(self.unpriced, provider, model).inc()
+        elif cost_micros > 0:
+            initiator = self._initiator(initiator_id)
+            self._child(self.spend, provider, model, initiator).inc(cost_micros)
+
+    def budget_refused(self, budget: str) -> None:
+        self._child(self.budget_refusals, budget).inc()
+
+    def budget_soft_limit(self, budget: str) -> None:
+        self._child(self.budget_warnings, budget).inc()
+
+    def budget_state(self, budgets: Iterable[tuple[str, int, int]]) -> None:
+        """(name, spent, limit) of every budget, after a refresh."""
+        for name, spent, limit in budgets:
+            self._child(self.budget_spend, name).set(spent)
+            self._child(self.budget_limit, name).set(limit)
 
     def passthrough(self, provider: str, route: str, method: str) -> None:
         """``route``: the route's pattern (``ProviderKind.route_label``), not the path."""

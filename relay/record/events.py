@@ -23,14 +23,18 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
-from relay.facts import Facts
+from relay.facts import Facts, Usage
+from relay.pricing.book import PriceLookup, cost_micros
 
 #: How an interception ended (what the relay itself records at its end).
-Status: TypeAlias = Literal["completed", "failed", "cancelled"]
+#: ``refused``: turned away before it went upstream (a spent budget).
+Status: TypeAlias = Literal["completed", "failed", "cancelled", "refused"]
 #: Every state of an ``interceptions`` row: recorded ``in_progress`` when the
 #: request is accepted, then ended with a ``Status``; or ``interrupted`` when the
 #: relay process serving it was found gone (relay.record.instances).
-RowStatus: TypeAlias = Literal["in_progress", "completed", "failed", "cancelled", "interrupted"]
+RowStatus: TypeAlias = Literal[
+    "in_progress", "completed", "failed", "cancelled", "interrupted", "refused"
+]
 CredentialKind: TypeAlias = Literal["centralized", "byok"]
 # Timestamps are timezone-aware (UTC); the schema says date-time.
 Timestamp: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -167,6 +171,18 @@ class TokenUsageRecord(msgspec.Struct, kw_only=True, tag="token_usage", tag_fiel
     extra: dict[str, int]
     raw: dict[str, Any]
     created_at: Timestamp
+    # The price book entry it was priced at, when recorded (micro-dollars per
+    # million tokens), and its cost in micro-dollars. Last, with defaults:
+    # spool frames written before they existed still decode (as unpriced).
+    # price_model None: no price matched; the usage is unpriced, never $0.
+    price_model: str | None = None
+    input_price_micros: int | None = None
+    output_price_micros: int | None = None
+    cache_read_price_micros: int | None = None
+    cache_write_price_micros: int | None = None
+    cache_write_1h_price_micros: int | None = None
+    reasoning_price_micros: int | None = None
+    cost_micros: int | None = None
 
 
 class UserPromptRecord(msgspec.Struct, kw_only=True, tag="user_prompt", tag_field="kind"):
@@ -309,8 +325,13 @@ def records_for(
     *,
     ended_at: datetime | None = None,
     max_prompt: int | None = None,
+    prices: PriceLookup | None = None,
 ) -> list[Record]:
     """Every row one finished interception produces, the interception first.
+
+    ``prices``: the token usage is priced once, here, for the provider type and
+    the model recorded (the one the upstream says answered), at the price in
+    effect at ``ended_at``; without a book, or without a match, it is unpriced.
 
     ``max_prompt``: a ``str`` prompt is cut at that many UTF-8 bytes (None:
     whole); a ``CappedPrompt`` is stored as it is.
@@ -338,17 +359,23 @@ def records_for(
         usages.append((response_id, facts.usage))
     for usage_response_id, usage in usages:
         records.append(
-            TokenUsageRecord(
-                id=new_id(),
-                interception_id=iid,
-                provider_response_id=usage_response_id,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                extra=dict(usage.extra),
-                raw=dict(usage.raw),
-                created_at=ended,
+            priced(
+                TokenUsageRecord(
+                    id=new_id(),
+                    interception_id=iid,
+                    provider_response_id=usage_response_id,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    extra=dict(usage.extra),
+                    raw=dict(usage.raw),
+                    created_at=ended,
+                ),
+                usage,
+                prices,
+                interception.provider_type,
+                interception.model,
             )
         )
     if prompt is not None:
@@ -404,6 +431,28 @@ def records_for(
             )
         )
     return records
+
+
+def priced(
+    record: TokenUsageRecord,
+    usage: Usage,
+    prices: PriceLookup | None,
+    provider_type: str,
+    model: str,
+) -> TokenUsageRecord:
+    """``record`` with the price it was charged at and its cost (unchanged if unpriced)."""
+    price = prices.lookup(provider_type, model, record.created_at) if prices else None
+    if price is None:
+        return record
+    record.price_model = price.model
+    record.input_price_micros = price.input
+    record.output_price_micros = price.output
+    record.cache_read_price_micros = price.cache_read
+    record.cache_write_price_micros = price.cache_write
+    record.cache_write_1h_price_micros = price.cache_write_1h
+    record.reasoning_price_micros = price.reasoning
+    record.cost_micros = cost_micros(usage, price)
+    return record
 
 
 # --- JSON Schemas -----------------------------------------------------------------------------

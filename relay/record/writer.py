@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import asyncpg
 import msgspec
 
-from relay.record.events import RECORD_TYPES, InterceptionRecord, Record
+from relay.record.events import RECORD_TYPES, InterceptionRecord, Record, TokenUsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,39 @@ async def _upsert_interceptions(conn: Any, rows: Sequence[tuple[Any, ...]]) -> N
     await conn.execute(_UPSERT_INTERCEPTIONS, *columns)
 
 
+TOKEN_USAGES = TABLES[TokenUsageRecord]
+NIL_USER = "00000000-0000-0000-0000-000000000000"
+# The running spend totals (spend_daily), from the usage rows this
+# transaction inserted: one statement per batch. The interceptions of a batch
+# are upserted before its usage rows, so the join finds them. Keys are taken
+# in order, so two relays adding to the same rows cannot deadlock.
+_ADD_SPEND = f"""
+INSERT INTO spend_daily (day, user_id, api_key_id, model, cost_micros, usages, unpriced)
+SELECT (t.created_at AT TIME ZONE 'UTC')::date, coalesce(i.initiator_id, '{NIL_USER}'::uuid),
+       coalesce(i.api_key_id, ''), coalesce(t.price_model, i.model),
+       coalesce(sum(t.cost_micros), 0), count(*), count(*) FILTER (WHERE t.cost_micros IS NULL)
+FROM token_usages t JOIN interceptions i ON i.id = t.interception_id
+WHERE t.id = ANY($1::uuid[]) AND i.credential_kind = 'centralized'
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 3, 4
+ON CONFLICT (day, user_id, api_key_id, model) DO UPDATE SET
+    cost_micros = spend_daily.cost_micros + EXCLUDED.cost_micros,
+    usages = spend_daily.usages + EXCLUDED.usages,
+    unpriced = spend_daily.unpriced + EXCLUDED.unpriced
+"""
+#: What ``spend_daily`` must equal: the same sums over every usage row (tests, docs).
+RECOMPUTE_SPEND_SQL = f"""
+SELECT (t.created_at AT TIME ZONE 'UTC')::date AS day,
+       coalesce(i.initiator_id, '{NIL_USER}'::uuid) AS user_id,
+       coalesce(i.api_key_id, '') AS api_key_id, coalesce(t.price_model, i.model) AS model,
+       coalesce(sum(t.cost_micros), 0)::bigint AS cost_micros, count(*) AS usages,
+       count(*) FILTER (WHERE t.cost_micros IS NULL) AS unpriced
+FROM token_usages t JOIN interceptions i ON i.id = t.interception_id
+WHERE i.credential_kind = 'centralized'
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+"""
+
+
 def _staging(table: Table) -> str:
     return f"relay_stage_{table.name}"
 
@@ -140,6 +173,7 @@ async def write_batch(db: RecordingDatabase, batch: Sequence[Record]) -> None:
     if not grouped:
         return
     interceptions = latest_interceptions(grouped.pop(INTERCEPTIONS, []))
+    usage_ids = [r.id for r in batch if type(r) is TokenUsageRecord]
 
     async def copy_in_transaction(conn: Any) -> None:
         # The common case has no row in the database yet: COPY straight into
@@ -154,6 +188,8 @@ async def write_batch(db: RecordingDatabase, batch: Sequence[Record]) -> None:
                     await conn.copy_records_to_table(
                         table.name, records=rows, columns=table.columns
                     )
+                if usage_ids:
+                    await conn.execute(_ADD_SPEND, usage_ids)
             return
         except asyncpg.UniqueViolationError:
             pass
@@ -171,16 +207,24 @@ async def write_batch(db: RecordingDatabase, batch: Sequence[Record]) -> None:
                 await conn.copy_records_to_table(
                     _staging(table), records=rows, columns=table.columns
                 )
-            await conn.execute(
-                "".join(
-                    f"INSERT INTO {t.name} ({', '.join(t.columns)})"
-                    f" SELECT {', '.join(t.columns)} FROM {_staging(t)}"
-                    " ON CONFLICT (id) DO NOTHING;"
-                    for t in grouped
-                )
-            )
+            others = [t for t in grouped if t is not TOKEN_USAGES]
+            if others:
+                await conn.execute("".join(_merge(t) for t in others))
+            if TOKEN_USAGES in grouped:
+                # Only the usage rows not there yet add to the spend totals.
+                inserted = await conn.fetch(_merge(TOKEN_USAGES)[:-1] + " RETURNING id")
+                if inserted:
+                    await conn.execute(_ADD_SPEND, [row["id"] for row in inserted])
 
     await db.run(copy_in_transaction)
+
+
+def _merge(table: Table) -> str:
+    return (
+        f"INSERT INTO {table.name} ({', '.join(table.columns)})"
+        f" SELECT {', '.join(table.columns)} FROM {_staging(table)}"
+        " ON CONFLICT (id) DO NOTHING;"
+    )
 
 
 def is_data_error(exc: BaseException) -> bool:

@@ -11,19 +11,23 @@ The order is the order a refusal is decided in: the rate limit (it costs
 nothing), whether usage can be recorded, the body (read against its
 deadline before a slot is taken: a client trickling its body holds its
 connection, not a slot), the concurrency slot, then, for an intercepted
-route, the body decoded (the breaker is keyed by the model it names) and the
-circuit breaker. ``limit_headers`` runs earlier, before authenticate reads
+route, the body decoded (the breaker is keyed by the model it names), the
+budgets (relay.budgets: spend in memory, no query) and the circuit breaker. ``limit_headers`` runs earlier, before authenticate reads
 any header.
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable
 
 import trio
 
 from relay.asgi import BodyTimeout, BodyTooLarge, read_body
+from relay.budgets.tracker import BudgetExceeded
+from relay.clients import client_session_id, detect_client
+from relay.facts import Facts
 from relay.intercept.base import Outcome
 from relay.intercept.session import Prepared, prepare
 from relay.limits import (
@@ -35,10 +39,12 @@ from relay.limits import (
     header_block_size,
 )
 from relay.providers.kinds import kind_for
-from relay.request.context import Request, refuse
+from relay.record.events import InterceptionMeta, records_for
+from relay.request.context import Refused, Request, refuse
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
 from relay.upstream.keypool import retry_after_header
 from relay.wire.common import InvalidRequestBody
+from relay.wire.errors import renderer_for
 
 UNRECORDABLE_MESSAGE = (
     "the relay cannot record usage right now (database and spool unavailable); try again later"
@@ -142,6 +148,13 @@ def admit_interception(
         refuse(400, str(exc))
     except BodyBudgetExceeded as exc:
         refuse(503, str(exc), [(b"retry-after", b"1")])
+    budgets = req.services.budgets
+    caller = req.authenticated
+    if budgets is not None and budgets.budgets and not caller.credential.byok:
+        principal = caller.principal
+        exceeded = budgets.check(principal.user_id, principal.api_key_id, prepared.info.model or "")
+        if exceeded is not None:
+            refuse_over_budget(req, prepared, exceeded)
     if guards.breakers is not None:
         now = trio.current_time()
         breaker = guards.breakers.get(provider.name, prepared.route, prepared.model_label, now)
@@ -153,6 +166,53 @@ def admit_interception(
         outcome = prepared.outcome
         admission.hold(lambda: settle_breaker(breaker, ticket, outcome, provider.type))
     return prepared
+
+
+def refuse_over_budget(req: Request, prepared: Prepared, exceeded: BudgetExceeded) -> None:
+    """Record the refused request, then refuse it as the provider refuses an exhausted quota.
+
+    429 in both shapes: OpenAI's ``insufficient_quota`` (what its API sends
+    when the account's quota or budget is used up), Anthropic's
+    ``rate_limit_error`` (it has no quota type). ``x-should-retry: false``
+    tells both official SDKs not to retry it: it will not pass until the period resets.
+    """
+    route, principal = req.routed, req.authenticated.principal
+    message = exceeded.message()
+    meta = InterceptionMeta(
+        provider_name=route.provider.name,
+        provider_type=str(route.provider.type),
+        model=prepared.info.model or "",
+        route=route.api_path,
+        initiator_id=uuid.UUID(principal.user_id),
+        api_key_id=principal.api_key_id,
+        client=detect_client(req.headers),
+        client_session_id=client_session_id(req.headers, prepared.info.metadata_user_id),
+        user_agent=_header(req, b"user-agent"),
+        instance_id=instance.id if (instance := req.services.instance) is not None else None,
+    )
+    req.services.recorder.record(
+        records_for(meta, Facts(), prepared.prompt, "refused", ("budget_exceeded", message))
+    )
+    renderer = renderer_for(req.style)
+    if req.style == "openai":
+        body = renderer.body(429, message, type_="insufficient_quota", code="insufficient_quota")
+    else:
+        body = renderer.body(429, message)
+    headers = [
+        (b"x-should-retry", b"false"),
+        (
+            b"retry-after",
+            str(max(int((exceeded.resets_at - meta.started_at).total_seconds()), 1)).encode(),
+        ),
+    ]
+    raise Refused(429, message, headers, body=body)
+
+
+def _header(req: Request, name: bytes) -> str | None:
+    for key, value in req.headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 def settle_breaker(

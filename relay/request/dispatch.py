@@ -51,10 +51,11 @@ async def passthrough(req: Request) -> None:
 
 def interception_ports(services: Services) -> InterceptionPorts:
     return InterceptionPorts(
-        records=services.recorder,
+        records=services.records or services.recorder,
         metrics=services.metrics,
         dumps=services.dumps,
         upstreams=services.upstreams,
+        prices=services.prices,
         mcp=services.mcp,
     )
 

@@ -219,3 +219,48 @@ async def test_values_the_database_cannot_take_are_bad_requests(
         headers=auth(),
     )
     assert response.status_code == 200
+
+
+async def test_usage_report_with_cost(serve_admin: Any, db: Database) -> None:
+    from relay.pricing.book import PriceBook
+    from relay.pricing.store import default_prices
+
+    alice = await db.fetchval("INSERT INTO users (name) VALUES ('alice') RETURNING id")
+    book = PriceBook(default_prices())
+    records: list[Record] = []
+    for n, model in ((1000, "gpt-4.1-2025-04-14"), (2000, "gpt-4.1"), (10, "mystery")):
+        meta = InterceptionMeta(
+            provider_name="openai",
+            provider_type="openai",
+            model=model,
+            route="/v1/responses",
+            initiator_id=alice,
+            started_at=T0,
+        )
+        facts = Facts(usage=Usage(input_tokens=n, output_tokens=n))
+        records += records_for(meta, facts, None, "completed", ended_at=T0, prices=book)
+    await write_batch(db, records)
+    client = await serve_admin(ADMIN_TOKEN)
+    usage = "/api/v2/ai-gateway/admin/usage"
+    report = (await client.get(usage + "?group_by=user,model", headers=auth())).json()
+    assert report["group_by"] == ["user", "model"]
+    # gpt-4.1: $2 in, $8 out per million: 10 µ$ per token pair.
+    assert [(r["user"], r["model"], r["cost_micros"], r["unpriced"]) for r in report["rows"]] == [
+        ("alice", "gpt-4.1", 20_000, 0),
+        ("alice", "gpt-4.1-2025-04-14", 10_000, 0),
+        ("alice", "mystery", 0, 1),
+    ]
+    assert (report["totals"]["requests"], report["totals"]["cost_micros"]) == (3, 30_000)
+    assert report["totals"]["unpriced"] == 1
+    later = T0 + timedelta(hours=1)
+    empty = (await client.get(usage, params={"since": later.isoformat()}, headers=auth())).json()
+    assert empty["rows"] == [] and empty["totals"]["requests"] == 0
+    bad = await client.get(usage + "?group_by=colour", headers=auth())
+    assert bad.status_code == 400 and "colour" in bad.json()["message"]
+    page = (await client.get(BASE, headers=auth())).json()
+    costs = sorted(
+        (u["price_model"] or "", -1 if u["cost_micros"] is None else u["cost_micros"])
+        for i in page["interceptions"]
+        for u in i["token_usages"]
+    )
+    assert costs == [("", -1), ("gpt-4.1", 10_000), ("gpt-4.1", 20_000)]

@@ -8,11 +8,14 @@ from datetime import UTC, date, datetime
 from relay.admin.usage import UsageRow, format_usage_table, usage_report
 from relay.db import Database
 from relay.facts import Facts, ToolCall, Usage
+from relay.pricing.book import PriceBook
+from relay.pricing.store import default_prices
 from relay.record.events import InterceptionMeta, Record, records_for
 from relay.record.writer import write_batch
 
 DAY1 = datetime(2025, 3, 1, 23, 59, tzinfo=UTC)
 DAY2 = datetime(2025, 3, 2, 0, 1, tzinfo=UTC)
+BOOK = PriceBook(default_prices())
 
 
 def one(
@@ -23,6 +26,7 @@ def one(
     model: str = "gpt-4.1",
     tokens: tuple[int, int, int, int] | None = (0, 0, 0, 0),
     tools: int = 0,
+    client: str = "claude-code",
 ) -> list[Record]:
     meta = InterceptionMeta(
         provider_name=provider,
@@ -31,6 +35,7 @@ def one(
         route="/v1/chat/completions",
         initiator_id=user,
         started_at=started,
+        client=client,
     )
     usage = None
     if tokens is not None:
@@ -40,7 +45,14 @@ def one(
         usage=usage,
         tool_calls=[ToolCall(id=f"t{n}", name="bash", arguments="{}") for n in range(tools)],
     )
-    return records_for(meta, facts, "hello", "completed" if usage else "failed", ended_at=started)
+    return records_for(
+        meta,
+        facts,
+        "hello",
+        "completed" if usage else "failed",
+        ended_at=started,
+        prices=BOOK,
+    )
 
 
 async def make_user(db: Database, name: str) -> uuid.UUID:
@@ -75,6 +87,8 @@ async def test_usage_per_day_user_provider_model(db: Database) -> None:
             cache_read_tokens=1000,
             cache_write_tokens=5,
             tool_calls=3,
+            # (100×2 + 10×8 + 1000×0.50 + 5×2) + (200×2 + 20×8) = 790 + 560 µ$
+            cost_micros=1350,
         ),
         UsageRow(
             day=date(2025, 3, 2),
@@ -87,6 +101,7 @@ async def test_usage_per_day_user_provider_model(db: Database) -> None:
             cache_read_tokens=5,
             cache_write_tokens=5,
             tool_calls=3,
+            cost_micros=63,  # 5×2 + 5×8 + 5×0.50 + 5×2 = 62.5, half up
         ),
         UsageRow(
             day=date(2025, 3, 2),
@@ -99,6 +114,7 @@ async def test_usage_per_day_user_provider_model(db: Database) -> None:
             cache_read_tokens=3,
             cache_write_tokens=4,
             tool_calls=0,
+            cost_micros=28,  # 1×2 + 2×8 + 3×0.50 + 4×2 = 27.5
         ),
         UsageRow(
             day=date(2025, 3, 2),
@@ -111,6 +127,7 @@ async def test_usage_per_day_user_provider_model(db: Database) -> None:
             cache_read_tokens=9,
             cache_write_tokens=10,
             tool_calls=0,
+            cost_micros=181,  # 7×3 + 8×15 + 9×0.30 + 10×3.75 = 181.2
         ),
     ]
 
@@ -137,6 +154,60 @@ async def test_usage_per_day_user_provider_model(db: Database) -> None:
         "write",
         "tool",
         "calls",
+        "cost",
+        "$",
+        "unpriced",
     ]
-    assert lines[-1].split() == ["total", "6", "313", "45", "1,017", "24", "6"]
+    assert lines[-1].split() == ["total", "6", "313", "45", "1,017", "24", "6", "0.001622", "0"]
     assert format_usage_table([]) == "No recorded usage matches.\n"
+
+
+async def test_group_by_until_and_unpriced(db: Database) -> None:
+    alice = await make_user(db, "alice")
+    records = [
+        *one(alice, DAY1, tokens=(1000, 100, 0, 0)),  # gpt-4.1: 2000 + 800 µ$
+        *one(alice, DAY1, tokens=(10, 10, 0, 0), client="codex"),  # 20 + 80 µ$
+        *one(alice, DAY2, model="mystery-1", tokens=(5, 5, 0, 0), client="codex"),  # unpriced
+    ]
+    await write_batch(db, records)
+    by_client = await usage_report(db, group_by=("client",))
+    assert [
+        (r.client, r.requests, r.cost_micros, r.unpriced, r.day, r.user) for r in by_client
+    ] == [
+        ("claude-code", 1, 2800, 0, None, None),
+        ("codex", 2, 100, 1, None, None),
+    ]
+    only_day1 = await usage_report(db, until=DAY2, group_by=("model", "client"))
+    assert [(r.model, r.client, r.cost_micros) for r in only_day1] == [
+        ("gpt-4.1", "claude-code", 2800),
+        ("gpt-4.1", "codex", 100),
+    ]
+    (everything,) = await usage_report(db, group_by=())
+    assert (everything.requests, everything.cost_micros, everything.unpriced) == (3, 2900, 1)
+    assert await usage_report(db, user="nobody", group_by=()) == []
+    text = format_usage_table(by_client, ("client",))
+    assert text.splitlines()[-1].split() == [
+        "total",
+        "3",
+        "1,015",
+        "115",
+        "0",
+        "0",
+        "0",
+        "0.002900",
+        "1",
+    ]
+
+
+def test_usage_command_flags(pg_dsn, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    from relay.cli import main
+
+    for name in [n for n in __import__("os").environ if n.startswith("CODER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CODER_PG_CONNECTION_URL", pg_dsn)
+    assert main(["usage", "--since", "2025-03-01", "--until", "30d", "--group-by", "client"]) == 0
+    assert capsys.readouterr().out == "No recorded usage matches.\n"
+    assert main(["usage", "--group-by", "day,colour"]) == 1
+    assert "cannot group by colour" in capsys.readouterr().err
+    assert main(["usage", "--since", "last tuesday"]) == 1
+    assert "neither a duration" in capsys.readouterr().err

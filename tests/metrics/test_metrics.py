@@ -502,3 +502,21 @@ def test_client_chosen_labels_are_bounded() -> None:
     assert len(guards.breakers) == 2
     assert m.registry.get_sample_value(state, {**labels, "model": "b"}) is None
     assert m.registry.get_sample_value(state, {**labels, "model": "a"}) == 0
+
+
+def test_cost_metrics() -> None:
+    m = Metrics()
+    m.cost("anthropic", "claude-sonnet-4-5-20250929", "u1", 458)
+    m.cost("anthropic", "claude-sonnet-4-5-20250929", "u1", 42)
+    m.cost("openai", "mystery", "u1", None)
+    m.budget_refused("team")
+    m.budget_soft_limit("team")
+    m.budget_state([("team", 900, 1000)])
+    get = m.registry.get_sample_value
+    spend = {"provider": "anthropic", "model": "claude-sonnet-4-5-20250929", "initiator_id": ""}
+    assert get("relay_cost_spend_micros_total", spend) == 500  # no user label by default
+    assert get("relay_cost_unpriced_usages_total", {"provider": "openai", "model": "mystery"}) == 1
+    assert get("relay_cost_budget_refusals_total", {"budget": "team"}) == 1
+    assert get("relay_cost_budget_soft_limit_warnings_total", {"budget": "team"}) == 1
+    assert get("relay_cost_budget_spend_micros", {"budget": "team"}) == 900
+    assert get("relay_cost_budget_limit_micros", {"budget": "team"}) == 1000

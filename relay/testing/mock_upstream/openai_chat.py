@@ -101,8 +101,17 @@ def _interleaved_tool_deltas(calls: tuple[ToolCallSpec, ...]) -> list[dict[str, 
     return out
 
 
-def build_stream(scenario: str, model: str, events: int, include_usage: bool) -> StreamPlan:
-    def chunk(delta: dict[str, object], finish_reason: str | None = None) -> bytes:
+def build_stream(
+    scenario: str, model: str, events: int, include_usage: bool, *, usage_on_finish: bool = False
+) -> StreamPlan:
+    """``usage_on_finish``: the usage rides on the finish chunk (non-empty
+    ``choices``) instead of a ``choices: []`` chunk of its own."""
+
+    def chunk(
+        delta: dict[str, object],
+        finish_reason: str | None = None,
+        usage: dict[str, object] | None = None,
+    ) -> bytes:
         body: dict[str, object] = {
             "id": COMPLETION_ID,
             "object": "chat.completion.chunk",
@@ -115,7 +124,7 @@ def build_stream(scenario: str, model: str, events: int, include_usage: bool) ->
             ],
         }
         if include_usage:
-            body["usage"] = None
+            body["usage"] = usage
         return sse(None, body)
 
     calls = _tool_calls(scenario)
@@ -130,7 +139,12 @@ def build_stream(scenario: str, model: str, events: int, include_usage: bool) ->
         return StreamPlan(out, "drop")
     if scenario == "error-midstream":
         return StreamPlan(out, "reset")
-    out.append(chunk({}, "tool_calls" if calls else "stop"))
+    finish = "tool_calls" if calls else "stop"
+    if include_usage and usage_on_finish:
+        out.append(chunk({}, finish, usage_for(scenario, events).openai_chat()))
+        out.append(b"data: [DONE]\n\n")
+        return StreamPlan(out)
+    out.append(chunk({}, finish))
     if include_usage:
         out.append(
             sse(

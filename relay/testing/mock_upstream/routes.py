@@ -249,7 +249,7 @@ class Responder:
             and request.stream_options.include_usage
         )
         events = knobs.events if knobs.scenario == "long" else 0
-        key = (path, knobs.scenario, model, events, include_usage)
+        key = (path, knobs.scenario, model, events, include_usage, knobs.usage_on_finish)
         if request.stream:
             return self._stream(api, key, knobs, uid, request_index, chunked)
         return self._blocking(api, key, knobs, uid)
@@ -307,13 +307,15 @@ class Responder:
     def _plan(self, key: tuple[object, ...]) -> StreamPlan:
         plan = self._streams.get(key)
         if plan is None:
-            path, scenario, model, events, include_usage = key
+            path, scenario, model, events, include_usage, on_finish = key
             assert isinstance(scenario, str) and isinstance(model, str)
             assert isinstance(events, int)
             if path == "/v1/messages":
                 plan = anthropic.build_stream(scenario, model, events)
             elif path == "/v1/chat/completions":
-                plan = openai_chat.build_stream(scenario, model, events, bool(include_usage))
+                plan = openai_chat.build_stream(
+                    scenario, model, events, bool(include_usage), usage_on_finish=bool(on_finish)
+                )
             else:
                 plan = openai_responses.build_stream(scenario, model, events)
             self._streams = _bounded(self._streams)
@@ -363,7 +365,7 @@ class Responder:
     def _blocking(
         self, api: Api, key: tuple[object, ...], knobs: RequestKnobs, uid: bytes
     ) -> JsonReply:
-        path, scenario, model, events, _ = key
+        path, scenario, model, events, _, _ = key
         assert isinstance(scenario, str) and isinstance(model, str)
         assert isinstance(events, int)
         if scenario == "error-midstream" and api == "anthropic":

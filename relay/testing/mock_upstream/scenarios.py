@@ -224,6 +224,10 @@ class RequestKnobs(msgspec.Struct, kw_only=True):
     first_token_s: float = 0.0
     gap_s: float = 0.0
     headers_delay_s: float = 0.0
+    # Chat streams with include_usage: the usage on the finish chunk, whose
+    # choices are not empty (some OpenAI-compatible servers do this; LiteLLM
+    # lost that usage, its issue 36168), instead of a chunk of its own.
+    usage_on_finish: bool = False
 
 
 def _int_header(headers: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -265,6 +269,7 @@ def parse_knobs(model: str | None, headers: Mapping[str, str]) -> RequestKnobs:
         / 1000,
         gap_s=_int_header(headers, "x-mock-gap-ms", 0, 0, day_ms) / 1000,
         headers_delay_s=_int_header(headers, "x-mock-headers-delay-ms", 0, 0, day_ms) / 1000,
+        usage_on_finish=headers.get("x-mock-usage-on-finish", "") in ("1", "true"),
     )
 
 
