@@ -138,37 +138,41 @@ class McpServer:
         headers = dict(self.option.headers)
         timeout = httpx2.Timeout(self.connect_timeout, read=None)
         limit = self.max_response
-        # One scope bounds the connection and the first listing: the SDK's task groups
-        # live inside it, so its deadline is lifted, not left, once the tools are known.
-        with trio.CancelScope(deadline=trio.current_time() + self.connect_timeout) as scope:
-            async with (
-                httpx2.AsyncClient(
-                    headers=headers, timeout=timeout, transport=capped_transport(limit)
-                ) as http,
-                Client(
+        http = httpx2.AsyncClient(
+            headers=headers, timeout=timeout, transport=capped_transport(limit)
+        )
+        try:
+            # One scope bounds the connection and the first listing: the SDK's task groups
+            # live inside it, so its deadline is lifted, not left, once the tools are known.
+            with trio.CancelScope(deadline=trio.current_time() + self.connect_timeout) as scope:
+                async with Client(
                     streamable_http_client(
                         self.option.url, http_client=http, max_sse_event_size=limit
                     ),
                     mode="legacy",
                     cache=None,
                     message_handler=on_message,
-                ) as client,
-            ):
-                try:
-                    await self._list(client)
-                    scope.deadline = math.inf
-                    self._client = client
-                    if task_status is not None:
-                        task_status.started()
-                        task_status = None
-                    while True:
-                        with trio.move_on_after(self.refresh_interval or math.inf):
-                            await self._changed.wait()
-                        self._changed = trio.Event()
-                        with trio.fail_after(self.connect_timeout):
-                            await self._list(client)
-                finally:
-                    self._client = None
+                ) as client:
+                    try:
+                        await self._list(client)
+                        scope.deadline = math.inf
+                        self._client = client
+                        if task_status is not None:
+                            task_status.started()
+                            task_status = None
+                        while True:
+                            with trio.move_on_after(self.refresh_interval or math.inf):
+                                await self._changed.wait()
+                            self._changed = trio.Event()
+                            with trio.fail_after(self.connect_timeout):
+                                await self._list(client)
+                    finally:
+                        self._client = None
+        finally:
+            # Closed to the end even when cancelled (shutdown): no connection is left
+            # for the garbage collector to close on another thread's event loop.
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await http.aclose()
         if scope.cancelled_caught:
             raise TimeoutError(f"no answer within {self.connect_timeout:g}s")
 
