@@ -4,11 +4,14 @@ Every upstream chunk goes to the client as it arrives, unchanged, and the
 same bytes are fed to the API's sans-io decoder and accumulator. The shell is
 thin: all parsing lives in ``relay.streams`` and the accumulators.
 
-Cancellation: hypercorn does not cancel the app when the client leaves, so a
-watcher task waits on ``receive()`` for ``http.disconnect`` and cancels the
-request's scope. Leaving the upstream response's ``async with`` then closes
-the upstream connection at once (``relay.upstream.http11`` closes, never
-pools, a connection whose response was not read to the end).
+Cancellation: hypercorn does not cancel the app when the client leaves, so
+one companion task per exchange (``watch_client``) waits on ``receive()``
+for ``http.disconnect`` and cancels the request's scope. Leaving the upstream
+response's ``async with`` then closes the upstream connection at once
+(``relay.upstream.http11`` closes, never pools, a connection whose response
+was not read to the end). The same task keeps a quiet stream alive: its wait
+on ``receive()`` has the keepalive deadline, so a stream costs one task
+besides its own, not two.
 
 Backpressure: ``send`` blocks while the client is slow, so the upstream read
 waits too; the relay holds at most one socket read per stream.
@@ -102,30 +105,83 @@ class UpstreamCall:
 
 
 class StreamState:
-    """The client side of one stream, as ``send_body`` and ``keepalive`` share it."""
+    """The client side of one stream, as ``send_body`` and ``watch_client`` share it."""
 
-    __slots__ = ("at_boundary", "headers_sent", "last_send", "sending")
+    __slots__ = (
+        "at_boundary",
+        "headers_sent",
+        "keepalive_interval",
+        "last_send",
+        "sending",
+        "timer",
+    )
 
     def __init__(self) -> None:
         self.last_send = trio.current_time()
         self.sending = False
         self.headers_sent = False
         self.at_boundary = True
+        # Set by ``start_keepalive``; 0: no keepalive (not streaming yet, or off).
+        self.keepalive_interval = 0.0
+        # The deadline of ``watch_client``'s current wait (its next keepalive look).
+        self.timer = trio.CancelScope()
+
+    def start_keepalive(self, interval: float) -> None:
+        """From now on, an SSE comment after ``interval`` of silence (see ``watch_client``)."""
+        self.keepalive_interval = interval
+        self.timer.deadline = self.last_send + interval
 
 
 async def watch_disconnect(receive: Receive, scope: trio.CancelScope, outcome: Outcome) -> None:
-    """Cancel ``scope`` as soon as the client goes away.
+    """Cancel ``scope`` as soon as the client goes away (no keepalive: passthrough)."""
+    await watch_client(receive, scope, outcome, _no_send, StreamState())
+
+
+async def _no_send(message: Any) -> None:
+    raise AssertionError("a keepalive without keepalive_interval")
+
+
+async def watch_client(
+    receive: Receive, scope: trio.CancelScope, outcome: Outcome, send: Send, state: StreamState
+) -> None:
+    """Cancel ``scope`` as soon as the client goes away; keep a quiet stream alive.
 
     A client that leaves after the upstream answer was complete (SDKs close
     on the last event, before the final empty chunk) did not cancel anything.
+
+    Keepalive (once ``state.start_keepalive`` was called): an SSE comment
+    after ``interval`` of silence, only between events. One look per
+    interval: a send that is blocked (a slow client) or a decoder in the
+    middle of an event (an upstream pausing mid-event) puts the next look a
+    whole interval later, never into a loop that wakes at once. Waiting on
+    ``receive()`` under the look's deadline loses nothing: a memory
+    channel's receive, cancelled, has taken no message.
     """
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if not outcome.upstream_complete:
-                outcome.status = "cancelled"
-                scope.cancel()
-            return
+        with state.timer:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not outcome.upstream_complete:
+                    outcome.status = "cancelled"
+                    scope.cancel()
+                return
+        if not state.timer.cancelled_caught:
+            # Another message (none is expected once the body was read): wait
+            # again under the same deadline, in a new scope (one is entered once).
+            state.timer = trio.CancelScope(deadline=state.timer.deadline)
+            continue
+        # The look's deadline passed.
+        interval = state.keepalive_interval
+        now = trio.current_time()
+        due = state.last_send + interval
+        if now < due:
+            deadline = due  # something was sent meanwhile
+        elif state.sending or not state.at_boundary:
+            deadline = now + interval
+        else:
+            await send_body(send, state, KEEPALIVE_COMMENT)
+            deadline = state.last_send + interval
+        state.timer = trio.CancelScope(deadline=deadline)
 
 
 @asynccontextmanager
@@ -325,11 +381,9 @@ async def run_exchange(
     interrupted: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
+            nursery.start_soon(watch_client, receive, nursery.cancel_scope, outcome, send, state)
             try:
-                exchange = _Exchange(
-                    send, call, relay, style, outcome, state, keepalive_interval, nursery
-                )
+                exchange = _Exchange(send, call, relay, style, outcome, state, keepalive_interval)
                 await exchange.run()
             finally:
                 nursery.cancel_scope.cancel()
@@ -393,7 +447,6 @@ class _Exchange:
     outcome: Outcome
     state: StreamState
     keepalive_interval: float
-    nursery: trio.Nursery
 
     async def run(self) -> None:
         call, outcome = self.call, self.outcome
@@ -428,7 +481,7 @@ class _Exchange:
         state.headers_sent = True
         state.last_send = trio.current_time()
         if self.keepalive_interval > 0 and relay.keepalive:
-            self.nursery.start_soon(keepalive, send, state, self.keepalive_interval)
+            state.start_keepalive(self.keepalive_interval)
         try:
             await self._pump(response)
             outcome.upstream_complete = True
@@ -492,27 +545,6 @@ async def send_body(send: Send, state: StreamState, data: bytes) -> None:
     finally:
         state.sending = False
         state.last_send = trio.current_time()
-
-
-async def keepalive(send: Send, state: StreamState, interval: float) -> None:
-    """An SSE comment after ``interval`` of silence, only between events.
-
-    One timer per interval: a send that is blocked (a slow client) or a
-    decoder in the middle of an event (an upstream pausing mid-event) puts the
-    next look a whole interval later, never into a loop that wakes at once.
-    """
-    deadline = state.last_send + interval
-    while True:
-        await trio.sleep_until(deadline)
-        now = trio.current_time()
-        due = state.last_send + interval
-        if now < due:
-            deadline = due  # something was sent meanwhile
-        elif state.sending or not state.at_boundary:
-            deadline = now + interval
-        else:
-            await send_body(send, state, KEEPALIVE_COMMENT)
-            deadline = state.last_send + interval
 
 
 async def fail_before_response(

@@ -67,6 +67,9 @@ class Prepared:
     route: str  # the route pattern: metric label and circuit key
     model_label: str  # the model, folded into "other" beyond the metrics' cap
     outcome: Outcome = field(default_factory=Outcome)  # filled as it goes
+    # The model the request names: its body's, or a native Bedrock path's
+    # (/model/{id}/invoke); what budgets on one model are checked against.
+    model: str = ""
 
 
 def prepare(
@@ -104,8 +107,11 @@ def prepare(
     # Metric labels and circuit keys: the route pattern, and the model name folded
     # into "other" beyond the cap (both are chosen by the client).
     route = kind_for(provider_type).route_label("POST", api_path)
-    model_label = fold_model(info.model or _model_in_path(kind, api_path))
-    return Prepared(spec, info, prompt, upstream_body, drop_injected, route, model_label)
+    model = info.model or _model_in_path(kind, api_path)
+    model_label = fold_model(model)
+    return Prepared(
+        spec, info, prompt, upstream_body, drop_injected, route, model_label, model=model
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,7 +152,7 @@ def admit_interception(
     caller = req.authenticated
     if budgets is not None and budgets.budgets and not caller.credential.byok:
         principal = caller.principal
-        exceeded = budgets.check(principal.user_id, principal.api_key_id, prepared.info.model or "")
+        exceeded = budgets.check(principal.user_id, principal.api_key_id, prepared.model)
         if exceeded is not None:
             refuse_over_budget(req, prepared, exceeded)
     if guards.breakers is not None:
@@ -181,7 +181,7 @@ def refuse_over_budget(req: Request, prepared: Prepared, exceeded: BudgetExceede
     meta = InterceptionMeta(
         provider_name=route.provider.name,
         provider_type=str(route.provider.type),
-        model=prepared.info.model or "",
+        model=prepared.model,
         route=route.api_path,
         initiator_id=uuid.UUID(principal.user_id),
         api_key_id=principal.api_key_id,

@@ -95,3 +95,25 @@ def test_no_budgets_costs_nothing() -> None:
     tracker = BudgetTracker()
     assert tracker.check("u1", "k", "m") is None
     tracker.charge("u1", "k", "m", 10)
+
+
+def test_a_native_bedrock_path_names_the_model_a_budget_checks() -> None:
+    from relay.budgets.tracker import model_matches
+    from relay.intercept.session import prepare
+    from relay.providers.kinds import kind_for
+    from relay.routes import RouteKind
+
+    spec = kind_for("bedrock").specs[RouteKind.BEDROCK_INVOKE]
+    body = b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}'
+    prepared = prepare(
+        spec,
+        "bedrock",
+        RouteKind.BEDROCK_INVOKE,
+        "/model/global.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke",
+        body,
+        max_stored_prompt=None,
+        hold_rewrite=lambda _n: None,
+        fold_model=lambda m: m,
+    )
+    assert prepared.model == "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    assert model_matches("claude-sonnet-4-5", prepared.model)

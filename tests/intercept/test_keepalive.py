@@ -1,5 +1,8 @@
 """The keepalive timer: one look per interval, whatever the stream is doing.
 
+The timer is the deadline of ``watch_client``'s wait on ``receive()`` (the
+disconnect watcher), so the client below never says anything.
+
 A stream whose send is blocked (a slow client) or whose upstream paused in
 the middle of an event cannot take a keepalive comment; the timer must then
 wait a whole interval before it looks again, not wake at once in a loop.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from relay.intercept.base import KEEPALIVE_COMMENT, StreamState, keepalive
+from relay.intercept.base import KEEPALIVE_COMMENT, Outcome, StreamState, watch_client
 
 INTERVAL = 1.0
 BUSY = 1000  # looks: far more than 10 intervals can take
@@ -43,6 +46,17 @@ class CountingState(StreamState):
 
 async def never_called(message: object) -> None:
     raise AssertionError(f"no keepalive may be sent now: {message!r}")
+
+
+async def silent_client() -> dict[str, object]:
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def keepalive(send, state: StreamState, interval: float) -> None:  # type: ignore[no-untyped-def]
+    """The watcher of a stream that has started (its head sent), keepalive on."""
+    state.start_keepalive(interval)
+    await watch_client(silent_client, trio.CancelScope(), Outcome(), send, state)
 
 
 @pytest.mark.parametrize("why", ["send blocked", "mid-event"])
