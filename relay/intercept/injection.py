@@ -36,13 +36,12 @@ from relay.intercept.base import (
     UpstreamCall,
     answer_exhausted,
     fail_before_response,
-    keepalive,
     mark_interrupted,
     send_body,
     send_error,
     send_upstream,
     settle_outcome,
-    watch_disconnect,
+    watch_client,
 )
 from relay.intercept.ports import McpPort
 from relay.mcp.tools import ToolSet
@@ -134,7 +133,7 @@ async def run_tool_loop(
     interrupted: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope, outcome)
+            nursery.start_soon(watch_client, receive, nursery.cancel_scope, outcome, send, state)
             try:
                 runner = _Loop(send, call, loop, spec, outcome, mcp, state, facts, nursery)
                 await runner.run(keepalive_interval)
@@ -229,7 +228,7 @@ class _Loop:
             state.last_send = trio.current_time()
             self.streaming = True
             if keepalive_interval > 0:
-                self.nursery.start_soon(keepalive, self.send, state, keepalive_interval)
+                state.start_keepalive(keepalive_interval)
         round_ = self.loop.round()
         accumulator = self._new_accumulator()
         decoder = SSEDecoder(keep_raw=True)
