@@ -66,15 +66,26 @@ async def mcp_relay(
             "CODER_AI_GATEWAY_MCP_CONNECT_TIMEOUT": "2s",
             **env,
         }
-        async with running_relay(pg_dsn, data_dir, full_env) as relay:
-            yield mock, relay, mcp
+        try:
+            async with running_relay(pg_dsn, data_dir, full_env) as relay:
+                yield mock, relay, mcp
+        finally:
+            # An SDK client left to the garbage collector closes itself on whatever
+            # asyncio loop runs then (the database thread's): close them here.
+            while _OPEN:
+                await _OPEN.pop().close()
         nursery.cancel_scope.cancel()
 
 
+_OPEN: list[Any] = []  # the SDK clients of the running test, closed with its relay
+
+
 def _client(relay: RunningRelay) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(
+    client = anthropic.AsyncAnthropic(
         api_key=relay.token, base_url=relay.gateway("anthropic"), max_retries=0
     )
+    _OPEN.append(client)
+    return client
 
 
 def _texts(message: Any) -> list[str]:
@@ -324,9 +335,11 @@ async def test_no_tools_for_a_small_fast_model(pg_dsn: str, tmp_path: Path) -> N
 def _openai(relay: RunningRelay) -> Any:
     import openai
 
-    return openai.AsyncOpenAI(
+    client = openai.AsyncOpenAI(
         api_key=relay.token, base_url=relay.gateway("openai") + "/v1", max_retries=0
     )
+    _OPEN.append(client)
+    return client
 
 
 async def test_chat_completions_stream_and_blocking(pg_dsn: str, tmp_path: Path) -> None:
