@@ -32,6 +32,7 @@ from relay.options import Options, load_options
 from relay.providers.kinds import all_kinds
 from relay.request import serve
 from relay.request.admit import UNRECORDABLE_MESSAGE as UNRECORDABLE_MESSAGE  # (tests)
+from relay.request.websocket import serve_websocket
 from relay.services import Services, open_services, startup_failure
 from relay.upstream.breaker import BreakerState, CircuitBreaker
 from relay.upstream.keypool import KeyPool
@@ -75,7 +76,8 @@ class RelayApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+            # The Responses API over WebSocket (relay.request.websocket); anything else: 426.
+            await serve_websocket(self, scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

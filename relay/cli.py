@@ -30,6 +30,7 @@ from relay.options import (
     Options,
     add_flags,
     load_options,
+    parse_bool,
     parse_duration,
 )
 from relay.providers import store
@@ -239,6 +240,19 @@ def _add_provider_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bedrock-model")
     parser.add_argument("--bedrock-small-fast-model")
     parser.add_argument("--bedrock-base-url")
+    parser.add_argument(
+        "--responses-websocket",
+        type=_bool_argument,
+        metavar="true|false",
+        help="openai: bridge the Responses API over WebSocket (default true)",
+    )
+
+
+def _bool_argument(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Four changes to hypercorn 0.18's trio worker, installed before it serves.
+"""Five changes to hypercorn 0.18's trio worker, installed before it serves.
 
 **A connection the client closed is closed at once.** hypercorn's
 ``TCPServer.run`` holds the socket inside a task group that also runs the
@@ -31,6 +31,13 @@ then takes every connection already queued (up to ``ACCEPT_BATCH``) in one
 go and hands them out without a checkpoint between them, so the serving loop
 starts all their handlers in the same round.
 
+**A WebSocket client's close code reaches the app.** hypercorn answers the
+client's close frame, then tells the app ``websocket.disconnect`` with 1006
+(abnormal closure) whatever code the client sent, so the Responses
+WebSocket bridge could not close the provider's socket with the client's
+code. ``RelayWSStream`` keeps the code of the client's close frame and
+reports it.
+
 hypercorn's worker looks these classes up by module global at call time,
 so ``install`` swaps them in; it is idempotent. The overridden methods are
 private: ``TESTED_VERSIONS`` names the hypercorn versions they were read
@@ -47,12 +54,18 @@ from importlib.metadata import version
 from typing import Any
 
 import hypercorn.protocol
+import hypercorn.protocol.h11
 import hypercorn.trio.run
 import msgspec
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream
 from hypercorn.trio.tcp_server import TCPServer
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection, Message, Ping
+from wsproto.frame_protocol import CloseReason
 
 log = logging.getLogger("relay.server")
 
@@ -204,6 +217,47 @@ class RelayH11Protocol(H11Protocol):
         return
 
 
+class RelayWSStream(WSStream):
+    """hypercorn's WebSocket stream, reporting the close code the client sent."""
+
+    _client_close: int | None = None
+
+    async def handle(self, event: Any) -> None:
+        if (
+            isinstance(event, StreamClosed)
+            and not self.closed
+            and self.app_put is not None
+            and self._client_close is not None
+        ):
+            self.closed = True
+            await self.app_put({"type": "websocket.disconnect", "code": self._client_close})
+            return
+        await super().handle(event)
+
+    async def _handle_events(self) -> None:
+        # hypercorn 0.18's own, plus the code of a close frame kept for ``handle``.
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                try:
+                    self.buffer.extend(event)
+                except FrameTooLargeError:
+                    await self._send_wsproto_event(
+                        CloseConnection(code=CloseReason.MESSAGE_TOO_BIG)
+                    )
+                    break
+                if event.message_finished:
+                    assert self.app_put is not None  # a message arrives only once the app runs
+                    await self.app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, Ping):
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, CloseConnection):
+                self._client_close = event.code
+                if self.connection.state == ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+
 def install() -> None:
     """Swap the relay's classes into hypercorn's trio worker (idempotent)."""
     installed = version("hypercorn")
@@ -217,3 +271,4 @@ def install() -> None:
     hypercorn.trio.run.TCPServer = RelayTCPServer  # type: ignore[attr-defined]
     hypercorn.trio.run.trio = _TRIO_FOR_HYPERCORN  # type: ignore[attr-defined]
     hypercorn.protocol.H11Protocol = RelayH11Protocol  # type: ignore[attr-defined]
+    hypercorn.protocol.h11.WSStream = RelayWSStream  # type: ignore[attr-defined]

@@ -171,6 +171,38 @@ class RateLimiter:
                 del self._buckets[k]
 
 
+class SocketCaps:
+    """Open Responses WebSockets: at most ``per_user`` per person and ``total`` per process.
+
+    0 means unlimited. ``try_open`` refuses with the cap it hit (``user_cap``,
+    ``process_cap``) or takes a place that ``close`` gives back.
+    """
+
+    def __init__(self, per_user: int, total: int) -> None:
+        self.per_user = per_user
+        self.total = total
+        self.open = 0
+        self._by_user: dict[str, int] = {}
+
+    def try_open(self, user: str) -> str | None:
+        if self.total and self.open >= self.total:
+            return "process_cap"
+        held = self._by_user.get(user, 0)
+        if self.per_user and held >= self.per_user:
+            return "user_cap"
+        self._by_user[user] = held + 1
+        self.open += 1
+        return None
+
+    def close(self, user: str) -> None:
+        held = self._by_user.get(user, 0) - 1
+        if held > 0:
+            self._by_user[user] = held
+        else:
+            self._by_user.pop(user, None)
+        self.open -= 1
+
+
 @dataclass
 class RequestGuards:
     """Every guard of one relay process; ``from_options`` builds them."""
@@ -184,6 +216,7 @@ class RequestGuards:
     actor_header_names: tuple[bytes, bytes]
     send_actor_headers: bool
     body_budget: BodyBudget = field(default_factory=lambda: BodyBudget(0))
+    sockets: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
 
     @classmethod
     def from_options(cls, options: Options) -> RequestGuards:
@@ -211,6 +244,9 @@ class RequestGuards:
             actor_header_names=names,
             send_actor_headers=options.send_actor_headers,
             body_budget=BodyBudget(options.max_bodies_in_flight),
+            sockets=SocketCaps(
+                options.responses_websocket_max_per_user, options.responses_websocket_max
+            ),
         )
 
     def actor_headers(self, user_id: str, user_name: str) -> list[tuple[bytes, bytes]]:

@@ -40,6 +40,11 @@ class OptionFields:
     shutdown_grace: float  # CODER_AI_GATEWAY_SHUTDOWN_GRACE
     upstream_connect_timeout: float  # CODER_AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT
     upstream_read_timeout: float  # CODER_AI_GATEWAY_UPSTREAM_READ_TIMEOUT
+    responses_websocket: bool  # CODER_AI_GATEWAY_RESPONSES_WEBSOCKET
+    responses_websocket_max_per_user: int  # CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_MAX_PER_USER
+    responses_websocket_max: int  # CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_MAX
+    responses_websocket_lifetime: float  # CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_LIFETIME
+    responses_websocket_ping_interval: float  # CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_PING_INTERVAL
     retention: float  # CODER_AI_GATEWAY_RETENTION
     budget_refresh_interval: float  # CODER_AI_GATEWAY_BUDGET_REFRESH_INTERVAL
     recorder_flush_interval: float  # CODER_AI_GATEWAY_RECORDER_FLUSH_INTERVAL

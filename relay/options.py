@@ -401,6 +401,46 @@ OPTIONS: tuple[Option, ...] = (
         group="Requests",
     ),
     _opt(
+        "RESPONSES_WEBSOCKET",
+        parse_bool,
+        "true",
+        "Bridge the OpenAI Responses API over WebSocket (wss://…/<openai provider>/v1/"
+        "responses, what Codex tries first with supports_websockets). Off: upgrades are "
+        "answered 426 and clients fall back to HTTP.",
+        group="Requests",
+    ),
+    _opt(
+        "RESPONSES_WEBSOCKET_MAX_PER_USER",
+        parse_non_negative_int,
+        "16",
+        "Responses WebSockets one person may hold open per relay process; one more is "
+        "answered 426 (the client falls back to HTTP). 0: unlimited.",
+        group="Requests",
+    ),
+    _opt(
+        "RESPONSES_WEBSOCKET_MAX",
+        parse_non_negative_int,
+        "512",
+        "Responses WebSockets one relay process holds open; one more is answered 426. "
+        "0: unlimited.",
+        group="Requests",
+    ),
+    _opt(
+        "RESPONSES_WEBSOCKET_LIFETIME",
+        parse_duration,
+        "60m",
+        "Longest life of a Responses WebSocket: then OpenAI's "
+        "websocket_connection_limit_reached error event and close 1001.",
+        group="Requests",
+    ),
+    _opt(
+        "RESPONSES_WEBSOCKET_PING_INTERVAL",
+        parse_duration,
+        "30s",
+        "A ping to the client and to the provider this often on a Responses WebSocket. 0: none.",
+        group="Requests",
+    ),
+    _opt(
         "RETENTION",
         parse_duration,
         "60d",
@@ -616,6 +656,11 @@ PROVIDER_KEYS: tuple[tuple[str, str], ...] = (
     ("BEDROCK_MODEL", "Bedrock model for ordinary requests."),
     ("BEDROCK_SMALL_FAST_MODEL", "Bedrock model for requests naming a 'haiku' model."),
     ("BEDROCK_BASE_URL", "Replaces the Bedrock runtime endpoint."),
+    (
+        "RESPONSES_WEBSOCKET",
+        "openai: bridge the Responses API over WebSocket (default true; false: 426, "
+        "clients use HTTP).",
+    ),
 )
 
 

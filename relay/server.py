@@ -47,6 +47,8 @@ def hypercorn_config(options: Options) -> Config:
     # the relay keeps no per-connection state worth bounding, and every close
     # costs the client a new connection, so only a very busy one is recycled.
     config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
+    # Responses WebSockets: the client is pinged too (the relay pings the provider itself).
+    config.websocket_ping_interval = options.responses_websocket_ping_interval or None
     hypercorn_fixes.install()
     hypercorn_fixes.set_connection_limit(config, options.max_connections)
     return config

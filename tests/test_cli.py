@@ -123,6 +123,11 @@ def test_providers_commands(admin_env):
     assert "aws AKI…MPLE" in rows["bedrock-us"]
 
     assert "sk-…2222" in run("update", "openai-eu", "--keys-stdin", stdin=KEY_B)
+    assert "openai-eu" in run("update", "openai-eu", "--responses-websocket", "false")
+    not_a_bool = relay(
+        "providers", "update", "openai-eu", "--responses-websocket", "maybe", env=admin_env
+    )
+    assert not_a_bool.returncode == 2 and "not a boolean" in not_a_bool.stderr
     assert "disabled provider claude" in run("disable", "claude")
     assert "removed provider bedrock-us" in run("remove", "bedrock-us")
     listing = run("list")

@@ -268,45 +268,64 @@ async def run_interception(ctx: InterceptionContext) -> None:
         mark_interrupted(outcome, exc)
         raise
     finally:
-        for handle in dumps:
-            handle.finish()
         meta = msgspec.structs.replace(
             start_meta,
             model=outcome.upstream_model or info.model or "",
             credential_hint=credential_hint(),
         )
-        error = (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
-        ports.records.record(
-            records_for(
-                meta,
-                outcome.facts,
-                prompt,
-                outcome.status,
-                error,
-                ended_at=datetime.now(UTC),
-                prices=ports.prices,
-            )
-        )
-        if timer is not None:
-            metrics.interception_finished(
-                timer,
-                status=outcome.status,
-                method="POST",
-                initiator_id=principal.user_id,
-                client=meta.client,
-            )
-        metrics.interception_facts(
-            provider.name,
-            meta.model,
-            principal.user_id,
-            meta.client,
+        record_interception(ports, meta, principal.user_id, outcome, prompt, timer, dumps)
+
+
+def record_interception(
+    ports: InterceptionPorts,
+    meta: InterceptionMeta,
+    user_id: str,
+    outcome: Outcome,
+    prompt: CappedPrompt | None,
+    timer: InterceptionTimer | None,
+    dumps: list[DumpHandle],
+) -> None:
+    """An interception is over: its dumps finished, its rows recorded, its metrics counted.
+
+    ``meta`` is the request side as it ended (the model the upstream settled,
+    the key in use); HTTP interceptions and the turns of a Responses
+    WebSocket (``relay.intercept.responses.websocket``) both end here.
+    """
+    for handle in dumps:
+        handle.finish()
+    metrics = ports.metrics
+    error = (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
+    ports.records.record(
+        records_for(
+            meta,
             outcome.facts,
-            prompt.text if prompt is not None else None,
+            prompt,
+            outcome.status,
+            error,
+            ended_at=datetime.now(UTC),
+            prices=ports.prices,
         )
-        if outcome.disconnect_phase:
-            metrics.disconnect(outcome.disconnect_phase)
-        if outcome.first_byte_at is not None and outcome.sent_at is not None:
-            metrics.ttfb(provider.name, outcome.first_byte_at - outcome.sent_at)
+    )
+    if timer is not None:
+        metrics.interception_finished(
+            timer,
+            status=outcome.status,
+            method="POST",
+            initiator_id=user_id,
+            client=meta.client,
+        )
+    metrics.interception_facts(
+        meta.provider_name,
+        meta.model,
+        user_id,
+        meta.client,
+        outcome.facts,
+        prompt.text if prompt is not None else None,
+    )
+    if outcome.disconnect_phase:
+        metrics.disconnect(outcome.disconnect_phase)
+    if outcome.first_byte_at is not None and outcome.sent_at is not None:
+        metrics.ttfb(meta.provider_name, outcome.first_byte_at - outcome.sent_at)
 
 
 def is_small_fast_model(model: str | None) -> bool:

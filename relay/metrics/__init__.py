@@ -65,6 +65,7 @@ KEY_STATES = ("valid", "temporary", "permanent")
 DURATION_BUCKETS = (0.5, 2, 5, 15, 30, 60, 120)
 TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 FAILOVER_BUCKETS = (1, 2, 3, 4, 5)
+WEBSOCKET_TURN_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
 
 DEFAULT_MAX_MODELS = 100
 # Tool names and SDK names are chosen by clients too; these caps are generous.
@@ -294,6 +295,23 @@ class Metrics:
         self.dump_drops = counter(
             r + "dump_dropped", "Exchanges whose dump lost data because the dump queue was full."
         )
+        self.websockets_open = gauge(
+            r + "responses_websockets_open",
+            "Responses WebSockets currently bridged, by provider.",
+            ("provider",),
+            "livesum",
+        )
+        self.websocket_refusals = counter(
+            r + "responses_websocket_refusals",
+            "Responses WebSocket upgrades refused, by reason (426 ones send the client to HTTP).",
+            ("reason",),
+        )
+        self.websocket_turns = histogram(
+            r + "responses_websocket_turns",
+            "response.create turns per Responses WebSocket, observed when it closes.",
+            ("provider",),
+            WEBSOCKET_TURN_BUCKETS,
+        )
         self._children: dict[int, dict[tuple[str, ...], Any]] = {}
         self._providers_shown: set[tuple[str, str, str]] = set()
         self._recorder_seen = (0, 0)
@@ -421,6 +439,17 @@ class Metrics:
 
     def disconnect(self, phase: str) -> None:
         self._child(self.disconnects, phase).inc()
+
+    def websocket_opened(self, provider: str) -> None:
+        self._child(self.websockets_open, provider).inc()
+
+    def websocket_closed(self, provider: str, turns: int) -> None:
+        self._child(self.websockets_open, provider).dec()
+        self._child(self.websocket_turns, provider).observe(turns)
+
+    def websocket_refused(self, reason: str) -> None:
+        """``reason``: a fixed word (auth, disabled, not_bridged, user_cap, process_cap, upstream…)."""
+        self._child(self.websocket_refusals, reason).inc()
 
     # -- resilience ------------------------------------------------------------------------------
 

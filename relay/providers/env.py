@@ -21,6 +21,7 @@ from relay.options import (
     Options,
     closest_env_name,
     lookup_env,
+    parse_bool,
 )
 from relay.providers.types import (
     DEFAULT_BASE_URLS,
@@ -165,6 +166,12 @@ def _indexed_provider(raw: _Indexed, problems: list[str], warn: Warn) -> Provide
                 warn(f"WARN: {raw.var(key)} is ignored: the provider's TYPE is {ptype.value}.")
         base_url = base_url or DEFAULT_BASE_URLS[ptype]
 
+    responses_websocket = True
+    if raw.get("RESPONSES_WEBSOCKET"):
+        try:
+            responses_websocket = parse_bool(raw.get("RESPONSES_WEBSOCKET"))
+        except ValueError as exc:
+            problems.append(f"{raw.var('RESPONSES_WEBSOCKET')}: {exc}")
     if len(problems) > start:
         return None
     is_bedrock = ptype is ProviderType.BEDROCK
@@ -183,6 +190,7 @@ def _indexed_provider(raw: _Indexed, problems: list[str], warn: Warn) -> Provide
             else ""
         ),
         bedrock_base_url=bedrock_base_url if is_bedrock else "",
+        responses_websocket=responses_websocket,
         source="env",
     )
 

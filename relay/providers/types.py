@@ -105,6 +105,8 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True):
     bedrock_model: str = ""
     bedrock_small_fast_model: str = ""
     bedrock_base_url: str = ""
+    # openai: bridge the Responses API over WebSocket (off: upgrades answered 426).
+    responses_websocket: bool = True
     enabled: bool = True
     source: Source = "env"
 

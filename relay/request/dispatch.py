@@ -2,8 +2,8 @@
 
 Passthrough routes are forwarded unparsed (``relay.intercept.passthrough``);
 intercepted routes go to ``relay.intercept.session.run_interception`` with
-the ports it records, counts, dumps and connects through. (The Responses
-WebSocket will be a third.)
+the ports it records, counts, dumps and connects through. (A Responses
+WebSocket upgrade is served by ``relay.request.websocket``.)
 """
 
 from __future__ import annotations

@@ -88,6 +88,20 @@ async def answer_local(req: Request) -> bool:
 
 def route(req: Request) -> Route:
     """The provider route of a gateway path, or ``Refused`` (404, 400, 503)."""
+    provider, api_path = find_provider(req)
+    try:
+        kind = kind_for(provider.type).match(req.method, api_path)
+        if kind is RouteKind.PASSTHROUGH:
+            check_passthrough_path(api_path)
+    except PathRefused as exc:
+        refuse(400, str(exc))
+    if kind is None:
+        refuse(404, client_errors.route_not_supported(provider, req.method, api_path))
+    return Route(provider, kind, api_path)
+
+
+def find_provider(req: Request) -> tuple[Provider, str]:
+    """The provider a gateway path names and its API path, normalised; or ``Refused``."""
     split = split_gateway_path(req.path)
     services = req.gateway.services
     if services is None:
@@ -104,15 +118,9 @@ def route(req: Request) -> Route:
         refuse(404, client_errors.unknown_provider(name, services.providers.all()))
     try:
         # Matched, forwarded and dumped as normalised: what matched is what runs upstream.
-        api_path = normalise_api_path(api_path)
-        kind = kind_for(provider.type).match(req.method, api_path)
-        if kind is RouteKind.PASSTHROUGH:
-            check_passthrough_path(api_path)
+        return provider, normalise_api_path(api_path)
     except PathRefused as exc:
         refuse(400, str(exc))
-    if kind is None:
-        refuse(404, client_errors.route_not_supported(provider, req.method, api_path))
-    return Route(provider, kind, api_path)
 
 
 def _style_before_routing(req: Request) -> ErrorStyle:

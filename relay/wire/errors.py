@@ -59,6 +59,7 @@ __all__ = [
     "openai_type_for_status",
     "renderer_for",
     "responses_sse_error",
+    "responses_websocket_error",
 ]
 
 # The error body shape a client expects: Anthropic's or OpenAI's.
@@ -183,3 +184,17 @@ def responses_sse_error(code: str, message: str, sequence_number: int) -> bytes:
         "error": {"type": code, "code": code, "message": message, "param": None},
     }
     return encode_event(_encode(payload), b"error")
+
+
+def responses_websocket_error(
+    status: int, message: str, *, code: str | None = None, type_: str | None = None
+) -> str:
+    """An ``error`` event of the Responses WebSocket (a text message, not SSE).
+
+    ``{"type":"error","status":…,"error":{"type":…,"code":…,"message":…,"param":null}}``,
+    the type and code from OpenAI's status table unless given; the socket stays open.
+    """
+    table_type, table_code = openai_type_for_status(status)
+    error = {"type": type_ or table_type, "code": code or table_code, "message": message}
+    payload = {"type": "error", "status": status, "error": {**error, "param": None}}
+    return _encode(payload).decode()

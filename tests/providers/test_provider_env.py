@@ -68,6 +68,7 @@ ALIAS_CASES = {
     "BEDROCK_MODEL": ("bedrock", "model-a", lambda p: p.bedrock_model),
     "BEDROCK_SMALL_FAST_MODEL": ("bedrock", "model-b", lambda p: p.bedrock_small_fast_model),
     "BEDROCK_BASE_URL": ("bedrock", "https://gw.example.com", lambda p: p.bedrock_base_url),
+    "RESPONSES_WEBSOCKET": ("openai", "false", lambda p: str(p.responses_websocket).lower()),
 }
 PARTNERS = {
     "BEDROCK_ACCESS_KEY": "BEDROCK_ACCESS_KEY_SECRET",
@@ -88,6 +89,15 @@ def test_every_indexed_alias_works_with_its_deprecation_line(key):
     (provider,), warnings = read(env)
     assert warnings == [deprecation_line(f"{OLD}0_{key}", f"{NEW}0_{key}")]
     assert shown(provider) == ((value,) if key == "KEY" else value)
+
+
+def test_responses_websocket_is_on_unless_switched_off():
+    (on,), _ = read({f"{NEW}0_TYPE": "openai"})
+    assert on.responses_websocket is True
+    (off,), _ = read({f"{NEW}0_TYPE": "openai", f"{NEW}0_RESPONSES_WEBSOCKET": "off"})
+    assert off.responses_websocket is False
+    with pytest.raises(ProviderConfigError, match="RESPONSES_WEBSOCKET: not a boolean"):
+        read({f"{NEW}0_TYPE": "openai", f"{NEW}0_RESPONSES_WEBSOCKET": "maybe"})
 
 
 def test_alias_type_and_keys_work():

@@ -75,6 +75,8 @@ class ProviderKind:
     # MCP tools are injected into its requests (the request goes as a JSON body of the
     # API the client speaks, answered by the same upstream for each round).
     injects_tools: ClassVar[bool] = True
+    # The API path a Responses WebSocket is bridged on (None: upgrades are answered 426).
+    responses_websocket: ClassVar[str | None] = None
 
     def route(self, method: str, api_path: str) -> Route | None:
         for route in self.intercepted:

@@ -24,6 +24,7 @@ class OpenAIKind(ProviderKind):
     )
     specs = {RouteKind.CHAT: CHAT, RouteKind.RESPONSES: RESPONSES}
     client_base_path = "/v1"
+    responses_websocket = "/v1/responses"
 
     def upstream_path(self, api_path: str) -> str:
         """OpenAI base URLs include ``/v1``: ``/v1/chat/completions`` → ``chat/completions``."""
