@@ -40,6 +40,24 @@ class ToolCall(msgspec.Struct, kw_only=True):
     index: int = 0
 
 
+class InjectedToolCall(msgspec.Struct, kw_only=True):
+    """A call of an injected (MCP) tool that the relay ran itself."""
+
+    id: str
+    name: str  # the injected name the model called (bmcp_<server>_<tool>)
+    arguments: str  # the JSON text the model produced
+    server: str  # the configured MCP server's name
+    server_url: str
+    error: str | None = None  # why the call failed (the model was told)
+
+
+class RoundUsage(msgspec.Struct, kw_only=True):
+    """The usage of one inner upstream request of a tool loop (all but the last)."""
+
+    response_id: str | None
+    usage: Usage
+
+
 class Facts(msgspec.Struct, kw_only=True):
     response_id: str | None = None
     model: str | None = None  # the model the provider says answered
@@ -49,6 +67,10 @@ class Facts(msgspec.Struct, kw_only=True):
     stop_reason: str | None = None
     error_type: str | None = None
     error_message: str | None = None
+    # MCP tool injection: the calls the relay ran, and the usage of each inner
+    # request before the last (whose usage is ``usage``).
+    injected_calls: list[InjectedToolCall] = msgspec.field(default_factory=list)
+    round_usages: list[RoundUsage] = msgspec.field(default_factory=list)
 
 
 #: ``Facts.error_type`` of a successful (2xx) blocking answer whose body is not

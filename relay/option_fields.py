@@ -77,3 +77,8 @@ class OptionFields:
     bedrock_model: str  # CODER_AI_GATEWAY_BEDROCK_MODEL
     bedrock_small_fast_model: str  # CODER_AI_GATEWAY_BEDROCK_SMALL_FAST_MODEL
     bedrock_base_url: str  # CODER_AI_GATEWAY_BEDROCK_BASE_URL
+    mcp_tool_timeout: float  # CODER_AI_GATEWAY_MCP_TOOL_TIMEOUT
+    mcp_max_rounds: int  # CODER_AI_GATEWAY_MCP_MAX_ROUNDS
+    mcp_refresh_interval: float  # CODER_AI_GATEWAY_MCP_REFRESH_INTERVAL
+    mcp_connect_timeout: float  # CODER_AI_GATEWAY_MCP_CONNECT_TIMEOUT
+    mcp_max_result_size: int  # CODER_AI_GATEWAY_MCP_MAX_RESULT_SIZE

@@ -695,6 +695,45 @@ OPTIONS: tuple[Option, ...] = (
         "Replaces https://bedrock-runtime.<region>.amazonaws.com for the provider named 'bedrock'.",
         "Providers",
     ),
+    # MCP tool injection (docs/mcp.md); the servers themselves are indexed (MCP_SERVER_KEYS).
+    _opt(
+        "MCP_TOOL_TIMEOUT",
+        parse_duration,
+        "60s",
+        "Longest an injected MCP tool call may take; past it the model is told the call timed out.",
+        "MCP tool injection",
+    ),
+    _opt(
+        "MCP_MAX_ROUNDS",
+        parse_positive_int,
+        "10",
+        "Most upstream requests one answer may take while the model calls injected tools; "
+        "past it the answer ends with an error.",
+        "MCP tool injection",
+    ),
+    _opt(
+        "MCP_REFRESH_INTERVAL",
+        parse_duration,
+        "5m",
+        "How often each MCP server's tool list is fetched again (it is also fetched on "
+        "notifications/tools/list_changed, and a server that is down is retried this often, "
+        "at most every 30s); 0: only at start and on notifications.",
+        "MCP tool injection",
+    ),
+    _opt(
+        "MCP_CONNECT_TIMEOUT",
+        parse_duration,
+        "10s",
+        "Longest connecting to an MCP server and listing its tools may take.",
+        "MCP tool injection",
+    ),
+    _opt(
+        "MCP_MAX_RESULT_SIZE",
+        parse_size,
+        "256KiB",
+        "Largest tool result (UTF-8 text) handed to the model; a longer one is cut and says so.",
+        "MCP tool injection",
+    ),
 )
 
 OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
@@ -718,6 +757,168 @@ PROVIDER_KEYS: tuple[tuple[str, str], ...] = (
         "clients use HTTP).",
     ),
 )
+
+
+# Keys of indexed MCP servers: CODER_AI_GATEWAY_MCP_SERVER_<N>_<KEY> (docs/mcp.md).
+MCP_SERVER_KEYS: tuple[tuple[str, str], ...] = (
+    (
+        "NAME",
+        "The server's name in injected tool names (bmcp_<NAME>_<tool>); ^[a-z0-9]+(-[a-z0-9]+)*$.",
+    ),
+    ("URL", "The server's Streamable HTTP endpoint (http:// or https://)."),
+    (
+        "HEADERS",
+        "Headers sent with every request to the server (secret): a JSON object, or "
+        "`Name: value` pairs one per line.",
+    ),
+    ("TOOL_ALLOW_REGEX", "Only tools whose name matches are injected (empty: all)."),
+    ("TOOL_DENY_REGEX", "Tools whose name matches are not injected; deny wins over allow."),
+)
+_MCP_KNOWN_KEYS = frozenset(key for key, _ in MCP_SERVER_KEYS)
+_MCP_VAR_RE = re.compile(r"^(CODER_AI_GATEWAY_|CODER_AIBRIDGE_)MCP_SERVER_([^_]+)_(.+)$")
+_MCP_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+MCP_MAX_SERVERS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class McpServerOption:
+    """One configured MCP server; ``headers`` are secret (never in a repr or a log)."""
+
+    index: int
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    allow: re.Pattern[str] | None = None
+    deny: re.Pattern[str] | None = None
+
+    def injects(self, tool: str) -> bool:
+        """Deny wins over allow; no allow pattern allows every tool."""
+        if self.deny is not None and self.deny.search(tool):
+            return False
+        return self.allow is None or self.allow.search(tool) is not None
+
+
+def parse_mcp_headers(text: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of strings, or ``Name: value`` lines. The message never shows a value."""
+    value = text.strip()
+    if not value:
+        return ()
+    pairs: list[tuple[str, str]] = []
+    if value.startswith("{"):
+        import json
+
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            raise ValueError("not a JSON object of header names to values") from None
+        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+            raise ValueError("a JSON object whose values are strings is required")
+        pairs = [(str(k), v) for k, v in obj.items()]
+    else:
+        for line in value.splitlines():
+            if not line.strip():
+                continue
+            name, sep, rest = line.partition(":")
+            if not sep:
+                raise ValueError("each line must be `Name: value`")
+            pairs.append((name.strip(), rest.strip()))
+    for name, header_value in pairs:
+        if not _HEADER_NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not a valid HTTP header name")
+        if any(c in header_value for c in "\r\n\0"):
+            raise ValueError(f"the value of {name} has a line break or NUL")
+    return tuple(pairs)
+
+
+def _mcp_regex(text: str) -> re.Pattern[str] | None:
+    if not text:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+
+
+def parse_mcp_servers(
+    env: Mapping[str, str], warn: Callable[[str], None]
+) -> tuple[McpServerOption, ...]:
+    """The indexed MCP servers: indices from 0, contiguous; every problem in one error."""
+    indices: set[int] = set()
+    problems: list[str] = []
+    for name in sorted(env):
+        m = _MCP_VAR_RE.match(name)
+        if not m:
+            continue
+        raw_index, key = m.group(2), m.group(3)
+        if not raw_index.isdigit() or (raw_index != "0" and raw_index.startswith("0")):
+            problems.append(f"{name}: MCP server index {raw_index!r} is not a number like 0, 1, 2")
+            continue
+        if key not in _MCP_KNOWN_KEYS:
+            known = ", ".join(k for k, _ in MCP_SERVER_KEYS)
+            warn(f"WARN: {name} is not an MCP server setting and is ignored (known: {known}).")
+            continue
+        indices.add(int(raw_index))
+    servers: list[McpServerOption] = []
+    names: dict[str, str] = {}
+    if len(indices) > MCP_MAX_SERVERS:
+        problems.append(f"at most {MCP_MAX_SERVERS} MCP servers can be configured")
+    for index in sorted(indices)[:MCP_MAX_SERVERS]:
+        if index > 0 and index - 1 not in indices:
+            problems.append(
+                f"{NEW_ENV_PREFIX}MCP_SERVER_{index}_*: MCP server indices must be contiguous "
+                f"from 0 ({index - 1} is missing)"
+            )
+        raw: dict[str, tuple[str, str]] = {}
+        for key in _MCP_KNOWN_KEYS:
+            new, old = f"{NEW_ENV_PREFIX}MCP_SERVER_{index}_{key}", None
+            old = f"{OLD_ENV_PREFIX}MCP_SERVER_{index}_{key}"
+            value, source = lookup_env(env, new, old, warn)
+            if value is not None and source is not None and value.strip():
+                raw[key] = (value.strip(), source)
+
+        def var(key: str, index: int = index, raw: dict[str, tuple[str, str]] = raw) -> str:
+            return raw[key][1] if key in raw else f"{NEW_ENV_PREFIX}MCP_SERVER_{index}_{key}"
+
+        name = raw.get("NAME", ("", ""))[0]
+        url = raw.get("URL", ("", ""))[0]
+        start = len(problems)
+        if not name:
+            problems.append(f"{var('NAME')} is required")
+        elif not _MCP_NAME_RE.match(name):
+            problems.append(
+                f"{var('NAME')}={name!r}: a name must match ^[a-z0-9]+(-[a-z0-9]+)*$ "
+                "(lower-case letters, digits, single hyphens)"
+            )
+        elif name in names:
+            problems.append(f"{var('NAME')}={name!r}: the name is taken by {names[name]}")
+        else:
+            names[name] = var("NAME")
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if not url:
+            problems.append(f"{var('URL')} is required")
+        elif scheme not in ("http", "https") or not url.partition("://")[2].strip("/"):
+            problems.append(f"{var('URL')}: an http:// or https:// URL is required")
+        headers: tuple[tuple[str, str], ...] = ()
+        allow = deny = None
+        try:
+            headers = parse_mcp_headers(raw.get("HEADERS", ("", ""))[0])
+        except ValueError as exc:
+            problems.append(f"{var('HEADERS')}: {exc}")
+        for key in ("TOOL_ALLOW_REGEX", "TOOL_DENY_REGEX"):
+            try:
+                pattern = _mcp_regex(raw.get(key, ("", ""))[0])
+            except ValueError as exc:
+                problems.append(f"{var(key)}: {exc}")
+                continue
+            if key == "TOOL_ALLOW_REGEX":
+                allow = pattern
+            else:
+                deny = pattern
+        if len(problems) == start:
+            servers.append(McpServerOption(index, name, url, headers, allow, deny))
+    if problems:
+        raise OptionError("\n".join(problems))
+    return tuple(servers)
 
 
 _PROVIDER_VAR_RE = re.compile(r"^(CODER_AI_GATEWAY_|CODER_AIBRIDGE_)PROVIDER_[^_]+_.+$")
@@ -755,7 +956,12 @@ def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
     known = {o.env for o in OPTIONS} | {o.alias_env for o in OPTIONS if o.alias_env}
     lines = []
     for name in sorted(env):
-        if not name.startswith("CODER_") or name in known or _PROVIDER_VAR_RE.match(name):
+        if (
+            not name.startswith("CODER_")
+            or name in known
+            or _PROVIDER_VAR_RE.match(name)
+            or _MCP_VAR_RE.match(name)
+        ):
             continue
         ours = name.startswith((NEW_ENV_PREFIX, OLD_ENV_PREFIX))
         suggestion = closest_env_name(name)
@@ -775,6 +981,8 @@ class Options(OptionFields):
     """
 
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The indexed MCP servers (CODER_AI_GATEWAY_MCP_SERVER_<N>_<KEY>), checked.
+    mcp_servers: tuple[McpServerOption, ...] = ()
 
     def source(self, attr: str) -> str:
         """Where a value came from: 'default', an env var name or a flag."""
@@ -866,7 +1074,7 @@ def load_options(
         except ValueError as exc:
             raise OptionError(f"{source}: {exc}") from None
         sources[opt.attr] = source or "default"
-    options = Options(**values, _sources=sources)
+    options = Options(**values, _sources=sources, mcp_servers=parse_mcp_servers(env, warn))
     check_options(options)
     return options
 
@@ -932,6 +1140,20 @@ def markdown() -> str:
         "|---|---|",
     ]
     for key, help_text in PROVIDER_KEYS:
+        out.append(f"| `{key}` | {help_text} |")
+    out += [
+        "",
+        "## Indexed MCP servers",
+        "",
+        "Tools of MCP servers (Streamable HTTP) injected into every request are configured "
+        "with `CODER_AI_GATEWAY_MCP_SERVER_<N>_<KEY>` (alias "
+        "`CODER_AIBRIDGE_MCP_SERVER_<N>_<KEY>`), indices from 0, contiguous. "
+        "See [mcp.md](mcp.md).",
+        "",
+        "| Key | Description |",
+        "|---|---|",
+    ]
+    for key, help_text in MCP_SERVER_KEYS:
         out.append(f"| `{key}` | {help_text} |")
     out.append("")
     return "\n".join(out)

@@ -31,6 +31,7 @@ from relay.db.embedded import EmbeddedPostgres
 from relay.db.migrate import migrate
 from relay.dump import DumpWriter
 from relay.errors import RelayError, sole_exception
+from relay.mcp.client import McpServers
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 from relay.options import Options
 from relay.pricing.store import PriceCache, seed_default_prices
@@ -133,6 +134,8 @@ class Services:
     budgets: BudgetTracker | None = None
     # What the request path records through: the recorder, charging budgets on the way.
     records: ChargingSink | None = None
+    # The MCP servers whose tools are injected (None: none configured).
+    mcp: McpServers | None = None
 
 
 @asynccontextmanager
@@ -160,6 +163,20 @@ async def open_database(options: Options) -> AsyncIterator[tuple[Database, str]]
         if embedded is not None:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(embedded.stop)
+
+
+def mcp_servers(options: Options) -> McpServers | None:
+    """The configured MCP servers' connections, or None when there is none."""
+    if not options.mcp_servers:
+        return None
+    return McpServers(
+        options.mcp_servers,
+        connect_timeout=options.mcp_connect_timeout,
+        refresh_interval=options.mcp_refresh_interval,
+        tool_timeout=options.mcp_tool_timeout,
+        max_result=options.mcp_max_result_size,
+        max_rounds=options.mcp_max_rounds,
+    )
 
 
 @asynccontextmanager
@@ -257,6 +274,10 @@ async def open_services(
                 )
             dumps = DumpWriter(options.dump_dir or None, metrics)
             await nursery.start(supervised, "dump writer", on_failure, dumps.run)
+            mcp = mcp_servers(options)
+            if mcp is not None:
+                # Started once every server's first listing is over (or failed: skipped).
+                await nursery.start(supervised, "MCP servers", on_failure, mcp.run)
             try:
                 yield Services(
                     options,
@@ -272,6 +293,7 @@ async def open_services(
                     prices,
                     budgets,
                     ChargingSink(recorder, budgets, metrics),
+                    mcp,
                 )
             finally:
                 with trio.CancelScope(shield=True):

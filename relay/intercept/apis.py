@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from relay.intercept.base import ApiSpec
 from relay.intercept.chatcompletions.accumulator import ChatAccumulator
+from relay.intercept.chatcompletions.injection import chat_tool_loop
 from relay.intercept.messages.accumulator import MessagesAccumulator
+from relay.intercept.messages.injection import messages_tool_loop
 from relay.intercept.responses.accumulator import ResponsesAccumulator
+from relay.intercept.responses.injection import responses_tool_loop
 from relay.wire.anthropic import parse_messages_request
 from relay.wire.common import RequestInfo
 from relay.wire.errors import anthropic_sse_error, chat_sse_error, responses_sse_error
@@ -44,6 +47,7 @@ MESSAGES = ApiSpec(
     parse_request=parse_messages_request,
     new_accumulator=MessagesAccumulator,
     stream_error=anthropic_sse_error,
+    tool_loop=messages_tool_loop,
 )
 
 CHAT = ApiSpec(
@@ -57,6 +61,7 @@ CHAT = ApiSpec(
     prepare_body=_prepare_chat,
     is_injected=is_injected_usage_chunk,
     restore_raw=strip_null_usage,
+    tool_loop=chat_tool_loop,
 )
 
 RESPONSES = ApiSpec(
@@ -67,4 +72,5 @@ RESPONSES = ApiSpec(
     stream_error=lambda type_, message: responses_sse_error(
         _OPENAI_ERROR_TYPES.get(type_, "server_error"), message, 0
     ),
+    tool_loop=responses_tool_loop,
 )

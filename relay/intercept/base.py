@@ -68,6 +68,10 @@ class ApiSpec:
     is_injected: Callable[[SSEEvent], bool] | None = None
     # Undo what the relay's rewrite of the request added to the other events.
     restore_raw: Callable[[bytes], bytes] | None = None
+    # MCP tool injection (relay.intercept.injection): the request decoded and the
+    # servers' tools -> the API's tool loop (its body carries the tools), or None
+    # when nothing is injected. None: the API has no tool loop.
+    tool_loop: Callable[[dict[str, Any], Any], Any] | None = None
 
 
 @dataclass

@@ -11,9 +11,9 @@ A test can hand it plain objects.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.dump import DumpHandle
 from relay.facts import Facts
@@ -22,6 +22,8 @@ from relay.record.events import Record
 from relay.upstream.http11 import HTTP11Client
 
 if TYPE_CHECKING:
+    from relay.mcp.client import ToolResult
+    from relay.mcp.tools import McpTool, ToolSet
     from relay.metrics import InterceptionTimer
 
 
@@ -82,6 +84,16 @@ class UpstreamPool(Protocol):
     def get(self, provider_name: str, base_url: str) -> HTTP11Client: ...
 
 
+class McpPort(Protocol):
+    """The MCP servers' tools and calls (``relay.mcp.client.McpServers``)."""
+
+    max_rounds: int
+
+    def snapshot(self) -> ToolSet: ...
+
+    async def call(self, tool: McpTool, arguments: Mapping[str, Any]) -> ToolResult: ...
+
+
 @dataclass(frozen=True, slots=True)
 class InterceptionPorts:
     records: RecordSink
@@ -91,3 +103,4 @@ class InterceptionPorts:
     # The running relay's price book (relay.pricing.store.PriceCache): the
     # usage rows are priced when recorded. None: recorded unpriced.
     prices: PriceLookup | None = None
+    mcp: McpPort | None = None  # None: no MCP server is configured

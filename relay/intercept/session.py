@@ -30,6 +30,7 @@ from relay.clients import client_session_id, detect_client
 from relay.dump import DumpHandle
 from relay.identity import Principal
 from relay.intercept.base import ApiSpec, Outcome, mark_interrupted, run_exchange
+from relay.intercept.injection import run_tool_loop
 from relay.intercept.ports import InterceptionPorts
 from relay.providers.kinds import ExchangeContext, kind_for
 from relay.providers.types import Provider, mask_secret
@@ -208,9 +209,15 @@ async def run_interception(ctx: InterceptionContext) -> None:
                 dumps.append(handle)
             return handle
 
+        # MCP tool injection: the servers' tools go into the request, and the answer
+        # through the tool loop (relay.intercept.injection).
+        kind = kind_for(provider.type)
+        loop = tool_loop(ctx, kind.injects_tools)
+        if loop is not None:
+            upstream_body = msgspec.json.encode(loop.body)
         # The provider's kind prepares the upstream call (Bedrock: translated and
         # signed) and how its answer is relayed; the shell runs it.
-        exchange = await kind_for(provider.type).prepare_exchange(
+        exchange = await kind.prepare_exchange(
             ExchangeContext(
                 send=send,
                 scope=scope,
@@ -234,7 +241,18 @@ async def run_interception(ctx: InterceptionContext) -> None:
                 state=ctx.kind_state,
             )
         )
-        if exchange is not None:
+        if exchange is not None and loop is not None and ports.mcp is not None:
+            await run_tool_loop(
+                send,
+                receive,
+                exchange.call,
+                loop,
+                spec,
+                outcome,
+                ports.mcp,
+                keepalive_interval=ctx.keepalive_interval,
+            )
+        elif exchange is not None:
             await run_exchange(
                 send,
                 receive,
@@ -308,6 +326,36 @@ def record_interception(
         metrics.disconnect(outcome.disconnect_phase)
     if outcome.first_byte_at is not None and outcome.sent_at is not None:
         metrics.ttfb(meta.provider_name, outcome.first_byte_at - outcome.sent_at)
+
+
+def is_small_fast_model(model: str | None) -> bool:
+    """A provider's small, fast model (Claude Code's haiku calls): no tools are injected."""
+    return model is not None and "haiku" in model.lower()
+
+
+def tool_loop(ctx: InterceptionContext, kind_injects: bool) -> Any | None:
+    """The API's tool loop when MCP tools are injected into this request, else None.
+
+    Nothing is injected into a small/fast model's request, nor by a provider
+    kind or an API without a tool loop; a body that is not a JSON object keeps
+    its bytes.
+    """
+    mcp, spec, info = ctx.ports.mcp, ctx.prepared.spec, ctx.prepared.info
+    if mcp is None or spec.tool_loop is None or not kind_injects:
+        return None
+    if is_small_fast_model(info.model):
+        return None
+    toolset = mcp.snapshot()
+    if not toolset:
+        return None
+    try:
+        # The client's own body: the loop makes its own rewrite (chat's include_usage too).
+        body = msgspec.json.decode(ctx.body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    return spec.tool_loop(body, toolset)
 
 
 def _model_in_path(kind: RouteKind, api_path: str) -> str:

@@ -170,6 +170,11 @@ class Metrics:
             "Tools selected by a model for the client to invoke.",
             (*provider_model, "name"),
         )
+        self.injected_invocations = counter(
+            p + "injected_tool_invocations",
+            "Injected (MCP) tools the relay invoked for the model.",
+            ("server", "name"),
+        )
         self.breaker_state = gauge(
             p + "circuit_breaker_state",
             "Current circuit-breaker state: 0 closed, 0.5 half-open, 1 open.",
@@ -402,9 +407,14 @@ class Metrics:
             self._child(self.prompts, provider, model, initiator, client).inc()
         if facts.usage is not None:
             self.tokens(provider, model, initiator, client, facts.usage)
+        for inner in facts.round_usages:  # a tool loop's earlier upstream requests
+            self.tokens(provider, model, initiator, client, inner.usage)
         for call in facts.tool_calls:
             name = self.tool_names.fold(call.name)
             self._child(self.tool_selections, provider, model, name).inc()
+        for injected in facts.injected_calls:
+            name = self.tool_names.fold(injected.name)
+            self._child(self.injected_invocations, injected.server, name).inc()
 
     def tokens(
         self, provider: str, model: str, initiator_id: str, client: str, usage: Usage

@@ -249,9 +249,10 @@ class ToolUsageRecord(msgspec.Struct, kw_only=True, tag="tool_usage", tag_field=
     tool_call_id: str
     name: str
     input: str  # the JSON text the model produced, as produced
-    injected: bool  # true only for tools the relay injected (MCP); none yet
+    injected: bool  # true only for tools the relay injected (MCP) and ran itself
     invocation_error: str | None
     created_at: Timestamp
+    server_url: str | None = None  # the MCP server of an injected tool
 
 
 class ModelThoughtRecord(msgspec.Struct, kw_only=True, tag="model_thought", tag_field="kind"):
@@ -352,14 +353,17 @@ def records_for(
     records: list[Record] = [
         _interception_record(interception, ended, status, error_type, error_message)
     ]
+    # A tool loop's inner requests first (each its own row), then the last one's.
+    usages = [(r.response_id, r.usage) for r in facts.round_usages]
     if facts.usage is not None:
-        usage = facts.usage
+        usages.append((response_id, facts.usage))
+    for usage_response_id, usage in usages:
         records.append(
             priced(
                 TokenUsageRecord(
                     id=new_id(),
                     interception_id=iid,
-                    provider_response_id=response_id,
+                    provider_response_id=usage_response_id,
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
                     cache_read_tokens=usage.cache_read_tokens,
@@ -399,6 +403,21 @@ def records_for(
                 injected=False,
                 invocation_error=None,
                 created_at=ended,
+            )
+        )
+    for injected in facts.injected_calls:
+        records.append(
+            ToolUsageRecord(
+                id=new_id(),
+                interception_id=iid,
+                provider_response_id=response_id,
+                tool_call_id=injected.id,
+                name=injected.name,
+                input=injected.arguments,
+                injected=True,
+                invocation_error=injected.error,
+                created_at=ended,
+                server_url=injected.server_url or None,
             )
         )
     for thought in facts.thoughts:

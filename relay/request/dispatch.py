@@ -56,6 +56,7 @@ def interception_ports(services: Services) -> InterceptionPorts:
         dumps=services.dumps,
         upstreams=services.upstreams,
         prices=services.prices,
+        mcp=services.mcp,
     )
 
 

@@ -23,7 +23,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.facts import Facts, ToolCall, Usage
+from relay.facts import Facts, InjectedToolCall, ToolCall, Usage
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +96,11 @@ def traffic(m: Metrics) -> None:
             extra={"cache_creation_5m": 4, "bogus": -1},  # negative: ignored
         ),
         tool_calls=[ToolCall(id="t1", name="read_file"), ToolCall(id="t2", name="read_file")],
+        injected_calls=[
+            InjectedToolCall(
+                id="t3", name="bmcp_gh_get", arguments="{}", server="gh", server_url="http://gh"
+            )
+        ],
     )
     m.interception_facts("anthropic", "claude-x", user, "claude-code", facts, "hello")
     m.interception_facts("anthropic", "claude-x", user, "claude-code", Facts(), None)
@@ -190,6 +195,10 @@ async def test_values_after_known_traffic(nursery: trio.Nursery) -> None:
         )
         == 2
     )
+    injected = value(
+        samples, p + "injected_tool_invocations_total", server="gh", name="bmcp_gh_get"
+    )
+    assert injected == 1
     assert (
         value(
             samples, p + "passthrough_total", provider="anthropic", route="/v1/models", method="GET"
@@ -243,6 +252,7 @@ GATEWAY_LABELS = {
     "prompts": {"provider", "model", "initiator_id", "client"},
     "tokens": {"provider", "model", "type", "initiator_id", "client"},
     "non_injected_tool_selections": {"provider", "model", "name"},
+    "injected_tool_invocations": {"server", "name"},
     "circuit_breaker_state": {"provider", "endpoint", "model"},
     "circuit_breaker_trips": {"provider", "endpoint", "model"},
     "circuit_breaker_rejects": {"provider", "endpoint", "model"},

@@ -72,6 +72,9 @@ class ProviderKind:
     specs: ClassVar[Mapping[RouteKind, ApiSpec]]
     # What a client's base URL adds after /api/v2/ai-gateway/<name> (OpenAI SDKs: /v1).
     client_base_path: ClassVar[str] = ""
+    # MCP tools are injected into its requests (the request goes as a JSON body of the
+    # API the client speaks, answered by the same upstream for each round).
+    injects_tools: ClassVar[bool] = True
     # The API path a Responses WebSocket is bridged on (None: upgrades are answered 426).
     responses_websocket: ClassVar[str | None] = None
 

@@ -21,6 +21,9 @@ from relay.routes import RouteKind, intercepted
 class BedrockKind(ProviderKind):
     type = "bedrock"
     error_style = "anthropic"
+    # Not yet: each round would be translated and signed again, and the answer is an
+    # AWS event stream (docs/mcp.md).
+    injects_tools = False
     intercepted = (
         intercepted("POST", r"/v1/messages", RouteKind.MESSAGES),
         intercepted("POST", r"/model/[^/]+/invoke", RouteKind.BEDROCK_INVOKE),

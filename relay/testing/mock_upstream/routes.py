@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from . import anthropic, openai_chat, openai_responses
+from . import anthropic, openai_chat, openai_responses, tool_script
 from .framing import RANDOM_SPLIT_MAX, Writes, build_writes, pieces
 from .scenarios import (
     ID_PLACEHOLDER,
@@ -236,6 +236,9 @@ class Responder:
         knobs = parse_knobs(request.model, headers)
         api: Api = "anthropic" if path == "/v1/messages" else "openai"
         model = request.model or "mock-text"
+        script = headers.get(tool_script.HEADER)
+        if script is not None:
+            return self._scripted(api, path, script, body, model, request.stream, knobs, uid)
         if knobs.scenario == "error-status":
             reply = self._error(api, knobs.status, uid)
             reply.delay_s = knobs.headers_delay_s
@@ -250,6 +253,56 @@ class Responder:
         if request.stream:
             return self._stream(api, key, knobs, uid, request_index, chunked)
         return self._blocking(api, key, knobs, uid)
+
+    def _scripted(
+        self,
+        api: Api,
+        path: str,
+        script_text: str,
+        body: bytes,
+        model: str,
+        stream: bool,
+        knobs: RequestKnobs,
+        uid: bytes,
+    ) -> Reply:
+        """A tool-calling answer that follows ``x-mock-tool-script`` (see ``tool_script``)."""
+        script = tool_script.parse_script(script_text)
+        request = msgspec.json.decode(body)
+        if path == "/v1/messages":
+            if not stream:
+                return self._json(
+                    api, 200, uid, tool_script.anthropic_message(script, request, model)
+                )
+            events = tool_script.anthropic_stream(script, request, model)
+        elif path == "/v1/chat/completions":
+            if not stream:
+                return self._json(
+                    api, 200, uid, tool_script.chat_completion(script, request, model)
+                )
+            events = tool_script.chat_stream(script, request, model)
+        elif path == "/v1/responses":
+            if not stream:
+                return self._json(api, 200, uid, tool_script.responses_body(script, request, model))
+            events = tool_script.responses_stream(script, request, model)
+        else:
+            return self._error(api, 404, uid, "tool scripts: not for this route yet")
+        events = [e.replace(PLACEHOLDER, uid) for e in events]
+        chunking = knobs.chunking or self.chunking
+        writes = build_writes(
+            pieces(events, chunking, random.Random(self.seed), self.split_max), True
+        )
+        return StreamReply(
+            headers=[
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                *self._id_headers(api, uid),
+            ],
+            writes=writes,
+            ending="complete",
+            headers_delay_s=knobs.headers_delay_s,
+            first_token_s=knobs.first_token_s,
+            gap_s=knobs.gap_s,
+        )
 
     def _plan(self, key: tuple[object, ...]) -> StreamPlan:
         plan = self._streams.get(key)
