@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from relay.facts import ToolCall
+from relay.intercept.tool_rounds import BlockingRound
 from relay.mcp.tools import ToolSet
 from relay.streams.sse import SSEEvent, encode_event
 from relay.wire.openai_chat import strip_null_usage
@@ -306,23 +307,16 @@ class ChatLoop:
         return _encode(out)
 
 
-class WholeChatRound:
+class WholeChatRound(BlockingRound):
     def __init__(self, loop: ChatLoop, raw: bytes) -> None:
-        self.raw = raw
-        self.calls: list[ToolCall] = []
+        super().__init__(raw)
         self.visible_calls: list[Any] = []
-        self.client_tools = False
-        self.dropped = False
-        try:
-            data = _decode(raw)
-        except msgspec.DecodeError:
-            data = None
-        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
         choices = self.data.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else {}
         message = choice.get("message") if isinstance(choice, dict) else None
         message = message if isinstance(message, dict) else {}
         self.finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        self.finished = self.finish_reason == "tool_calls"
         content = message.get("content")
         self.text = content if isinstance(content, str) else ""
         for i, call in enumerate(message.get("tool_calls") or ()):
@@ -355,10 +349,6 @@ class WholeChatRound:
                 for c in self.calls
             ],
         }
-
-    @property
-    def continues(self) -> bool:
-        return self.finish_reason == "tool_calls" and bool(self.calls) and not self.client_tools
 
 
 def chat_tool_loop(body: dict[str, Any], toolset: ToolSet) -> ChatLoop | None:

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from relay.facts import ToolCall
+from relay.intercept.tool_rounds import BlockingRound
 from relay.mcp.tools import ToolSet
 from relay.streams.sse import SSEEvent, encode_event
 
@@ -333,20 +334,12 @@ class MessagesLoop:
         self._whole_content.extend(round_.visible)
 
 
-class WholeRound:
+class WholeRound(BlockingRound):
     """A blocking response: its injected calls, the content the client will see."""
 
     def __init__(self, loop: MessagesLoop, raw: bytes) -> None:
-        self.raw = raw
-        self.calls: list[ToolCall] = []
+        super().__init__(raw)
         self.visible: list[Any] = []
-        self.client_tools = False
-        self.dropped = False
-        try:
-            data = _decode(raw)
-        except msgspec.DecodeError:
-            data = None
-        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
         content = self.data.get("content")
         self.content: list[Any] = content if isinstance(content, list) else []
         for index, block in enumerate(self.content):
@@ -366,11 +359,8 @@ class WholeRound:
                 self.client_tools = True
             self.visible.append(block)
         self.stop_reason = self.data.get("stop_reason")
+        self.finished = self.stop_reason == "tool_use"
         self.usage = _usage_of(self.data.get("usage"))
-
-    @property
-    def continues(self) -> bool:
-        return self.stop_reason == "tool_use" and bool(self.calls) and not self.client_tools
 
 
 def messages_tool_loop(body: dict[str, Any], toolset: ToolSet) -> MessagesLoop | None:

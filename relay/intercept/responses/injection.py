@@ -20,6 +20,7 @@ import msgspec
 
 from relay.facts import ToolCall
 from relay.intercept.chatcompletions.injection import sum_usage
+from relay.intercept.tool_rounds import BlockingRound
 from relay.mcp.tools import ToolSet
 from relay.streams.sse import SSEEvent, encode_event
 
@@ -245,18 +246,10 @@ class ResponsesLoop:
         return _encode(out)
 
 
-class WholeResponsesRound:
+class WholeResponsesRound(BlockingRound):
     def __init__(self, loop: ResponsesLoop, raw: bytes) -> None:
-        self.raw = raw
-        self.calls: list[ToolCall] = []
+        super().__init__(raw)
         self.visible: list[Any] = []
-        self.client_tools = False
-        self.dropped = False
-        try:
-            data = _decode(raw)
-        except msgspec.DecodeError:
-            data = None
-        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
         output = self.data.get("output")
         self.items: list[Any] = list(output) if isinstance(output, list) else []
         for index, item in enumerate(self.items):
@@ -269,11 +262,7 @@ class WholeResponsesRound:
                 self.client_tools = True
             self.visible.append(item)
         self.usage = self.data.get("usage")
-        self.completed = self.data.get("status") == "completed"
-
-    @property
-    def continues(self) -> bool:
-        return self.completed and bool(self.calls) and not self.client_tools
+        self.finished = self.data.get("status") == "completed"
 
 
 def responses_tool_loop(body: dict[str, Any], toolset: ToolSet) -> ResponsesLoop | None:
