@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -377,21 +377,39 @@ async def run_exchange(
     ``style`` is the error shape of what the relay itself answers (no
     upstream, every key refused).
     """
+
+    async def work(state: StreamState, _nursery: trio.Nursery) -> None:
+        await _Exchange(send, call, relay, style, outcome, state, keepalive_interval).run()
+
+    await supervise(send, receive, outcome, work, relay.facts)
+
+
+async def supervise(
+    send: Send,
+    receive: Receive,
+    outcome: Outcome,
+    work: Callable[[StreamState, trio.Nursery], Awaitable[None]],
+    facts: Callable[[], Facts],
+) -> None:
+    """The shell around an exchange's work: ``watch_client`` beside it in one
+    nursery (the client leaving cancels the work), and the outcome settled
+    from ``facts()`` however it ends (``mark_interrupted`` when by an exception).
+    ``run_exchange`` and the tool loop (``relay.intercept.injection``) both run in it.
+    """
     state = StreamState()
     interrupted: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_client, receive, nursery.cancel_scope, outcome, send, state)
             try:
-                exchange = _Exchange(send, call, relay, style, outcome, state, keepalive_interval)
-                await exchange.run()
+                await work(state, nursery)
             finally:
                 nursery.cancel_scope.cancel()
     except BaseException as exc:
         interrupted = exc
         raise
     finally:
-        settle_outcome(outcome, state, relay.facts())
+        settle_outcome(outcome, state, facts())
         if interrupted is not None:
             mark_interrupted(outcome, interrupted)
 

@@ -36,12 +36,10 @@ from relay.intercept.base import (
     UpstreamCall,
     answer_exhausted,
     fail_before_response,
-    mark_interrupted,
     send_body,
     send_error,
     send_upstream,
-    settle_outcome,
-    watch_client,
+    supervise,
 )
 from relay.intercept.ports import McpPort
 from relay.mcp.tools import ToolSet
@@ -128,24 +126,13 @@ async def run_tool_loop(
     keepalive_interval: float,
 ) -> None:
     """Relay one answer whose request carries injected tools; fills ``outcome``."""
-    state = StreamState()
     facts = _Facts()
-    interrupted: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_client, receive, nursery.cancel_scope, outcome, send, state)
-            try:
-                runner = _Loop(send, call, loop, spec, outcome, mcp, state, facts, nursery)
-                await runner.run(keepalive_interval)
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseException as exc:
-        interrupted = exc
-        raise
-    finally:
-        settle_outcome(outcome, state, facts.merged(loop.toolset))
-        if interrupted is not None:
-            mark_interrupted(outcome, interrupted)
+
+    async def work(state: StreamState, nursery: trio.Nursery) -> None:
+        runner = _Loop(send, call, loop, spec, outcome, mcp, state, facts, nursery)
+        await runner.run(keepalive_interval)
+
+    await supervise(send, receive, outcome, work, lambda: facts.merged(loop.toolset))
 
 
 @dataclass(slots=True)
