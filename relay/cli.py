@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import functools
 import inspect
-import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -666,9 +665,10 @@ def _proxy(options: Options, action: str | None) -> None:
 
         sys.stdout.write(load_or_create_ca(options).cert_pem.decode("ascii"))
         return
+    from relay.observe.logs import configure_logging
     from relay.proxy.service import run_proxy
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(structured=options.structured_logging)
     providers_from_env(os.environ, lambda _line: None, options)
     trio.run(functools.partial(run_proxy, options, env=os.environ))
 

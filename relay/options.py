@@ -560,6 +560,24 @@ OPTIONS: tuple[Option, ...] = (
         group="Observability",
     ),
     _opt(
+        "STRUCTURED_LOGGING",
+        parse_bool,
+        "false",
+        'Log JSON lines on stderr: one line per recorded event (message "interception log", '
+        "record_type interception_start, interception_end, token_usage, prompt_usage, "
+        "tool_usage, model_thought) and every other line in the same shape, with the request "
+        "id, interception id, user id and provider. Off: plain text. See docs/observability.md.",
+        group="Observability",
+    ),
+    _opt(
+        "STRUCTURED_LOGGING_CONTENT",
+        parse_bool,
+        "false",
+        "With STRUCTURED_LOGGING: the log lines carry the prompt text, the tool call inputs "
+        "and the model's thoughts too. Off: only their sizes.",
+        group="Observability",
+    ),
+    _opt(
         "PROXY_ENABLED",
         parse_bool,
         "false",

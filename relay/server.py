@@ -18,6 +18,7 @@ from hypercorn.trio.run import worker_serve
 from relay import hypercorn_fixes
 from relay.app import RelayApp, describe, print_now
 from relay.errors import ServiceFailure, listen_error
+from relay.observe.logs import configure_logging
 from relay.options import Options
 
 log = logging.getLogger("relay.server")
@@ -34,6 +35,11 @@ def hypercorn_config(options: Options) -> Config:
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
+    if options.structured_logging:
+        # Through the root logger's JSON handler, not a plain handler of hypercorn's own.
+        error_log = logging.getLogger("hypercorn.error")
+        error_log.setLevel(logging.WARNING)
+        config.errorlog = error_log
     # Long agent sessions keep connections open between requests (an idle
     # connection the client closes is closed at once: relay.hypercorn_fixes).
     config.keep_alive_timeout = 75
@@ -162,9 +168,7 @@ async def run_server(
 
 
 def serve(options: Options, *, demo: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO: a per-request cost on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(structured=options.structured_logging)
     if demo:
         from relay.demo import run_demo
 

@@ -33,6 +33,7 @@ from relay.dump import DumpWriter
 from relay.errors import RelayError, sole_exception
 from relay.mcp.client import McpServers
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
+from relay.observe.logs import RecordLogSink, RecordSink
 from relay.options import Options
 from relay.pricing.store import PriceCache, seed_default_prices
 from relay.providers.env import providers_from_env
@@ -132,8 +133,9 @@ class Services:
     prices: PriceCache | None = None
     # Budgets and their spend in memory (checked by admit, charged as recorded).
     budgets: BudgetTracker | None = None
-    # What the request path records through: the recorder, charging budgets on the way.
-    records: ChargingSink | None = None
+    # What the request path records through: the recorder, charging budgets on the way
+    # (and, with STRUCTURED_LOGGING, one log line per row: relay.observe.logs).
+    records: RecordSink | None = None
     # The MCP servers whose tools are injected (None: none configured).
     mcp: McpServers | None = None
 
@@ -177,6 +179,13 @@ def mcp_servers(options: Options) -> McpServers | None:
         max_result=options.mcp_max_result_size,
         max_rounds=options.mcp_max_rounds,
     )
+
+
+def record_sink(options: Options, sink: ChargingSink) -> RecordSink:
+    """The request path's record sink: with STRUCTURED_LOGGING each row is logged too."""
+    if not options.structured_logging:
+        return sink
+    return RecordLogSink(sink, content=options.structured_logging_content)
 
 
 @asynccontextmanager
@@ -292,7 +301,7 @@ async def open_services(
                     instance,
                     prices,
                     budgets,
-                    ChargingSink(recorder, budgets, metrics),
+                    record_sink(options, ChargingSink(recorder, budgets, metrics)),
                     mcp,
                 )
             finally:

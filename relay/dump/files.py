@@ -60,6 +60,7 @@ class RequestLine(msgspec.Struct, tag="request", tag_field="type", kw_only=True)
     interception_id: str
     provider: str
     model: str | None  # None for passthrough
+    request_id: str | None = None  # the relay's request id (x-relay-request-id)
 
 
 class ResponseLine(msgspec.Struct, tag="response", tag_field="type", kw_only=True):

@@ -141,6 +141,8 @@ class DumpWriter:
         path_with_query: str,
         headers: Iterable[Header],
         body: bytes,
+        *,
+        request_id: str | None = None,
     ) -> DumpHandle | None:
         """Start dumping one intercepted exchange (None when dumping is off)."""
         if self.base_dir is None:
@@ -154,6 +156,7 @@ class DumpWriter:
             interception_id=str(interception_id),
             provider=provider_name,
             model=model,
+            request_id=request_id,
         )
         return self._begin(stem, (method, path_with_query, list(headers), body, meta))
 
@@ -164,6 +167,8 @@ class DumpWriter:
         path_with_query: str,
         headers: Iterable[Header],
         body: bytes = b"",
+        *,
+        request_id: str | None = None,
     ) -> DumpHandle | None:
         """Start dumping a passthrough exchange, under ``<provider>/passthrough/``."""
         if self.base_dir is None:
@@ -172,7 +177,11 @@ class DumpWriter:
         exchange_id = uuid.uuid4()
         stem = self.base_dir / provider_name / PASSTHROUGH_DIR / f"{unix_ms}-{exchange_id}"
         meta = RequestLine(
-            unix_ms=unix_ms, interception_id=str(exchange_id), provider=provider_name, model=None
+            unix_ms=unix_ms,
+            interception_id=str(exchange_id),
+            provider=provider_name,
+            model=None,
+            request_id=request_id,
         )
         return self._begin(stem, (method, path_with_query, list(headers), body, meta))
 

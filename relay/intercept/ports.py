@@ -75,6 +75,8 @@ class DumpSink(Protocol):
         path_with_query: str,
         headers: Iterable[tuple[bytes, bytes]],
         body: bytes,
+        *,
+        request_id: str | None = None,
     ) -> DumpHandle | None: ...
 
 

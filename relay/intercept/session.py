@@ -32,6 +32,7 @@ from relay.identity import Principal
 from relay.intercept.base import ApiSpec, Outcome, mark_interrupted, run_exchange
 from relay.intercept.injection import run_tool_loop
 from relay.intercept.ports import InterceptionPorts
+from relay.observe.context import current_ids
 from relay.providers.kinds import ExchangeContext, kind_for
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import (
@@ -154,6 +155,9 @@ async def run_interception(ctx: InterceptionContext) -> None:
     upstream_body, route, model_label = prepared.upstream_body, prepared.route, prepared.model_label
     started_at = datetime.now(UTC)
     interception_id = new_id()  # time-ordered (UUID version 7)
+    ids = current_ids()
+    if ids is not None:  # from here on in the response head and every log line
+        ids.interception_id = str(interception_id)
     body = ctx.body
     metrics = ports.metrics
     timer: InterceptionTimer | None = None
@@ -189,6 +193,7 @@ async def run_interception(ctx: InterceptionContext) -> None:
         credential_kind="byok" if credential.byok else "centralized",
         credential_hint=credential_hint(),
         instance_id=instance_id,
+        request_id=ids.request_id if ids is not None else None,
     )
 
     # From the in_progress row on, everything is inside the try: whatever raises,
@@ -203,7 +208,14 @@ async def run_interception(ctx: InterceptionContext) -> None:
         def begin_dump(path: str, headers: Headers, dumped_body: bytes) -> DumpHandle | None:
             """Start the dump of what goes upstream (the Bedrock handler calls it once signed)."""
             handle = ports.dumps.begin(
-                provider.name, info.model, interception_id, "POST", path, headers, dumped_body
+                provider.name,
+                info.model,
+                interception_id,
+                "POST",
+                path,
+                headers,
+                dumped_body,
+                request_id=start_meta.request_id,
             )
             if handle is not None:
                 dumps.append(handle)

@@ -125,6 +125,7 @@ class InterceptionMeta(msgspec.Struct, kw_only=True):
     id: uuid.UUID = msgspec.field(default_factory=new_id)
     started_at: Timestamp = msgspec.field(default_factory=utc_now)
     instance_id: uuid.UUID | None = None  # relay_instances.id of the process serving it
+    request_id: str | None = None  # the relay's request id (x-relay-request-id)
 
 
 class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_field="kind"):
@@ -151,6 +152,7 @@ class InterceptionRecord(msgspec.Struct, kw_only=True, tag="interception", tag_f
     credential_hint: str | None
     # Last, with a default: spool frames written before it existed still decode.
     instance_id: uuid.UUID | None = None
+    request_id: str | None = None  # the relay's request id, sent in x-relay-request-id
 
 
 class TokenUsageRecord(msgspec.Struct, kw_only=True, tag="token_usage", tag_field="kind"):
@@ -313,6 +315,7 @@ def _interception_record(
         credential_kind=meta.credential_kind,
         credential_hint=meta.credential_hint,
         instance_id=meta.instance_id,
+        request_id=meta.request_id,
     )
 
 

@@ -11,6 +11,8 @@ See docs/architecture.md, "A request, step by step".
 from __future__ import annotations
 
 from relay.asgi import ClientDisconnected, Receive, Scope, Send
+from relay.observe.context import RequestIds, bind_ids, send_with_ids
+from relay.record.events import new_id
 from relay.request.admit import Admission, admit, limit_headers
 from relay.request.authenticate import authenticate
 from relay.request.context import Gateway, Refused, Request
@@ -21,13 +23,18 @@ from relay.request.upstream import build_upstream
 
 async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one HTTP request of the ASGI app."""
-    req = Request.of(gateway, scope, receive, send)
+    # The request id: in every response head, log line, record, dump and span.
+    ids = RequestIds(str(new_id()))
+    unbind = bind_ids(ids)
+    req = Request.of(gateway, scope, receive, send_with_ids(send, ids))
     try:
         if await answer_local(req):
             return
         req.route = route(req)
+        ids.provider = req.route.provider.name
         limit_headers(req)  # before authenticate reads a header
         req.caller = await authenticate(req)
+        ids.user_id = req.caller.principal.user_id
         admission = Admission()
         try:
             await admit(req, admission)
@@ -39,3 +46,5 @@ async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) ->
             admission.release()
     except Refused as refusal:
         await refusal.answer(req.send, req.style)
+    finally:
+        unbind()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from relay.intercept.passthrough import relay_passthrough
 from relay.intercept.ports import InterceptionPorts
 from relay.intercept.session import InterceptionContext, run_interception
+from relay.observe.context import current_ids
 from relay.providers.kinds import kind_for
 from relay.request.context import Request
 from relay.routes import with_query
@@ -31,8 +32,13 @@ async def passthrough(req: Request) -> None:
     services.metrics.passthrough(
         provider.name, kind_for(provider.type).route_label(method, route.api_path), method
     )
+    ids = current_ids()
     dump = services.dumps.begin_passthrough(
-        provider.name, method, with_query(route.api_path, req.query_string), upstream.headers
+        provider.name,
+        method,
+        with_query(route.api_path, req.query_string),
+        upstream.headers,
+        request_id=ids.request_id if ids is not None else None,
     )
     await relay_passthrough(
         req.send,

@@ -40,7 +40,7 @@ class NoMetrics:
 
 
 class NoDumps:
-    def begin(self, *args: Any) -> None:
+    def begin(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 

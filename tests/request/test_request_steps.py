@@ -78,10 +78,10 @@ class FakeRecorder:
 
 
 class FakeDumps:
-    def begin(self, *args: object) -> None:
+    def begin(self, *args: object, **kwargs: object) -> None:
         return None
 
-    def begin_passthrough(self, *args: object) -> None:
+    def begin_passthrough(self, *args: object, **kwargs: object) -> None:
         return None
 
 
