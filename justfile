@@ -12,9 +12,13 @@ serve *ARGS:
 demo:
     relay serve --demo
 
-# Lint, type-check, then run the whole test suite.
-test *ARGS: lint
+# Lint, type-check, install the pinned agent CLIs, then run the whole test suite.
+test *ARGS: lint clients
     python -m pytest -q {{ARGS}}
+
+# Codex and Claude Code as clients/package-lock.json pins them (the e2e tests drive them).
+clients:
+    bash .ci/clients
 
 # ruff, mypy, and the import contracts of pyproject.toml (the layers of docs/architecture.md).
 lint:

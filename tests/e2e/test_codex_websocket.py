@@ -1,7 +1,6 @@
 """Issue 17 with the real Codex CLI: ``supports_websockets = true`` against the relay.
 
-Runs only where a Codex binary is named by ``RELAY_TEST_CODEX`` (npm
-``@openai/codex``: ``node_modules/.bin/codex``); the mock WebSocket's upgrades
+Codex is the one clients/package-lock.json pins (tests/agent_clis.py); the mock WebSocket's upgrades
 and the relay's refusal metric tell which path Codex took. Verified with
 codex-cli 0.171.0: it opens one socket per run, sends a ``generate: false``
 prewarm turn, then its turns (a tool call and its result on the same socket).
@@ -12,15 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import trio
 
 from relay.testing.mock_upstream.server import MockUpstream
+from tests.agent_clis import CODEX, needs_codex
 from tests.e2e.test_responses_websocket import KEY, ws_relay
 from tests.relay_harness import RunningRelay, running_relay
 
-CODEX = os.environ.get("RELAY_TEST_CODEX", "")
-pytestmark = pytest.mark.skipif(not CODEX, reason="RELAY_TEST_CODEX names no Codex binary")
+pytestmark = needs_codex
 
 
 async def run_codex(relay: RunningRelay, home: Path, model: str, prompt: str) -> str:
