@@ -16,6 +16,9 @@ to the ASGI floor (``bench/load/floors/asgi_passthrough.py``):
                 what every "added" figure is measured against
 ``w1`` / ``w2`` ``default`` under ``hypercorn -k trio -w 1`` / ``-w 2``,
                 nothing pinned (the load generator neither): several workers
+``tracing``     ``default`` with ``CODER_TRACE_ENABLE``, every request sampled,
+                OTLP/HTTP to the mock's ``/v1/traces`` (``default`` is tracing off)
+``json-logs``   ``default`` with ``STRUCTURED_LOGGING`` (a line per recorded row)
 ==============  ==============================================================
 
 Every relay variant shares one embedded PostgreSQL started here (the relay
@@ -86,6 +89,16 @@ RELAY_VARIANTS = {
     "pg-other": frozenset(),
     "w1": frozenset({"dumps"}),
     "w2": frozenset({"dumps"}),
+    "tracing": frozenset({"dumps"}),
+    "json-logs": frozenset({"dumps"}),
+}
+# Variants that are ``default`` plus options (issue 21: what tracing and
+# structured logs cost; ``--baseline REV`` adds the build without them).
+# ``tracing`` samples every request and exports OTLP/HTTP to the mock
+# upstream's /v1/traces, which answers 200 and keeps nothing.
+VARIANT_ENV: dict[str, dict[str, str]] = {
+    "tracing": {"CODER_TRACE_ENABLE": "true", "OTEL_TRACES_SAMPLER": "always_on"},
+    "json-logs": {"CODER_AI_GATEWAY_STRUCTURED_LOGGING": "true"},
 }
 DEFAULT_VARIANTS = "on,default,no-recording,no-metrics,no-parsing,off,pg-other,floor"
 
@@ -218,6 +231,9 @@ async def _start(
         env["BENCH_RELAY_OFF"] = ",".join(sorted(off))
         if "dumps" not in off:
             env["CODER_AI_GATEWAY_DUMP_DIR"] = str(work / f"dumps-{variant.label}")
+        env.update(VARIANT_ENV.get(variant.kind, {}))
+        if variant.kind == "tracing":
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = mock.base_url
         if variant.kind in ("w1", "w2"):
             workers = variant.kind[1]
             command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", workers]

@@ -28,6 +28,7 @@ from relay.limits import (
     RequestGuards,
 )
 from relay.metrics import Metrics
+from relay.observe import tracing
 from relay.options import Options, load_options
 from relay.providers.kinds import all_kinds
 from relay.request import serve
@@ -92,18 +93,25 @@ class RelayApp:
             # Under hypercorn the options are read here: a bad one fails the start.
             options = self.options or load_options(env)
             self.guards = RequestGuards.from_options(options)
-            async with open_services(options, env, self._service_failed) as services:
-                # A provider that cannot work (bedrock: no region) stops the start, saying why.
-                for kind in all_kinds():
-                    await kind.startup(self.kind_states[kind.type], services.providers.all())
-                attach_guard_metrics(self.guards, services.metrics)
-                self.services = services
-                if self._announce is not None:
-                    describe(self, binds, self._announce, worker=os.getpid())
-                self._ready.set()
-                await send({"type": "lifespan.startup.complete"})
-                await receive()  # lifespan.shutdown: hypercorn has drained the requests
-                self.services = None
+            # CODER_TRACE_ENABLE: the SDK from the OTEL_* variables (nothing is imported when off).
+            traced = tracing.configure(options.trace_enable, env)
+            try:
+                async with open_services(options, env, self._service_failed) as services:
+                    # A provider that cannot work (bedrock: no region) stops the start, saying why.
+                    for kind in all_kinds():
+                        await kind.startup(self.kind_states[kind.type], services.providers.all())
+                    attach_guard_metrics(self.guards, services.metrics)
+                    self.services = services
+                    if self._announce is not None:
+                        describe(self, binds, self._announce, worker=os.getpid())
+                    self._ready.set()
+                    await send({"type": "lifespan.startup.complete"})
+                    await receive()  # lifespan.shutdown: hypercorn has drained the requests
+                    self.services = None
+            finally:
+                if traced:  # what the batch processor holds is exported (it may block)
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(tracing.shutdown)
         except Exception as exc:
             if self._ready.is_set():
                 log.exception("relay failed")

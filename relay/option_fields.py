@@ -59,6 +59,7 @@ class OptionFields:
     metrics_initiator_id_label: bool  # CODER_AI_GATEWAY_METRICS_INITIATOR_ID_LABEL
     structured_logging: bool  # CODER_AI_GATEWAY_STRUCTURED_LOGGING
     structured_logging_content: bool  # CODER_AI_GATEWAY_STRUCTURED_LOGGING_CONTENT
+    trace_enable: bool  # CODER_TRACE_ENABLE
     proxy_enabled: bool  # CODER_AI_GATEWAY_PROXY_ENABLED
     proxy_listen_addr: str  # CODER_AI_GATEWAY_PROXY_LISTEN_ADDR
     proxy_cert_file: str  # CODER_AI_GATEWAY_PROXY_CERT_FILE

@@ -578,6 +578,19 @@ OPTIONS: tuple[Option, ...] = (
         group="Observability",
     ),
     _opt(
+        "TRACE_ENABLE",
+        parse_bool,
+        "false",
+        "Export OpenTelemetry traces (a span per interception, its upstream request, injected "
+        "tool calls, passthrough and recording). The exporter and the sampler are configured "
+        "by the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, "
+        "...). See docs/observability.md.",
+        group="Observability",
+        env_override="CODER_TRACE_ENABLE",
+        flag_override="--trace",
+        has_alias=False,
+    ),
+    _opt(
         "PROXY_ENABLED",
         parse_bool,
         "false",

@@ -31,6 +31,7 @@ import trio
 from relay.asgi import Headers, Receive, Send, forwardable_response_headers, send_response
 from relay.dump import DumpHandle
 from relay.facts import Facts
+from relay.observe import tracing
 from relay.streams.sse import SSEDecoder, SSEEvent
 from relay.upstream.errors import UpstreamError, UpstreamTimeout
 from relay.upstream.http11 import HTTP11Client, RequestBody, UpstreamResponse
@@ -39,6 +40,7 @@ from relay.wire.common import RequestInfo
 from relay.wire.errors import ErrorStyle, error_body_for
 
 log = logging.getLogger("relay.intercept")
+UPSTREAM_SPAN = "Intercept.ProcessRequest.Upstream"
 
 KEEPALIVE_COMMENT = b": keepalive\n\n"
 
@@ -192,6 +194,8 @@ async def send_upstream(
     headers: Headers,
     body: RequestBody,
     failover: Failover | None,
+    *,
+    span_name: str = UPSTREAM_SPAN,
 ) -> AsyncIterator[UpstreamResponse | Exhausted]:
     """Send a request, walking the key pool while the provider refuses a key.
 
@@ -201,23 +205,29 @@ async def send_upstream(
     next key is tried. Yields the response to relay, or ``Exhausted`` when no
     key is left. ``UpstreamError`` propagates: a timeout or an unreachable
     provider is not a key's fault.
+
+    With tracing on the request is the ``span_name`` span, and carries its
+    W3C ``traceparent`` (relay.observe.tracing); off, nothing of it is made.
     """
-    if failover is None:
-        async with client.stream(method, url, headers, body) as response:
-            yield response
-        return
-    while (key := failover.next_key(trio.current_time())) is not None:
-        async with client.stream(
-            method, url, headers + failover.auth_headers(key), body
-        ) as response:
-            retry = failover.should_retry(
-                key, response.status_code, response.headers, trio.current_time(), time.time()
-            )
-            if not retry:
+    with tracing.upstream_span(span_name, method, url, headers) as (span, headers):
+        if failover is None:
+            async with client.stream(method, url, headers, body) as response:
+                tracing.response_status(span, response.status_code)
                 yield response
-                return
-            await response.aread()  # a small error body: read so the connection is reused
-    yield failover.exhausted(trio.current_time())
+            return
+        while (key := failover.next_key(trio.current_time())) is not None:
+            async with client.stream(
+                method, url, headers + failover.auth_headers(key), body
+            ) as response:
+                retry = failover.should_retry(
+                    key, response.status_code, response.headers, trio.current_time(), time.time()
+                )
+                if not retry:
+                    tracing.response_status(span, response.status_code)
+                    yield response
+                    return
+                await response.aread()  # a small error body: read so the connection is reused
+        yield failover.exhausted(trio.current_time())
 
 
 def exhausted_headers(exhausted: Exhausted) -> Headers:

@@ -43,6 +43,7 @@ from relay.intercept.base import (
 )
 from relay.intercept.ports import McpPort
 from relay.mcp.tools import ToolSet
+from relay.observe import tracing
 from relay.streams.sse import SSEDecoder, SSEEvent
 from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import UpstreamResponse
@@ -340,8 +341,15 @@ class _Loop:
                 if not isinstance(arguments, dict):
                     text = error = "the tool's input is not a JSON object"
                 else:
-                    result = await self.mcp.call(tool, arguments)
-                    text, error = result.text, result.error
+                    with tracing.span(
+                        "Intercept.ToolCall",
+                        tracing.tool_call_attributes(call.name, call.id, server, url)
+                        if tracing.enabled()
+                        else None,
+                    ) as span:
+                        result = await self.mcp.call(tool, arguments)
+                        text, error = result.text, result.error
+                        tracing.tool_call_failed(span, error)
             self.facts.injected.append(
                 InjectedToolCall(
                     id=call.id,

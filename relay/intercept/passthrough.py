@@ -28,6 +28,7 @@ from relay.intercept.base import (
     send_upstream,
     watch_disconnect,
 )
+from relay.observe import tracing
 from relay.routes import ErrorStyle
 from relay.upstream.errors import UpstreamError
 from relay.upstream.http11 import HTTP11Client, RequestBody
@@ -68,13 +69,22 @@ async def relay_passthrough(
     # Framed by its length upstream (the client's framing is dropped with _DROP).
     if body is not None and dump is not None:
         dump.request_chunk(body)
+    trace = (
+        tracing.begin("Passthrough", client_headers, tracing.passthrough_attributes(method, url))
+        if tracing.enabled()
+        else None
+    )
+    status: int | None = None
     try:
-        return await _exchange(
+        status = await _exchange(
             send, receive, client, method, url, out_headers, body, style, failover, dump
         )
+        return status
     finally:
         if dump is not None:
             dump.finish()
+        if trace is not None:
+            tracing.end_passthrough(trace, status)
 
 
 async def _exchange(
@@ -121,7 +131,9 @@ async def _relay(
 ) -> int | None:
     started = False  # the response head went to the client: errors can only cut the body
     try:
-        async with send_upstream(client, method, url, headers, body, failover) as answer:
+        async with send_upstream(
+            client, method, url, headers, body, failover, span_name="Passthrough.Upstream"
+        ) as answer:
             if isinstance(answer, Exhausted):
                 await answer_exhausted(send, style, outcome, failover, answer)
                 return None

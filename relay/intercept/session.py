@@ -32,6 +32,7 @@ from relay.identity import Principal
 from relay.intercept.base import ApiSpec, Outcome, mark_interrupted, run_exchange
 from relay.intercept.injection import run_tool_loop
 from relay.intercept.ports import InterceptionPorts
+from relay.observe import tracing
 from relay.observe.context import current_ids
 from relay.providers.kinds import ExchangeContext, kind_for
 from relay.providers.types import Provider, mask_secret
@@ -196,12 +197,23 @@ async def run_interception(ctx: InterceptionContext) -> None:
         request_id=ids.request_id if ids is not None else None,
     )
 
+    # The Intercept span (tracing on): its parent the client's traceparent.
+    trace = (
+        tracing.begin(
+            "Intercept",
+            headers,
+            tracing.interception_attributes(str(provider.type), info.model or prepared.model),
+        )
+        if tracing.enabled()
+        else None
+    )
     # From the in_progress row on, everything is inside the try: whatever raises,
     # the finally completes the row and takes the request off the in-flight gauge.
     try:
         # Recorded now, completed in the finally: a process that dies meanwhile
         # leaves an in_progress row, which a surviving relay marks interrupted.
-        ports.records.record([interception_started(start_meta)])
+        with tracing.span("Intercept.RecordInterception"):
+            ports.records.record([interception_started(start_meta)])
         timer = metrics.interception_started(provider.name, model_label, route)
         actor = ctx.actor_headers
 
@@ -285,7 +297,17 @@ async def run_interception(ctx: InterceptionContext) -> None:
             model=outcome.upstream_model or info.model or "",
             credential_hint=credential_hint(),
         )
-        record_interception(ports, meta, principal.user_id, outcome, prompt, timer, dumps)
+        try:
+            record_interception(ports, meta, principal.user_id, outcome, prompt, timer, dumps)
+        finally:
+            if trace is not None:
+                tracing.end_interception(
+                    trace,
+                    outcome.facts,
+                    outcome.status,
+                    outcome.error_type or outcome.facts.error_type,
+                    outcome.error_message or outcome.facts.error_message,
+                )
 
 
 def record_interception(
@@ -307,8 +329,8 @@ def record_interception(
         handle.finish()
     metrics = ports.metrics
     error = (outcome.error_type, outcome.error_message or "") if outcome.error_type else None
-    ports.records.record(
-        records_for(
+    with tracing.span("Intercept.RecordInterceptionEnded") as span:
+        rows = records_for(
             meta,
             outcome.facts,
             prompt,
@@ -317,7 +339,9 @@ def record_interception(
             ended_at=datetime.now(UTC),
             prices=ports.prices,
         )
-    )
+        ports.records.record(rows)
+        if span is not None:
+            span.set_attribute("relay.records", len(rows))
     if timer is not None:
         metrics.interception_finished(
             timer,

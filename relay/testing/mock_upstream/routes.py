@@ -181,6 +181,12 @@ class Responder:
         parts = path.strip("/").split("/")
         if method == "POST" and path in ("/v1/messages", "/v1/chat/completions", "/v1/responses"):
             return self._generate(path, headers, body, uid, request_index, chunked)
+        if method == "POST" and path == "/v1/traces":
+            # An OTLP/HTTP trace collector that keeps nothing (bench.costs' tracing
+            # variant exports here): an empty ExportTraceServiceResponse.
+            return JsonReply(
+                200, [(b"content-type", b"application/x-protobuf"), (b"content-length", b"0")], b""
+            )
         if method == "POST" and path == "/v1/messages/count_tokens":
             request = _generation_decoder.decode(body)
             knobs = parse_knobs(request.model, headers)
