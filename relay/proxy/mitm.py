@@ -11,7 +11,9 @@ request path (``relay.request.serve``: route, authenticate, admit, build
 upstream, dispatch), so it is authenticated, limited, recorded, dumped and
 streamed byte for byte exactly like a direct request. The path is always put
 under that prefix, so nothing inside a tunnel reaches the relay's own
-endpoints (health, metrics, admin).
+endpoints (health, metrics, admin). A WebSocket upgrade inside the tunnel
+(Codex's ``wss://api.openai.com/v1/responses``) is handed over the same way
+and served by ``relay.request.websocket``, as a direct upgrade would be.
 
 Credentials: the proxy user's relay token goes with each request. A request
 whose own ``Authorization`` / ``X-Api-Key`` is that token, or that carries
@@ -45,6 +47,7 @@ log = logging.getLogger("relay.proxy")
 
 GATEWAY_PREFIX = "/api/v2/ai-gateway/"
 REQUEST_ID_HEADER = b"x-relay-proxy-request-id"
+_STARTS = frozenset({"http.response.start", "websocket.http.response.start", "websocket.accept"})
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -99,13 +102,15 @@ class GatewayHandoff:
         self._prefix = f"{GATEWAY_PREFIX}{provider}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("latin-1")
         if not raw_path.startswith(b"/"):
-            await send_response(send, 400, b'{"error":"origin-form request targets only"}')
+            if kind == "http":
+                await send_response(send, 400, b'{"error":"origin-form request targets only"}')
+            else:
+                await send({"type": "websocket.close", "code": 1008})
             return
         request_id = uuid.uuid4().hex[:16]
         handed = dict(scope)
@@ -116,8 +121,9 @@ class GatewayHandoff:
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            # (websocket.http.response.start: a refused upgrade, answered over HTTP)
+            if message["type"] in _STARTS:
+                status = message.get("status", 101)
                 message = {
                     **message,
                     "headers": [
@@ -133,7 +139,7 @@ class GatewayHandoff:
         log.info(
             "proxy: %s %s %s%s for %s (provider %s)",
             request_id,
-            scope["method"],
+            scope.get("method", "GET") if kind == "http" else "WEBSOCKET",
             self.host,
             scope["path"],
             self.principal.user_name,

@@ -75,14 +75,22 @@ async def relay_and_proxy(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Setup]:
             ),
         )
         await config_settled(relay.app)
-        assert relay.app.options is not None
-        proxy = build_proxy(relay.app.options, relay.app, ca=ca)
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(proxy.serve, listeners)
-            port = listeners[0].socket.getsockname()[1]
+        async with proxy_beside(relay, ca) as (proxy, port):
             yield Setup(mock, relay, proxy, port, ca.cert_pem, ca_file)
-            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def proxy_beside(
+    relay: RunningRelay, ca: CertificateAuthority
+) -> AsyncIterator[tuple[ProxyServer, int]]:
+    """The proxy of a running relay, on a loopback port, for the body of the block."""
+    assert relay.app.options is not None
+    proxy = build_proxy(relay.app.options, relay.app, ca=ca)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve, listeners)
+        yield proxy, listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_decrypted_stream_is_relayed_byte_for_byte_and_recorded(
