@@ -13,7 +13,10 @@ What it does is chosen like the HTTP mock's, by model name (``mock-text``,
 ``mock-tool``, ``mock-long``, ``mock-thinking``…) plus, for this transport:
 ``mock-ws-error`` (an ``error`` event), ``mock-ws-close-<code>`` (closes the
 socket with that code mid-response), ``mock-ws-drop`` (drops the TCP
-connection mid-response). A turn that carries a ``function_call_output``
+connection mid-response). Lanes, as OpenAI multiplexes a socket: with
+``interleave`` set to N, the first N ``response.create`` messages that name a
+``stream_id`` are gathered and then answered at once, their events interleaved
+one for one, each echoing its lane's ``stream_id``. A turn that carries a ``function_call_output``
 (a tool's result) is answered with text, so an agent's tool loop ends; one
 with ``generate: false`` (a warm-up) gets ``response.created`` and
 ``response.completed`` with no output and no usage. An upgrade with ``x-mock-ws-reject: <status>`` is
@@ -51,6 +54,7 @@ class _Create(msgspec.Struct):
     model: str | None = None
     previous_response_id: str | None = None
     generate: bool | None = None
+    stream_id: str | None = None
 
 
 _CREATE = msgspec.json.Decoder(_Create)
@@ -66,6 +70,11 @@ def events_of(
         data = block.split(b"\ndata: ", 1)[1].rstrip(b"\n")
         out.append(data.decode().replace(ID_PLACEHOLDER, response_id_token))
     return out
+
+
+def in_lane(event: str, stream_id: str) -> str:
+    """An event as OpenAI sends it on a ``stream_id`` lane: with that ``stream_id`` echoed."""
+    return event[:-1] + ',"stream_id":' + msgspec.json.encode(stream_id).decode() + "}"
 
 
 def warmup_events(model: str, token: str) -> list[str]:
@@ -109,6 +118,8 @@ class MockResponsesSocket:
     long_events: int = 20
     event_padding: int = 0
     sent: int = 0  # events sent so far, every socket
+    # Lanes (stream_id) gathered, then answered interleaved; 0: each answered alone.
+    interleave: int = 0
 
     @property
     def base_url(self) -> str:
@@ -161,6 +172,7 @@ class MockResponsesSocket:
 
     async def _converse(self, ws: WebSocketConnection) -> None:
         produced: set[str] = set()
+        lanes: list[tuple[str, list[str]]] = []  # gathered (response id, events)
         while True:
             try:
                 message = await ws.get_message()
@@ -214,6 +226,18 @@ class MockResponsesSocket:
             if self.event_padding:
                 pad = ',"mock_padding":"' + "p" * self.event_padding + '"}'
                 events = [e[:-1] + pad if ".delta" in e[:60] else e for e in events]
+            if create.stream_id is not None and self.interleave:
+                lanes.append(("resp_" + token, [in_lane(e, create.stream_id) for e in events]))
+                if len(lanes) == self.interleave:
+                    longest = max(len(lane) for _, lane in lanes)
+                    for n in range(longest):
+                        for _, lane in lanes:
+                            if n < len(lane):
+                                await ws.send_message(lane[n])
+                                self.sent += 1
+                    produced.update(response_id for response_id, _ in lanes)
+                    lanes.clear()
+                continue
             for n, event in enumerate(events):
                 if (close_code or drop) and n == 4:
                     if drop:

@@ -24,11 +24,12 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from relay.auth import create_token, create_user
 from relay.budgets.store import set_budget
 from relay.db import Database
 from relay.testing.mock_responses_ws import MockResponsesSocket
 from relay.testing.mock_upstream import scenarios
-from tests.relay_harness import RunningRelay, running_relay
+from tests.relay_harness import RunningRelay, config_settled, running_relay
 
 KEY = "sk-upstream-test-key-0001"
 CODEX_UA = "codex_cli_rs/0.46.0 (Ubuntu 24.4.0; x86_64) xterm-256color"
@@ -174,6 +175,64 @@ async def test_several_turns_with_previous_response_id(pg_dsn: str, tmp_path: Pa
         )
 
 
+async def test_interleaved_turns_are_told_apart(pg_dsn: str, tmp_path: Path) -> None:
+    async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
+        mock.interleave = 2  # two lanes answered at once, event for event
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token)
+        ) as ws:
+            # The tool turn first: its function_call events (no response id) are its own.
+            await ws.send_message(create("mock-tool", "the tool lane", stream_id="lane-b"))
+            await ws.send_message(create("mock-text", "the text lane", stream_id="lane-a"))
+            events: list[dict[str, Any]] = []
+            done: set[str] = set()
+            with trio.fail_after(10):
+                while len(done) < 2:
+                    event = json.loads(await ws.get_message())
+                    events.append(event)
+                    if event["type"] == "response.completed":
+                        done.add(event["stream_id"])
+        # The client got both lanes, interleaved as the provider sent them.
+        lanes = [e["stream_id"] for e in events]
+        assert lanes[:6] == ["lane-b", "lane-a"] * 3
+        ids = {
+            e["stream_id"]: e["response"]["id"] for e in events if e["type"] == "response.created"
+        }
+        assert ids["lane-a"] != ids["lane-b"]
+        usage = {
+            e["stream_id"]: e["response"]["usage"]
+            for e in events
+            if e["type"] == "response.completed"
+        }
+        rows = await relay.wait_for_rows(
+            "SELECT i.model, i.status, u.provider_response_id, u.input_tokens, u.output_tokens, "
+            "p.prompt FROM interceptions i "
+            "JOIN token_usages u ON u.interception_id = i.id "
+            "JOIN user_prompts p ON p.interception_id = i.id ORDER BY i.model",
+            count=2,
+        )
+        assert [
+            (r["model"], r["status"], r["provider_response_id"], r["prompt"]) for r in rows
+        ] == [
+            ("mock-text", "completed", ids["lane-a"], "the text lane"),
+            ("mock-tool", "completed", ids["lane-b"], "the tool lane"),
+        ]
+        # Each its own usage, as its own response.completed gave it.
+        assert [r["output_tokens"] for r in rows] == [
+            usage["lane-a"]["output_tokens"],
+            usage["lane-b"]["output_tokens"],
+        ]
+        assert rows[0]["output_tokens"] != rows[1]["output_tokens"]
+        tools = await relay.wait_for_rows(
+            "SELECT i.model, t.provider_response_id, t.name FROM tool_usages t "
+            "JOIN interceptions i ON i.id = t.interception_id",
+            count=1,
+        )
+        assert [(t["model"], t["provider_response_id"], t["name"]) for t in tools] == [
+            ("mock-tool", ids["lane-b"], scenarios.TOOL_CALL.name)
+        ]
+
+
 async def test_refusals_of_the_upgrade(pg_dsn: str, tmp_path: Path) -> None:
     async with ws_relay(pg_dsn, tmp_path) as (mock, relay):
         # No or a bad relay token: 401, before anything goes upstream.
@@ -208,15 +267,36 @@ async def test_refusals_of_the_upgrade(pg_dsn: str, tmp_path: Path) -> None:
 
 
 async def test_feature_off_and_socket_caps_answer_426(pg_dsn: str, tmp_path: Path) -> None:
-    env = {"CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_MAX_PER_USER": "1"}
+    env = {
+        "CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_MAX_PER_USER": "1",
+        "CODER_AI_GATEWAY_RESPONSES_WEBSOCKET_MAX": "2",
+    }
     async with ws_relay(pg_dsn, tmp_path, env) as (_mock, relay):
+        tokens = {"alice": relay.token}
+        for user in ("bob", "carol"):
+            await create_user(relay.db, user)
+            tokens[user], _ = await create_token(relay.db, user)
+        await config_settled(relay.app)
+
+        async def refused_with(token: str) -> int:
+            with pytest.raises(ConnectionRejected) as refused:
+                async with open_websocket_url(ws_url(relay), extra_headers=client_headers(token)):
+                    pass
+            return refused.value.status_code
+
         headers = client_headers(relay.token)
         async with open_websocket_url(ws_url(relay), extra_headers=headers):
-            with pytest.raises(ConnectionRejected) as refused:
-                async with open_websocket_url(ws_url(relay), extra_headers=headers):
-                    pass
-            assert refused.value.status_code == 426
-        # The place is given back when the socket closes.
+            # alice's second socket: over the per-person cap.
+            assert await refused_with(relay.token) == 426
+            async with open_websocket_url(
+                ws_url(relay), extra_headers=client_headers(tokens["bob"])
+            ):
+                # carol holds none, but the process holds its two: over the process cap.
+                assert await refused_with(tokens["carol"]) == 426
+        metrics = relay.app.services.metrics.render()  # type: ignore[union-attr]
+        assert b'relay_responses_websocket_refusals_total{reason="user_cap"} 1.0' in metrics
+        assert b'relay_responses_websocket_refusals_total{reason="process_cap"} 1.0' in metrics
+        # The places are given back when the sockets close.
         async with open_websocket_url(ws_url(relay), extra_headers=headers) as ws:
             await ws.send_message(create())
             assert (await read_turn(ws))[-1]["type"] == "response.completed"

@@ -17,7 +17,7 @@ from relay.intercept.ports import InterceptionPorts
 from relay.intercept.responses.websocket import SocketContext, SocketTurns, sendable_close_code
 from relay.providers.types import Provider, ProviderType
 from relay.record.events import InterceptionRecord, TokenUsageRecord, ToolUsageRecord
-from relay.testing.mock_responses_ws import events_of
+from relay.testing.mock_responses_ws import events_of, in_lane
 
 
 class Records:
@@ -64,24 +64,12 @@ def turns(refuse: tuple[int, str, str | None] | None = None) -> tuple[SocketTurn
     return SocketTurns(ctx), records
 
 
-def create(model: str = "mock-text", text: str = "hi") -> str:
-    return json.dumps({"type": "response.create", "model": model, "input": text})
+def create(model: str = "mock-text", text: str = "hi", **fields: Any) -> str:
+    return json.dumps({"type": "response.create", "model": model, "input": text, **fields})
 
 
-async def test_interleaved_turns_are_told_apart_by_response_id() -> None:
-    socket, records = turns()
-    assert socket.client_text(create("mock-text", "first")) is None
-    assert socket.client_text(create("mock-tool", "second")) is None
-    text = events_of("text", "mock-text", "a" * 24)
-    tool = events_of("tool", "mock-tool", "b" * 24)
-    # Both opened, then their events interleaved (response.* events carry the id).
-    socket.upstream_text(text[0])
-    socket.upstream_text(tool[0])
-    for a, b in zip(text[1:], tool[1:], strict=False):
-        socket.upstream_text(b)
-        socket.upstream_text(a)
-    for rest in (*text[len(tool) :], *tool[len(text) :]):
-        socket.upstream_text(rest)
+def check_two_turns(records: Records, socket: SocketTurns) -> None:
+    """A text turn and a tool turn, each recorded with its own events."""
     ended = records.ended()
     assert len(ended) == 2 and {r.status for r in ended} == {"completed"}
     assert socket.open_turns == 0 and socket.count == 2
@@ -97,6 +85,38 @@ async def test_interleaved_turns_are_told_apart_by_response_id() -> None:
     assert {r.client for r in ended} == {"codex"} and {r.client_session_id for r in ended} == {
         "s-1"
     }
+
+
+async def test_interleaved_turns_are_told_apart_by_stream_id_and_response_id() -> None:
+    socket, records = turns()
+    assert socket.client_text(create("mock-text", "first", stream_id="lane-a")) is None
+    assert socket.client_text(create("mock-tool", "second", stream_id="lane-b")) is None
+    # Two lanes served at once: every event echoes its lane's stream_id (only the
+    # response.* ones carry the response id), the tool lane's events first.
+    text = [in_lane(e, "lane-a") for e in events_of("text", "mock-text", "a" * 24)]
+    tool = [in_lane(e, "lane-b") for e in events_of("tool", "mock-tool", "b" * 24)]
+    socket.upstream_text(tool[0])
+    socket.upstream_text(text[0])
+    for a, b in zip(text[1:], tool[1:], strict=False):
+        socket.upstream_text(b)
+        socket.upstream_text(a)
+    for rest in (*text[len(tool) :], *tool[len(text) :]):
+        socket.upstream_text(rest)
+    check_two_turns(records, socket)
+
+
+async def test_turns_sent_ahead_without_a_lane_are_served_in_order() -> None:
+    # No stream_id: one lane, served first come first served; the events of the
+    # first response (most carry no response id) belong to the first turn.
+    socket, records = turns()
+    assert socket.client_text(create("mock-text", "first")) is None
+    assert socket.client_text(create("mock-tool", "second")) is None
+    for event in (
+        *events_of("text", "mock-text", "a" * 24),
+        *events_of("tool", "mock-tool", "b" * 24),
+    ):
+        socket.upstream_text(event)
+    check_two_turns(records, socket)
 
 
 async def test_an_error_before_response_created_ends_its_turn() -> None:

@@ -25,9 +25,14 @@ message (text stays text, bytes stay bytes), until either side closes:
 Each ``response.create`` is its own interception, recorded like an HTTP
 Responses request (``relay.intercept.session.record_interception``): its
 prompt, tool calls, reasoning, usage from the terminal event, the socket's
-client and session id. OpenAI serves one response at a time per socket;
-should turns overlap, events are told apart by the response id the
-``response.*`` events carry, the others go to the latest turn.
+client and session id. Turns in flight at once are told apart as OpenAI
+multiplexes them: a ``response.create`` may name a ``stream_id`` (a lane;
+each lane is served in order, the lanes at once, and every event of a
+response echoes its lane's ``stream_id``), and the ``response.*`` events
+carry the response id. An event goes to its lane's turns (all open turns when
+it names no lane, or one no turn opened), then to the turn of its response id,
+else to the oldest of them (the one the provider serves first): a
+``response.created`` gives its id to the oldest turn that has none.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class _ResponseRef(msgspec.Struct):
 class _EventProbe(msgspec.Struct):
     type: Any = None
     response: _ResponseRef | None = None
+    stream_id: Any = None
 
 
 _PROBE = msgspec.json.Decoder(_EventProbe)
@@ -94,6 +100,7 @@ _PROBE = msgspec.json.Decoder(_EventProbe)
 
 class _CreateProbe(msgspec.Struct):
     type: Any = None
+    stream_id: Any = None
 
 
 _CREATE_PROBE = msgspec.json.Decoder(_CreateProbe)
@@ -130,6 +137,7 @@ class Turn:
     timer: InterceptionTimer | None
     dumps: list[DumpHandle] = field(default_factory=list)
     response_id: str | None = None
+    stream_id: str | None = None  # the lane the client named, if any
 
 
 class SocketTurns:
@@ -154,11 +162,12 @@ class SocketTurns:
         if '"response.create"' not in text:
             return None
         try:
-            kind = _CREATE_PROBE.decode(text).type
+            probe = _CREATE_PROBE.decode(text)
         except msgspec.DecodeError:
             return None  # not JSON: the provider answers it
-        if kind != "response.create":
+        if probe.type != "response.create":
             return None
+        stream_id = probe.stream_id if isinstance(probe.stream_id, str) else None
         ctx = self._ctx
         try:
             prepared = prepare(
@@ -177,10 +186,10 @@ class SocketTurns:
         if refusal is not None:
             status, message, code = refusal
             return responses_websocket_error(status, message, code=code, type_=code)
-        self._start(prepared, text)
+        self._start(prepared, text, stream_id)
         return None
 
-    def _start(self, prepared: Prepared, text: str) -> None:
+    def _start(self, prepared: Prepared, text: str, stream_id: str | None) -> None:
         ctx = self._ctx
         ports, provider, principal, credential = (
             ctx.ports, ctx.provider, ctx.principal, ctx.credential
@@ -206,7 +215,7 @@ class SocketTurns:
         timer = ports.metrics.interception_started(
             provider.name, prepared.model_label, prepared.route
         )
-        turn = Turn(prepared, meta, RESPONSES.new_accumulator(), timer)
+        turn = Turn(prepared, meta, RESPONSES.new_accumulator(), timer, stream_id=stream_id)
         dump = ports.dumps.begin(
             provider.name,
             info.model,
@@ -234,8 +243,9 @@ class SocketTurns:
         """An upstream text message: accounted to its turn; a terminal event records the turn."""
         if not self._open:
             return
-        if text.startswith(_SKIPPED_PREFIX):
-            self._first_byte(self._open[-1])
+        skipped = text.startswith(_SKIPPED_PREFIX)
+        if skipped and len(self._open) == 1:
+            self._first_byte(self._open[0])
             return
         try:
             probe = _PROBE.decode(text)
@@ -245,10 +255,15 @@ class SocketTurns:
         if not isinstance(name, str):
             return
         response_id = probe.response.id if probe.response is not None else None
-        turn = self._turn_for(name, response_id if isinstance(response_id, str) else None)
+        stream_id = probe.stream_id if isinstance(probe.stream_id, str) else None
+        turn = self._turn_for(
+            name, response_id if isinstance(response_id, str) else None, stream_id
+        )
         if turn is None:
             return
         self._first_byte(turn)
+        if skipped:
+            return
         for handle in turn.dumps:
             handle.response_chunk(text.encode() + b"\n")
         turn.accumulator.feed(SSEEvent(event=name, data=text))
@@ -256,21 +271,23 @@ class SocketTurns:
             # An error before response.created refused this create (previous_response_not_found…).
             self._finish(turn)
 
-    def _turn_for(self, name: str, response_id: str | None) -> Turn | None:
+    def _turn_for(self, name: str, response_id: str | None, stream_id: str | None) -> Turn | None:
+        lane = [t for t in self._open if t.stream_id == stream_id] if stream_id else []
+        candidates = lane or list(self._open)
         if response_id is not None:
-            for turn in self._open:
+            for turn in candidates:
                 if turn.response_id == response_id:
                     return turn
-            for turn in self._open:  # response.created: the oldest turn without one
+            for turn in candidates:  # response.created: the oldest turn without one
                 if turn.response_id is None:
                     turn.response_id = response_id
                     return turn
             return None
-        if name == "error":
-            for turn in self._open:
+        if name == "error":  # before response.created: it refused that create
+            for turn in candidates:
                 if turn.response_id is None:
                     return turn
-        return self._open[-1]
+        return candidates[0]  # each lane is served in order: its oldest open turn
 
     @staticmethod
     def _first_byte(turn: Turn) -> None:
