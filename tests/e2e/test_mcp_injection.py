@@ -265,24 +265,38 @@ async def test_anthropic_failures_client_tools_and_the_round_cap(
         assert [r["name"] for r in client_rows] == ["read_file"]
 
 
-async def test_a_disconnect_during_a_tool_call_cancels_it(pg_dsn: str, tmp_path: Path) -> None:
+def _raw(relay: RunningRelay, api: str, **body: Any) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The URL, headers and body of a hand-made request to ``api``."""
+    if api == "anthropic":
+        return (
+            relay.gateway("anthropic") + "/v1/messages",
+            {"x-api-key": relay.token, "anthropic-version": "2023-06-01"},
+            {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": USER, **body},
+        )
+    auth = {"authorization": f"Bearer {relay.token}"}
+    if api == "chat":
+        url = relay.gateway("openai") + "/v1/chat/completions"
+        return url, auth, {"model": "gpt-x", "messages": USER, **body}
+    url = relay.gateway("openai") + "/v1/responses"
+    return url, auth, {"model": "gpt-x", "input": USER[0]["content"], **body}
+
+
+APIS = pytest.mark.parametrize("api", ["anthropic", "chat", "responses"])
+
+
+@APIS
+async def test_a_disconnect_during_a_tool_call_cancels_it(
+    pg_dsn: str, tmp_path: Path, api: str
+) -> None:
     async with mcp_relay(pg_dsn, tmp_path) as (_mock, relay, mcp):
         assert mcp is not None
+        url, headers, body = _raw(relay, api, stream=True)
         async with httpx.AsyncClient(timeout=10) as http:
             async with http.stream(
                 "POST",
-                relay.gateway("anthropic") + "/v1/messages",
-                headers={
-                    "x-api-key": relay.token,
-                    "anthropic-version": "2023-06-01",
-                    **_script([("bmcp_mock_slow", {"seconds": 30})]),
-                },
-                json={
-                    "model": "claude-sonnet-4-5",
-                    "max_tokens": 50,
-                    "messages": USER,
-                    "stream": True,
-                },
+                url,
+                headers={**headers, **_script([("bmcp_mock_slow", {"seconds": 30})])},
+                json=body,
             ) as response:
                 assert response.status_code == 200
                 with trio.fail_after(5):
@@ -296,25 +310,34 @@ async def test_a_disconnect_during_a_tool_call_cancels_it(pg_dsn: str, tmp_path:
             await mcp.slow_cancelled.wait()
 
 
-async def test_a_server_down_at_start_and_small_models_keep_the_bytes(
-    pg_dsn: str, tmp_path: Path
+@APIS
+async def test_a_server_down_at_start_keeps_the_bytes(
+    pg_dsn: str, tmp_path: Path, api: str
 ) -> None:
     async with mcp_relay(pg_dsn, tmp_path, mcp_url=f"http://127.0.0.1:{_closed_port()}/mcp") as (
         mock,
         relay,
         _,
     ):
-        body = json.dumps(
-            {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": USER, "stream": True}
-        ).encode()
+        # (A chat stream that does not ask for usage is rewritten to, MCP or not.)
+        usage = {"stream_options": {"include_usage": True}} if api == "chat" else {}
+        url, headers, fields = _raw(relay, api, stream=True, **usage)
+        body = json.dumps(fields).encode()
         async with httpx.AsyncClient(timeout=10) as http:
-            response = await http.post(
-                relay.gateway("anthropic") + "/v1/messages",
-                headers={"x-api-key": relay.token, "anthropic-version": "2023-06-01"},
-                content=body,
-            )
+            response = await http.post(url, headers=headers, content=body)
         assert response.status_code == 200
         assert mock.requests[0].body == body  # nothing injected: the client's own bytes
+        if api == "anthropic":
+            return
+        # Through the SDK, streamed and blocking: answered, and still no tools sent.
+        client = _openai(relay)
+        for stream in (True, False):
+            assert await _openai_text(client, api, stream=stream, headers={})
+        for request in mock.requests[1:]:
+            sent = msgspec.json.decode(request.body)
+            assert "tools" not in sent and "parallel_tool_calls" not in sent
+        rows = await relay.wait_for_rows("SELECT status FROM interceptions", count=3)
+        assert [r["status"] for r in rows] == ["completed"] * 3
 
 
 async def test_no_tools_for_a_small_fast_model(pg_dsn: str, tmp_path: Path) -> None:
@@ -437,3 +460,68 @@ async def test_responses_stream_and_blocking(pg_dsn: str, tmp_path: Path) -> Non
         # (the recorder writes in the background), then check there are no more.
         rows = await relay.wait_for_rows("SELECT id FROM token_usages", count=4)
         assert len(rows) == 4
+
+
+async def _openai_text(client: Any, api: str, *, stream: bool, headers: dict[str, str]) -> str:
+    """The SDK-parsed answer's text, from Chat Completions or Responses."""
+    if api == "chat":
+        if stream:
+            async with client.chat.completions.stream(
+                model="gpt-x", messages=USER, extra_headers=headers
+            ) as s:
+                completion = await s.get_final_completion()
+        else:
+            completion = await client.chat.completions.create(
+                model="gpt-x", messages=USER, extra_headers=headers
+            )
+        return str(completion.choices[0].message.content)
+    text = USER[0]["content"]
+    if stream:
+        async with client.responses.stream(model="gpt-x", input=text, extra_headers=headers) as s:
+            response = await s.get_final_response()
+    else:
+        response = await client.responses.create(model="gpt-x", input=text, extra_headers=headers)
+    return str(response.output_text)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_openai_tool_timeout_and_the_round_cap(pg_dsn: str, tmp_path: Path, api: str) -> None:
+    import openai
+
+    async with mcp_relay(
+        pg_dsn,
+        tmp_path,
+        CODER_AI_GATEWAY_MCP_MAX_ROUNDS="3",
+        CODER_AI_GATEWAY_MCP_TOOL_TIMEOUT="300ms",
+    ) as (_mock, relay, _mcp):
+        client = _openai(relay)
+        # A tool that does not answer in time, streamed and blocking: the model is
+        # given the timeout's text, and the answer goes on.
+        for stream in (True, False):
+            text = await _openai_text(
+                client, api, stream=stream, headers=_script([("bmcp_mock_slow", {"seconds": 30})])
+            )
+            assert text.endswith("the tool call timed out after 0.3s")
+        # A runaway loop, streamed and blocking: stopped at the cap with an error the SDK raises.
+        runaway = _script(*[[("bmcp_mock_echo", {"text": str(i)})] for i in range(5)])
+        for stream in (True, False):
+            with pytest.raises(openai.APIError, match="MCP_MAX_ROUNDS"):
+                await _openai_text(client, api, stream=stream, headers=runaway)
+        rows = await relay.wait_for_rows(
+            "SELECT i.status, i.error_type FROM interceptions i ORDER BY i.started_at", count=4
+        )
+        assert [(r["status"], r["error_type"]) for r in rows] == [
+            ("completed", None),
+            ("completed", None),
+            ("failed", "mcp_max_rounds"),
+            ("failed", "mcp_max_rounds"),
+        ]
+        calls = await relay.wait_for_rows(
+            "SELECT name, injected, invocation_error FROM tool_usages ORDER BY created_at",
+            count=2 + 2 * 2,
+        )
+        assert [(r["name"], r["injected"], r["invocation_error"]) for r in calls[:2]] == [
+            ("bmcp_mock_slow", True, "the tool call timed out after 0.3s")
+        ] * 2
+        assert all(r["injected"] and r["invocation_error"] is None for r in calls[2:])
+        assert [r["name"] for r in calls[2:]] == ["bmcp_mock_echo"] * 4
