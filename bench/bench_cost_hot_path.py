@@ -3,7 +3,7 @@
 Pure CPU, no server: ``records_for`` without and with the price book (one
 lookup and the cost), a price lookup of a Bedrock id, and a budget check with
 no budgets and with four that apply (a user's and three groups'). Each figure
-is the best of five runs of 20,000 calls. See docs/cost-and-budgets.md.
+is the best of five runs of 20,000 calls. See docs/cost.md.
 """
 
 from __future__ import annotations

@@ -387,7 +387,7 @@ def _add_budget_parsers(commands: Any, db_flags: argparse.ArgumentParser) -> Non
         description="A budget limits what a user, a group's members together, or a relay token "
         "may spend per calendar period (UTC), on every model or one. Spent: new requests are "
         "refused (429) until the period resets; requests in flight finish. "
-        "See docs/cost-and-budgets.md.",
+        "See docs/cost.md.",
     )
     b_actions = budgets.add_subparsers(dest="budgets_action", required=True, metavar="ACTION")
     b_actions.add_parser("list", parents=[db_flags], help="budgets and what each has spent")
@@ -413,7 +413,7 @@ def _add_prices_parser(commands: Any, db_flags: argparse.ArgumentParser) -> None
         help="the price book: list, set, import, remove prices; list unpriced models",
         description="Prices in US dollars per million tokens (stored as integer micro-dollars). "
         "A price applies from its --from date; usage is priced once, when recorded. "
-        "See docs/cost-and-budgets.md for how models are matched.",
+        "See docs/cost.md for how models are matched.",
     )
     actions = prices.add_subparsers(dest="prices_action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[db_flags], help="the prices in force")

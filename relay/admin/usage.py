@@ -2,7 +2,7 @@
 cost, grouped by any of day, user, provider, model and client, with totals.
 
 Cost is the sum of the ``cost_micros`` the recorder stored on each usage row
-(docs/cost-and-budgets.md); rows recorded without a price are counted in
+(docs/cost.md); rows recorded without a price are counted in
 ``unpriced``, never summed as $0.
 """
 

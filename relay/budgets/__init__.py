@@ -4,5 +4,5 @@ period, on every model or one, checked before a request goes upstream.
 ``tracker``: the in-memory running totals a request is checked against (no
 query per request); ``store``: groups, budgets and the spend totals in
 PostgreSQL, and the service that keeps a tracker current. See
-docs/cost-and-budgets.md.
+docs/cost.md.
 """

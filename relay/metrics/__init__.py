@@ -231,7 +231,7 @@ class Metrics:
             (),
             "livemax",
         )
-        # Cost control (docs/cost-and-budgets.md): spend in micro-dollars, by
+        # Cost control (docs/cost.md): spend in micro-dollars, by
         # provider and model; by user only with the initiator label option.
         # The relay's own names: the Gateway's cost-control metric names and
         # labels could not be checked, and coder_ai_gateway_* are exactly its.

@@ -1,4 +1,4 @@
--- The price book and the cost of each token-usage row (docs/cost-and-budgets.md).
+-- The price book and the cost of each token-usage row (docs/cost.md).
 --
 -- Money is integer micro-dollars (1e-6 USD), never floating point. Prices are
 -- micro-dollars per million tokens: $3 per million input tokens is 3000000.

@@ -1,5 +1,5 @@
 -- Groups of users, spend budgets, and the running spend totals the recorder
--- keeps (docs/cost-and-budgets.md).
+-- keeps (docs/cost.md).
 
 CREATE TABLE user_groups (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
