@@ -24,6 +24,10 @@ class OptionFields:
     actor_id_header: str  # CODER_AI_GATEWAY_ACTOR_ID_HEADER
     actor_username_header: str  # CODER_AI_GATEWAY_ACTOR_USERNAME_HEADER
     rate_limit: int  # CODER_AI_GATEWAY_RATE_LIMIT
+    requests_per_minute: int  # CODER_AI_GATEWAY_REQUESTS_PER_MINUTE
+    tokens_per_minute: int  # CODER_AI_GATEWAY_TOKENS_PER_MINUTE
+    minute_limits_per: str  # CODER_AI_GATEWAY_MINUTE_LIMITS_PER
+    minute_limits_sync_interval: float  # CODER_AI_GATEWAY_MINUTE_LIMITS_SYNC_INTERVAL
     max_concurrency: int  # CODER_AI_GATEWAY_MAX_CONCURRENCY
     max_connections: int  # CODER_AI_GATEWAY_MAX_CONNECTIONS
     key_auth_cooldown: float  # CODER_AI_GATEWAY_KEY_AUTH_COOLDOWN

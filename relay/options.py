@@ -142,6 +142,13 @@ def parse_non_negative_int(text: str) -> int:
     return value
 
 
+def parse_minute_subject(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("user", "token"):
+        raise ValueError("must be user or token")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
     value = parse_int(text)
     if value < 1:
@@ -291,6 +298,40 @@ OPTIONS: tuple[Option, ...] = (
         "0",
         "Requests per second per relay token, per relay process (bursts of this many pass); "
         "beyond it 429 with Retry-After. 0: off.",
+        group="Access",
+    ),
+    _opt(
+        "REQUESTS_PER_MINUTE",
+        parse_non_negative_int,
+        "0",
+        "Intercepted requests per UTC minute per user (see MINUTE_LIMITS_PER), across every "
+        "relay process sharing the database (eventual by about two sync intervals); beyond "
+        "it 429 in the provider's shape with Retry-After, recorded as refused. 0: off.",
+        group="Access",
+    ),
+    _opt(
+        "TOKENS_PER_MINUTE",
+        parse_non_negative_int,
+        "0",
+        "Tokens (input, output, cache read and write) per UTC minute per user (see "
+        "MINUTE_LIMITS_PER), across the fleet; counted when the usage is recorded, so a "
+        "request is refused once the minute's tokens reached it, and a running stream is "
+        "never cut. 0: off.",
+        group="Access",
+    ),
+    _opt(
+        "MINUTE_LIMITS_PER",
+        parse_minute_subject,
+        "user",
+        "What REQUESTS_PER_MINUTE and TOKENS_PER_MINUTE limit: each `user`, or each relay `token`.",
+        group="Access",
+    ),
+    _opt(
+        "MINUTE_LIMITS_SYNC_INTERVAL",
+        parse_duration,
+        "1s",
+        "How often each relay process adds its per-minute counts to PostgreSQL and reads "
+        "the fleet's totals back (one statement per interval, whatever the traffic).",
         group="Access",
     ),
     _opt(

@@ -17,6 +17,7 @@ import platformdirs
 import trio
 
 from relay.auth import TokenCache
+from relay.budgets.minute import MinuteLimits, MinuteLimitService
 from relay.budgets.store import BudgetService
 from relay.budgets.tracker import BudgetTracker, ChargingSink
 from relay.db.bridge import (
@@ -138,6 +139,8 @@ class Services:
     records: RecordSink | None = None
     # The MCP servers whose tools are injected (None: none configured).
     mcp: McpServers | None = None
+    # REQUESTS_PER_MINUTE / TOKENS_PER_MINUTE across the fleet (None: both off).
+    minute_limits: MinuteLimits | None = None
 
 
 @asynccontextmanager
@@ -263,6 +266,14 @@ async def open_services(
                 (b.name, budgets.spent(b), b.limit_micros) for b in budgets.budgets
             )
             await nursery.start(supervised, "budget totals", on_failure, budget_service.run)
+            minute_limits = None
+            if options.requests_per_minute or options.tokens_per_minute:
+                minute_limits = MinuteLimits(options.requests_per_minute, options.tokens_per_minute)
+                minute_service = MinuteLimitService(
+                    db, minute_limits, options.minute_limits_sync_interval
+                )
+                await minute_service.sync_once()  # the fleet's minute before the first request
+                await nursery.start(supervised, "per-minute limits", on_failure, minute_service.run)
 
             async def report_providers(_changes: object = None) -> None:
                 metrics.providers([(p.name, str(p.type), "enabled") for p in registry.all()])
@@ -301,8 +312,18 @@ async def open_services(
                     instance,
                     prices,
                     budgets,
-                    record_sink(options, ChargingSink(recorder, budgets, metrics)),
+                    record_sink(
+                        options,
+                        ChargingSink(
+                            recorder,
+                            budgets,
+                            metrics,
+                            minute_limits,
+                            per_token=options.minute_limits_per == "token",
+                        ),
+                    ),
                     mcp,
+                    minute_limits,
                 )
             finally:
                 with trio.CancelScope(shield=True):

@@ -43,6 +43,8 @@ def sample(key: str) -> tuple[str, object]:
     opt = OPTIONS_BY_KEY[key]
     if key == "MAX_BODIES_IN_FLIGHT":
         return ("0", 0)  # 0 (no limit) or at least MAX_REQUEST_BODY: 3KiB is refused
+    if key == "MINUTE_LIMITS_PER":
+        return ("token", "token")  # user (the default) or token
     if opt.parse is parse_bool:
         return ("false", False) if parse_bool(opt.default) else ("true", True)
     by_parser: dict[object, tuple[str, object]] = {

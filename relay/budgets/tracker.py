@@ -31,6 +31,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from relay.budgets.minute import MinuteLimits
 from relay.pricing.book import format_dollars, model_candidates
 from relay.record.events import InterceptionRecord, Record, TokenUsageRecord
 
@@ -251,10 +252,20 @@ class ChargingSink:
     of the budgets of its interception's user and token.
     """
 
-    def __init__(self, records: RecordSink, tracker: BudgetTracker, metrics: CostMetrics) -> None:
+    def __init__(
+        self,
+        records: RecordSink,
+        tracker: BudgetTracker,
+        metrics: CostMetrics,
+        minute_limits: MinuteLimits | None = None,
+        *,
+        per_token: bool = False,
+    ) -> None:
         self._records = records
         self._tracker = tracker
         self._metrics = metrics
+        self._minute = minute_limits if minute_limits is not None and minute_limits.tpm else None
+        self._per_token = per_token
 
     def record(self, records: Sequence[Record]) -> None:
         self._records.record(records)
@@ -264,6 +275,8 @@ class ChargingSink:
             if isinstance(row, InterceptionRecord):
                 owner = row
             elif isinstance(row, TokenUsageRecord) and owner is not None:
+                if self._minute is not None and owner.credential_kind == "centralized":
+                    self._count_tokens(owner, row)
                 self._metrics.cost(
                     owner.provider_name, owner.model, owner.initiator_id, row.cost_micros
                 )
@@ -271,6 +284,14 @@ class ChargingSink:
                     user = str(owner.initiator_id) if owner.initiator_id else None
                     model = row.price_model or owner.model
                     tracker.charge(user, owner.api_key_id, model, row.cost_micros)
+
+    def _count_tokens(self, owner: InterceptionRecord, row: TokenUsageRecord) -> None:
+        assert self._minute is not None
+        subject = owner.api_key_id if self._per_token else owner.initiator_id
+        if subject is None:
+            return
+        tokens = row.input_tokens + row.output_tokens + row.cache_read_tokens
+        self._minute.add_tokens(str(subject), tokens + row.cache_write_tokens, self._minute.clock())
 
 
 class RecordSink(Protocol):

@@ -22,9 +22,11 @@ import contextlib
 import uuid
 from collections.abc import Callable
 
+import msgspec
 import trio
 
 from relay.asgi import BodyTimeout, BodyTooLarge, read_body
+from relay.budgets.minute import MinuteExceeded
 from relay.budgets.tracker import BudgetExceeded
 from relay.clients import client_session_id, detect_client
 from relay.facts import Facts
@@ -41,6 +43,7 @@ from relay.limits import (
 from relay.providers.kinds import kind_for
 from relay.record.events import InterceptionMeta, records_for
 from relay.request.context import Refused, Request, refuse
+from relay.routes import RouteKind
 from relay.upstream.breaker import OPEN_MESSAGE, CircuitBreaker, is_failure
 from relay.upstream.keypool import retry_after_header
 from relay.wire.common import InvalidRequestBody
@@ -155,6 +158,14 @@ def admit_interception(
         exceeded = budgets.check(principal.user_id, principal.api_key_id, prepared.model)
         if exceeded is not None:
             refuse_over_budget(req, prepared, exceeded)
+    minute = req.services.minute_limits
+    if minute is not None and not caller.credential.byok:
+        principal = caller.principal
+        per_token = req.services.options.minute_limits_per == "token"
+        subject = principal.api_key_id if per_token else principal.user_id
+        over = minute.check(subject, minute.clock())
+        if over is not None:
+            refuse_over_minute_limit(req, prepared, over)
     if guards.breakers is not None:
         now = trio.current_time()
         breaker = guards.breakers.get(provider.name, prepared.route, prepared.model_label, now)
@@ -176,8 +187,28 @@ def refuse_over_budget(req: Request, prepared: Prepared, exceeded: BudgetExceede
     ``rate_limit_error`` (it has no quota type). ``x-should-retry: false``
     tells both official SDKs not to retry it: it will not pass until the period resets.
     """
-    route, principal = req.routed, req.authenticated.principal
     message = exceeded.message()
+    meta = record_refusal(req, prepared, "budget_exceeded", message)
+    renderer = renderer_for(req.style)
+    if req.style == "openai":
+        body = renderer.body(429, message, type_="insufficient_quota", code="insufficient_quota")
+    else:
+        body = renderer.body(429, message)
+    headers = [
+        (b"x-should-retry", b"false"),
+        (
+            b"retry-after",
+            str(max(int((exceeded.resets_at - meta.started_at).total_seconds()), 1)).encode(),
+        ),
+    ]
+    raise Refused(429, message, headers, body=body)
+
+
+def record_refusal(
+    req: Request, prepared: Prepared, error_type: str, message: str
+) -> InterceptionMeta:
+    """Record a request refused before it went upstream (status ``refused``)."""
+    route, principal = req.routed, req.authenticated.principal
     meta = InterceptionMeta(
         provider_name=route.provider.name,
         provider_type=str(route.provider.type),
@@ -191,20 +222,33 @@ def refuse_over_budget(req: Request, prepared: Prepared, exceeded: BudgetExceede
         instance_id=instance.id if (instance := req.services.instance) is not None else None,
     )
     req.services.recorder.record(
-        records_for(meta, Facts(), prepared.prompt, "refused", ("budget_exceeded", message))
+        records_for(meta, Facts(), prepared.prompt, "refused", (error_type, message))
     )
+    return meta
+
+
+def refuse_over_minute_limit(req: Request, prepared: Prepared, over: MinuteExceeded) -> None:
+    """Record the refused request, then refuse it as the provider refuses a rate limit.
+
+    429 with Retry-After (the seconds to the next minute) in the request's
+    shape: OpenAI's ``rate_limit_exceeded`` (type ``requests`` or
+    ``tokens``, as OpenAI sends it), Anthropic's ``rate_limit_error``; on a
+    native Bedrock route (``/model/{id}/invoke…``) Bedrock's own
+    ``ThrottlingException`` (``x-amzn-errortype`` and ``{"message": …}``).
+    The SDKs may retry it after Retry-After.
+    """
+    message = over.message()
+    record_refusal(req, prepared, "rate_limited", message)
+    headers = [(b"retry-after", retry_after_header(over.retry_after))]
+    if req.routed.kind in (RouteKind.BEDROCK_INVOKE, RouteKind.BEDROCK_INVOKE_STREAM):
+        # Bedrock's own throttling answer: the AWS SDKs read the code from the header.
+        headers.append((b"x-amzn-errortype", b"ThrottlingException"))
+        raise Refused(429, message, headers, body=msgspec.json.encode({"message": message}))
     renderer = renderer_for(req.style)
     if req.style == "openai":
-        body = renderer.body(429, message, type_="insufficient_quota", code="insufficient_quota")
+        body = renderer.body(429, message, type_=over.what, code="rate_limit_exceeded")
     else:
         body = renderer.body(429, message)
-    headers = [
-        (b"x-should-retry", b"false"),
-        (
-            b"retry-after",
-            str(max(int((exceeded.resets_at - meta.started_at).total_seconds()), 1)).encode(),
-        ),
-    ]
     raise Refused(429, message, headers, body=body)
 
 
