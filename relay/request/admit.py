@@ -186,14 +186,11 @@ def refuse_over_budget(req: Request, prepared: Prepared, exceeded: BudgetExceede
     when the account's quota or budget is used up), Anthropic's
     ``rate_limit_error`` (it has no quota type). ``x-should-retry: false``
     tells both official SDKs not to retry it: it will not pass until the period resets.
+    A native Bedrock route (``/model/{id}/invoke…``) gets Bedrock's own shape:
+    ``x-amzn-errortype: ServiceQuotaExceededException`` and ``{"message": …}``.
     """
     message = exceeded.message()
     meta = record_refusal(req, prepared, "budget_exceeded", message)
-    renderer = renderer_for(req.style)
-    if req.style == "openai":
-        body = renderer.body(429, message, type_="insufficient_quota", code="insufficient_quota")
-    else:
-        body = renderer.body(429, message)
     headers = [
         (b"x-should-retry", b"false"),
         (
@@ -201,7 +198,20 @@ def refuse_over_budget(req: Request, prepared: Prepared, exceeded: BudgetExceede
             str(max(int((exceeded.resets_at - meta.started_at).total_seconds()), 1)).encode(),
         ),
     ]
+    if _native_bedrock(req):
+        # Bedrock's own answer to a spent quota, as the AWS SDKs read it.
+        headers.append((b"x-amzn-errortype", b"ServiceQuotaExceededException"))
+        raise Refused(429, message, headers, body=msgspec.json.encode({"message": message}))
+    renderer = renderer_for(req.style)
+    if req.style == "openai":
+        body = renderer.body(429, message, type_="insufficient_quota", code="insufficient_quota")
+    else:
+        body = renderer.body(429, message)
     raise Refused(429, message, headers, body=body)
+
+
+def _native_bedrock(req: Request) -> bool:
+    return req.routed.kind in (RouteKind.BEDROCK_INVOKE, RouteKind.BEDROCK_INVOKE_STREAM)
 
 
 def record_refusal(
@@ -240,7 +250,7 @@ def refuse_over_minute_limit(req: Request, prepared: Prepared, over: MinuteExcee
     message = over.message()
     record_refusal(req, prepared, "rate_limited", message)
     headers = [(b"retry-after", retry_after_header(over.retry_after))]
-    if req.routed.kind in (RouteKind.BEDROCK_INVOKE, RouteKind.BEDROCK_INVOKE_STREAM):
+    if _native_bedrock(req):
         # Bedrock's own throttling answer: the AWS SDKs read the code from the header.
         headers.append((b"x-amzn-errortype", b"ThrottlingException"))
         raise Refused(429, message, headers, body=msgspec.json.encode({"message": message}))

@@ -196,3 +196,35 @@ async def test_bedrock_native_routes_are_throttled_in_bedrocks_shape(pg_dsn, tmp
             await anthropic_client(relay).messages.create(model=MODEL, max_tokens=64, messages=USER)
         assert on_messages.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
         assert len(mock.requests) == 1
+
+
+async def test_a_spent_budget_on_a_native_bedrock_route_answers_in_bedrocks_shape(
+    pg_dsn, tmp_path: Path
+):
+    from relay.budgets.store import set_budget
+    from tests.e2e.test_bedrock_e2e import BEDROCK_VERSION, MODEL, bedrock_client, bedrock_relay
+
+    env = {"CODER_AI_GATEWAY_BUDGET_REFRESH_INTERVAL": "100ms"}
+    async with bedrock_relay(pg_dsn, tmp_path, extra_env=env) as (mock, relay):
+        await set_budget(relay.db, "alice-daily", user="alice", limit_micros=1, period="day")
+        budgets = relay.app.services.budgets
+        await until(lambda: budgets.budgets)
+        client = bedrock_client(relay)
+        await client.messages.create(
+            model=MODEL, max_tokens=64, messages=USER, extra_body=BEDROCK_VERSION
+        )
+        (budget,) = budgets.budgets
+        await until(lambda: budgets.spent(budget) >= 1)
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            await client.messages.create(
+                model=MODEL, max_tokens=64, messages=USER, extra_body=BEDROCK_VERSION
+            )
+        headers = refused.value.response.headers
+        assert headers["x-amzn-errortype"] == "ServiceQuotaExceededException"
+        assert headers["x-should-retry"] == "false"
+        assert "budget 'alice-daily' (user alice) is spent" in refused.value.body["message"]  # type: ignore[index]
+        assert len(mock.requests) == 1
+        rows = await relay.wait_for_rows(
+            "SELECT error_type FROM interceptions WHERE status = 'refused'"
+        )
+        assert [r["error_type"] for r in rows] == ["budget_exceeded"]
