@@ -19,7 +19,18 @@ to the ASGI floor (``bench/load/floors/asgi_passthrough.py``):
 ``tracing``     ``default`` with ``CODER_TRACE_ENABLE``, every request sampled,
                 OTLP/HTTP to the mock's ``/v1/traces`` (``default`` is tracing off)
 ``json-logs``   ``default`` with ``STRUCTURED_LOGGING`` (a line per recorded row)
+``budgets``     ``default`` with a token whose user has three budgets (the user's,
+                a group's, the token's), never reached: the check and the charge
+``limits``      ``default`` with ``REQUESTS_PER_MINUTE`` and ``TOKENS_PER_MINUTE``
+                set, never reached: the per-minute counting and the 1 s sync
 ==============  ==============================================================
+
+Beside CPU and streams/s, each round reads the database's write load from
+``pg_stat_statements`` (statements executed, rows they touched) and
+``pg_stat_database`` (rows inserted, updated and deleted; transactions), as
+deltas over the round, per stream. The counters are the whole cluster's, so
+the other variants' background work (heartbeats, refreshes, syncs) is in
+them too: a few statements per second, against thousands of streams.
 
 Every relay variant shares one embedded PostgreSQL started here (the relay
 processes use it as an external database), so the database's CPU can be
@@ -57,6 +68,7 @@ from pathlib import Path
 import msgspec
 import trio
 
+from relay.auth import parse_token
 from relay.testing.mock_upstream import MockUpstream
 
 from .load import scenarios
@@ -91,6 +103,8 @@ RELAY_VARIANTS = {
     "w2": frozenset({"dumps"}),
     "tracing": frozenset({"dumps"}),
     "json-logs": frozenset({"dumps"}),
+    "budgets": frozenset({"dumps"}),
+    "limits": frozenset({"dumps"}),
 }
 # Variants that are ``default`` plus options (issue 21: what tracing and
 # structured logs cost; ``--baseline REV`` adds the build without them).
@@ -99,6 +113,11 @@ RELAY_VARIANTS = {
 VARIANT_ENV: dict[str, dict[str, str]] = {
     "tracing": {"CODER_TRACE_ENABLE": "true", "OTEL_TRACES_SAMPLER": "always_on"},
     "json-logs": {"CODER_AI_GATEWAY_STRUCTURED_LOGGING": "true"},
+    # Issue 19: limits no bench run reaches, so every request is counted and admitted.
+    "limits": {
+        "CODER_AI_GATEWAY_REQUESTS_PER_MINUTE": "1000000000",
+        "CODER_AI_GATEWAY_TOKENS_PER_MINUTE": "1000000000000",
+    },
 }
 DEFAULT_VARIANTS = "on,default,no-recording,no-metrics,no-parsing,off,pg-other,floor"
 
@@ -158,6 +177,23 @@ class Postgres:
 
     def start(self) -> None:
         self.dsn = self.cluster.start()
+        # pg_stat_statements counts the statements: it must be preloaded (a restart).
+        _sql(self.dsn, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        self.cluster.stop()
+        self.dsn = self.cluster.start()
+        _sql(self.dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    def write_load(self) -> dict[str, float]:
+        """The cluster's cumulative statement and row counters (see the module docstring)."""
+        (row,) = _sql(
+            self.dsn,
+            "SELECT (SELECT sum(calls) FROM pg_stat_statements"
+            "        WHERE query NOT LIKE '%pg_stat%') AS statements,"
+            "       sum(tup_inserted + tup_updated + tup_deleted) AS rows_written,"
+            "       sum(xact_commit) AS commits"
+            " FROM pg_stat_database WHERE datname = current_database()",
+        )
+        return {k: float(v or 0) for k, v in row.items()}
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -177,6 +213,22 @@ class Postgres:
 
     def cpu_s(self) -> float:
         return sum(s.cpu_s for p in self.pids() if (s := sample_proc(p)) is not None)
+
+
+def _sql(dsn: str, query: str) -> list[dict[str, object]]:
+    """Run one query on its own connection (from a worker thread: asyncpg wants asyncio)."""
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> list[dict[str, object]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
 
 
 @contextlib.asynccontextmanager
@@ -205,7 +257,12 @@ async def _baseline_trees(revs: list[str]) -> AsyncIterator[dict[str, Path]]:
 
 @contextlib.asynccontextmanager
 async def _start(
-    variant: Variant, mock: MockUpstream, pg: Postgres, token: bytes, work: Path, logs: Path
+    variant: Variant,
+    mock: MockUpstream,
+    pg: Postgres,
+    tokens: dict[str, bytes],
+    work: Path,
+    logs: Path,
 ) -> AsyncIterator[None]:
     port = free_port()
     if variant.kind == "direct":
@@ -245,7 +302,7 @@ async def _start(
             command = [sys.executable, str(LAUNCHER), "serve"]
             command += ["--ai-gateway-http-address", f"127.0.0.1:{port}"]
         paths = {"openai": "/api/v2/ai-gateway/openai", "anthropic": "/api/v2/ai-gateway/anthropic"}
-        key = token
+        key = tokens.get(variant.kind, tokens["default"])
         health = "/healthz"
     async with _subprocess(
         variant.label.replace("@", "-"), command, port, logs, env=env, health_path=health
@@ -281,6 +338,7 @@ async def _measure(
     # Warm: connections, the token cache, the upstream pool, the workers.
     await run_load(variant.endpoint, scenario, concurrency, max_requests=300, max_seconds=3)
     pid = variant.pid
+    load0 = await trio.to_thread.run_sync(pg.write_load)
     cpu0, pg0, busy0, at0 = (
         _tree_cpu_s(pid) if pid is not None else 0.0,
         pg.cpu_s(),
@@ -303,6 +361,9 @@ async def _measure(
         time.perf_counter(),
     )
     done = len(result.samples)
+    await trio.sleep(1.2)  # backends report pg_stat_database counters within a second
+    load1 = await trio.to_thread.run_sync(pg.write_load)
+    load = {k: (load1[k] - load0[k]) / done if done else 0.0 for k in load0}
     own = sample_proc(os.getpid())
     harness = own.cpu_s if own else 0.0
     total = latency([s.total for s in result.samples])
@@ -319,6 +380,9 @@ async def _measure(
         # Every CPU of the machine busy meanwhile, in % of one CPU, ours included.
         "machine_busy_pct": (busy1 - busy0) * 100 / max(at1 - at0, 1e-9),
         "harness_cpu_s": harness,
+        "statements": load["statements"],
+        "rows_written": load["rows_written"],
+        "commits": load["commits"],
     }
 
 
@@ -365,11 +429,14 @@ async def _run(
                 user = f"bench-costs-{os.getpid()}-{int(time.time())}"
                 await _relay_cli(["users", "create", user], env)
                 token = (await _relay_cli(["tokens", "create", "--user", user], env)).encode()
+                tokens = {"default": token}
+                if "budgets" in kinds:
+                    tokens["budgets"] = await _budget_token(env, user)
                 async with contextlib.AsyncExitStack() as stack:
                     for variant in variants:
                         try:
                             await stack.enter_async_context(
-                                _start(variant, mock, pg, token, work, out)
+                                _start(variant, mock, pg, tokens, work, out)
                             )
                         except TargetError as exc:
                             raise SystemExit(
@@ -402,6 +469,25 @@ async def _run(
         if variant.log and any(r["errors"] for r in variant.rounds):
             print(f"{variant.label}: errors; log ends:\n{_tail(Path(variant.log))}")
     return variants
+
+
+async def _budget_token(env: dict[str, str], user: str) -> bytes:
+    """A token of a new user with three budgets no run reaches: the user's, a group's, the token's."""
+    spender = f"{user}-budgets"
+    await _relay_cli(["users", "create", spender], env)
+    token = (await _relay_cli(["tokens", "create", "--user", spender], env)).encode()
+    parsed = parse_token(token.decode())
+    key_id = parsed[0] if parsed is not None else ""
+    await _relay_cli(["groups", "create", f"{spender}-team"], env)
+    await _relay_cli(["groups", "add", f"{spender}-team", spender], env)
+    big = ["--limit", "1000000"]
+    await _relay_cli(["budgets", "set", f"{spender}-user", "--user", spender, *big], env)
+    await _relay_cli(
+        ["budgets", "set", f"{spender}-group", "--group", f"{spender}-team", *big], env
+    )
+    if key_id:
+        await _relay_cli(["budgets", "set", f"{spender}-token", "--token", key_id, *big], env)
+    return token
 
 
 def _median(variant: Variant, key: str) -> float:
@@ -437,8 +523,9 @@ def render(variants: list[Variant], args: argparse.Namespace, started: str) -> s
         "pg-other) on CPU 0, harness on CPU 1; w1/w2 unpinned.",
         "",
         "| variant | streams/s | CPU ms / stream | Δ vs on | PostgreSQL ms / stream | "
-        "p50 / p99 ms | TTFB p50 ms | added TTFB p50 ms | ÷ floor CPU | machine busy % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "p50 / p99 ms | TTFB p50 ms | added TTFB p50 ms | ÷ floor CPU | machine busy % | "
+        "statements / stream | rows written / stream | commits / stream |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         cpu = _median(v, "cpu_ms")
@@ -454,7 +541,8 @@ def render(variants: list[Variant], args: argparse.Namespace, started: str) -> s
             f"| {v.label} | {_median(v, 'per_s'):,.0f} | {cpu:.3f} | {delta} | "
             f"{_median(v, 'pg_ms'):.3f} | {_median(v, 'p50_ms'):.1f} / {_median(v, 'p99_ms'):.1f} | "
             f"{_median(v, 'ttfb_p50_ms'):.2f} | {_added_ttfb(v, direct)} | {ratio} | "
-            f"{_median(v, 'machine_busy_pct'):.0f} |"
+            f"{_median(v, 'machine_busy_pct'):.0f} | {_median(v, 'statements'):.3f} | "
+            f"{_median(v, 'rows_written'):.2f} | {_median(v, 'commits'):.3f} |"
         )
     errors = {v.label: sum(int(r["errors"]) for r in v.rounds) for v in variants}
     if any(errors.values()):
