@@ -82,6 +82,7 @@ class MinuteLimits:
         self.clock: Callable[[], float] = wall_now
         self._fleet: dict[str, _Count] = {}  # at the last sync, this process's flushed deltas in
         self._pending: dict[str, _Count] = {}  # counted here since, not yet flushed
+        self._flushing: dict[str, _Count] = {}  # taken by the sync under way, not yet answered
 
     @property
     def enabled(self) -> bool:
@@ -91,7 +92,7 @@ class MinuteLimits:
         """(requests, tokens) this minute, as this process knows them."""
         w = window_of(now)
         requests = tokens = 0
-        for table in (self._fleet, self._pending):
+        for table in (self._fleet, self._flushing, self._pending):
             c = table.get(subject)
             if c is not None and c.window == w:
                 requests += c.requests
@@ -126,17 +127,23 @@ class MinuteLimits:
         return c
 
     def take_pending(self) -> list[Delta]:
-        """The deltas to flush (sorted: concurrent upserts lock rows in one order)."""
+        """The deltas to flush (sorted: concurrent upserts lock rows in one order).
+
+        They go on counting (as flushing) until ``synced`` brings the totals
+        that hold them, or ``restore`` gives them back: a check made while
+        the sync waits on the database still sees them.
+        """
         deltas = sorted(
             (c.window, s, c.requests, c.tokens)
             for s, c in self._pending.items()
             if c.requests or c.tokens
         )
-        self._pending = {}
+        self._flushing, self._pending = self._pending, {}
         return deltas
 
     def restore(self, deltas: Iterable[Delta]) -> None:
         """A sync failed: its deltas count locally again, for the next one."""
+        self._flushing = {}
         for w, subject, requests, tokens in deltas:
             c = self._pending.get(subject)
             if c is None or c.window < w:
@@ -153,7 +160,7 @@ class MinuteLimits:
             if len(fleet) >= self.max_subjects:
                 break
             fleet[subject] = _Count(window, requests, tokens)
-        self._fleet = fleet
+        self._fleet, self._flushing = fleet, {}
 
 
 class LimitDatabase(Protocol):

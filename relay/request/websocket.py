@@ -129,6 +129,13 @@ async def _bridge(
             if exceeded is not None:
                 # As over HTTP: OpenAI's insufficient_quota (it will not pass this period).
                 return 429, exceeded.message(), "insufficient_quota"
+        minute = services.minute_limits
+        if minute is not None and not caller.byok:
+            per_token = options.minute_limits_per == "token"
+            subject = principal.api_key_id if per_token else principal.user_id
+            over = minute.check(subject, minute.clock())
+            if over is not None:
+                return 429, over.message(), "rate_limit_exceeded"
         return None
 
     ctx = SocketContext(

@@ -27,11 +27,14 @@ def test_the_fleet_totals_and_the_unflushed_deltas_add_up() -> None:
     assert limits.check("u", T) is None
     deltas = limits.take_pending()
     assert deltas == [(window_of(T), "u", 1, 0)]
-    assert limits.counted("u", T) == (0, 0)  # taken: in flight to the database
-    # The database answered: this process's delta plus 3 from elsewhere.
+    # Taken, on its way to the database: still counted while the sync waits.
+    assert limits.counted("u", T) == (1, 0)
+    assert limits.check("u", T) is None
+    assert limits.counted("u", T) == (2, 0)
+    # The database answered: the flushed delta plus 3 from elsewhere; the
+    # check made meanwhile is still this process's own.
     limits.synced(window_of(T), [("u", 4, 0)])
-    assert limits.counted("u", T) == (4, 0)
-    assert limits.check("u", T) is None  # the fifth
+    assert limits.counted("u", T) == (5, 0)
     assert limits.check("u", T) is not None
     limits.add_tokens("v", 100, T)
     over = limits.check("v", T)
@@ -45,8 +48,9 @@ def test_a_failed_sync_gives_its_deltas_back() -> None:
     limits.add_tokens("u", 30, T)
     deltas = limits.take_pending()
     limits.check("u", T)
+    assert limits.counted("u", T) == (2, 30)  # one flushing, one pending
     limits.restore(deltas)
-    assert limits.counted("u", T) == (2, 30)
+    assert limits.counted("u", T) == (2, 30)  # not twice
     assert limits.take_pending() == [(window_of(T), "u", 2, 30)]
 
 

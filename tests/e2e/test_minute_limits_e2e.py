@@ -30,13 +30,28 @@ def fast(**limits: str) -> dict[str, str]:
     return {"CODER_AI_GATEWAY_MINUTE_LIMITS_SYNC_INTERVAL": "50ms", **limits}
 
 
+OPENED: list[anthropic.AsyncAnthropic | openai.AsyncOpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_clients():  # type: ignore[no-untyped-def]
+    """Every SDK client a test opened is closed in its own loop, not by the garbage collector."""
+    yield
+    while OPENED:
+        await OPENED.pop().close()
+
+
 def claude(url: str, token: str) -> anthropic.AsyncAnthropic:
     # No retries: a 429 with Retry-After 30 would be waited out by the SDK.
-    return anthropic.AsyncAnthropic(api_key=token, base_url=url, max_retries=0)
+    client = anthropic.AsyncAnthropic(api_key=token, base_url=url, max_retries=0)
+    OPENED.append(client)
+    return client
 
 
 def gpt(url: str, token: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=token, base_url=url + "/v1", max_retries=0)
+    client = openai.AsyncOpenAI(api_key=token, base_url=url + "/v1", max_retries=0)
+    OPENED.append(client)
+    return client
 
 
 async def until(condition, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
@@ -181,6 +196,7 @@ async def test_bedrock_native_routes_are_throttled_in_bedrocks_shape(pg_dsn, tmp
     async with bedrock_relay(pg_dsn, tmp_path, extra_env=env) as (mock, relay):
         limits(relay)
         client = bedrock_client(relay)
+        OPENED.append(client)  # type: ignore[arg-type]
         await client.messages.create(
             model=MODEL, max_tokens=64, messages=USER, extra_body=BEDROCK_VERSION
         )
@@ -193,7 +209,9 @@ async def test_bedrock_native_routes_are_throttled_in_bedrocks_shape(pg_dsn, tmp
         assert headers["retry-after"] == "30"
         assert "requests-per-minute limit exceeded: 1 of 1" in refused.value.body["message"]  # type: ignore[index]
         with pytest.raises(anthropic.RateLimitError) as on_messages:
-            await anthropic_client(relay).messages.create(model=MODEL, max_tokens=64, messages=USER)
+            on_messages_client = anthropic_client(relay)
+            OPENED.append(on_messages_client)
+            await on_messages_client.messages.create(model=MODEL, max_tokens=64, messages=USER)
         assert on_messages.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
         assert len(mock.requests) == 1
 
@@ -210,6 +228,7 @@ async def test_a_spent_budget_on_a_native_bedrock_route_answers_in_bedrocks_shap
         budgets = relay.app.services.budgets
         await until(lambda: budgets.budgets)
         client = bedrock_client(relay)
+        OPENED.append(client)  # type: ignore[arg-type]
         await client.messages.create(
             model=MODEL, max_tokens=64, messages=USER, extra_body=BEDROCK_VERSION
         )
@@ -228,3 +247,30 @@ async def test_a_spent_budget_on_a_native_bedrock_route_answers_in_bedrocks_shap
             "SELECT error_type FROM interceptions WHERE status = 'refused'"
         )
         assert [r["error_type"] for r in rows] == ["budget_exceeded"]
+
+
+async def test_a_responses_websocket_turn_over_the_minute_is_refused(pg_dsn, tmp_path: Path):
+    from trio_websocket import open_websocket_url
+
+    from tests.e2e.test_responses_websocket import (
+        client_headers,
+        create,
+        read_turn,
+        ws_relay,
+        ws_url,
+    )
+
+    env = fast(CODER_AI_GATEWAY_REQUESTS_PER_MINUTE="1")
+    async with ws_relay(pg_dsn, tmp_path, env) as (mock, relay):
+        limits(relay)
+        async with open_websocket_url(
+            ws_url(relay), extra_headers=client_headers(relay.token)
+        ) as ws:
+            await ws.send_message(create("gpt-4o", "the minute's one turn"))
+            assert (await read_turn(ws))[-1]["type"] == "response.completed"
+            await ws.send_message(create("gpt-4o", "one too many"))
+            refusal = await read_turn(ws)
+            assert refusal[0]["status"] == 429
+            assert refusal[0]["error"]["code"] == "rate_limit_exceeded"
+            assert "requests-per-minute limit exceeded: 1 of 1" in refusal[0]["error"]["message"]
+        assert len([m for m in mock.received if "response.create" in m]) == 1
