@@ -179,3 +179,56 @@ async def test_a_cut_stream_is_charged_for_what_was_used_and_unpriced_is_listed(
                 text.input_tokens * 1 + text.output_tokens * 2 + text.cache_read_tokens * 1,
             ),
         ]
+
+
+async def test_bedrock_native_stream_and_blocking_cost_by_hand(pg_dsn, tmp_path):
+    """Bedrock's own API: the binary event stream and the blocking invoke, cache and
+    thinking tokens included, priced at Anthropic's list prices (the default book
+    has no Bedrock entries: global endpoints cost the same)."""
+    from relay.testing import mock_bedrock
+    from tests.e2e.test_bedrock_e2e import (
+        BEDROCK_VERSION,
+        MODEL,
+        SMALL_MODEL,
+        bedrock_client,
+        bedrock_relay,
+    )
+
+    async with bedrock_relay(pg_dsn, tmp_path) as (mock, relay):
+        client = bedrock_client(relay)
+        try:
+            mock.scenario = "thinking"
+            async with client.messages.stream(
+                model=MODEL, max_tokens=64, messages=USER, extra_body=BEDROCK_VERSION
+            ) as stream:
+                await stream.get_final_message()
+            mock.scenario = "text"
+            await client.messages.create(
+                model=SMALL_MODEL, max_tokens=64, messages=USER, extra_body=BEDROCK_VERSION
+            )
+        finally:
+            await client.close()
+        rows = await relay.wait_for_rows(COST_SQL, count=2)
+    inp, read, write = (
+        mock_bedrock.INPUT_TOKENS,
+        mock_bedrock.CACHE_READ_TOKENS,
+        mock_bedrock.CACHE_WRITE_TOKENS,
+    )
+    thinking_out, text_out = (
+        mock_bedrock.OUTPUT_TOKENS["thinking"],
+        mock_bedrock.OUTPUT_TOKENS["text"],
+    )
+    # Sonnet 4.5: 25 × $3 + 30 × $15 (thinking is billed as output) + 3400 × $0.30
+    # + 1200 × $3.75 (5-minute writes) = 75 + 450 + 1020 + 4500 µ$
+    sonnet = inp * 3 + thinking_out * 15 + read * Fraction("0.30") + write * Fraction("3.75")
+    # Haiku 4.5: 25 × $1 + 12 × $5 + 3400 × $0.10 + 1200 × $1.25 = 25 + 60 + 340 + 1500 µ$
+    haiku = inp * 1 + text_out * 5 + read * Fraction("0.10") + write * Fraction("1.25")
+    got = [
+        (r["route"].rsplit("/", 1)[-1], r["price_model"], r["cost_micros"], r["output_tokens"])
+        for r in rows
+    ]
+    assert got == [
+        ("invoke-with-response-stream", "claude-sonnet-4-5", int(sonnet), thinking_out),
+        ("invoke", "claude-haiku-4-5", int(haiku), text_out),
+    ]
+    assert (int(sonnet), int(haiku)) == (6045, 1925)
