@@ -664,6 +664,23 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     _opt(
+        "PROXY_TLS_CERT_FILE",
+        parse_str,
+        "",
+        "PEM certificate (chain) of the proxy's own listener (with PROXY_TLS_KEY_FILE): "
+        "clients then speak TLS (1.2 at least) to the proxy, HTTPS_PROXY=https://…. "
+        "Empty: the listener is plain TCP.",
+        group="AI Gateway Proxy",
+    ),
+    _opt(
+        "PROXY_TLS_KEY_FILE",
+        parse_str,
+        "",
+        "PEM private key of PROXY_TLS_CERT_FILE.",
+        group="AI Gateway Proxy",
+        secret=True,
+    ),
+    _opt(
         "PROXY_ALLOWED_PRIVATE_CIDRS",
         parse_cidr_list,
         "",

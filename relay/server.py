@@ -98,12 +98,14 @@ async def run_server(
     sockets = bind_listeners(config, options.http_address)
     proxy_listeners: list[trio.SocketListener] = []
     ca = None
+    proxy_tls = None
     if options.proxy_enabled:
-        from relay.proxy.ca import load_or_create_ca
+        from relay.proxy.ca import listener_context, load_or_create_ca
         from relay.proxy.server import open_proxy_listeners
 
         try:
             ca = await trio.to_thread.run_sync(load_or_create_ca, options)
+            proxy_tls = await trio.to_thread.run_sync(listener_context, options)
             proxy_listeners = await open_proxy_listeners(options.proxy_listen_addr)
         except BaseException:
             for sock in sockets.insecure_sockets:
@@ -149,7 +151,7 @@ async def run_server(
                 if proxy_listeners:
                     from relay.proxy.service import build_proxy, listening_on
 
-                    proxy = build_proxy(options, app, ca=ca)
+                    proxy = build_proxy(options, app, ca=ca, tls=proxy_tls)
                     await nursery.start(proxy.serve, proxy_listeners)
                     where = ", ".join(listening_on(proxy_listeners))
                     out(f"relay: AI Gateway Proxy listening on {where}")

@@ -227,3 +227,27 @@ def server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
             out.write(key_pem)
         context.load_cert_chain(cert_path, key_path)
     return context
+
+
+def listener_context_files(cert_file: str, key_file: str) -> ssl.SSLContext | None:
+    """The server context of the proxy's own listener (TLS 1.2 at least), or None: plain TCP."""
+    if bool(cert_file) != bool(key_file):
+        raise CAError("PROXY_TLS_CERT_FILE and PROXY_TLS_KEY_FILE must be given together")
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        # (The error names the file, never what is in it.)
+        raise CAError(f"cannot load the proxy's TLS certificate ({cert_file}): {exc}") from None
+    return context
+
+
+def listener_context(options: object) -> ssl.SSLContext | None:
+    from relay.options import Options
+
+    assert isinstance(options, Options)
+    return listener_context_files(options.proxy_tls_cert_file, options.proxy_tls_key_file)

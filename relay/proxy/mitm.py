@@ -193,7 +193,7 @@ class Decryptor:
         return self.hosts.provider_for(host)
 
     async def serve(
-        self, stream: trio.SocketStream, target: Target, token: str, principal: Principal
+        self, stream: trio.abc.Stream, target: Target, token: str, principal: Principal
     ) -> None:
         provider = self.provider_for(target.host)
         if provider is None:  # gone between the check and now: nothing to serve it with
@@ -201,13 +201,38 @@ class Decryptor:
         context = self.leaves.cached(target.host)
         if context is None:
             context = await trio.to_thread.run_sync(self.leaves.context_for, target.host)
+        if not isinstance(stream, trio.SocketStream):
+            stream = _OverTLS(stream)  # TLS to the proxy itself: TLS inside TLS
         tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
         app = GatewayHandoff(self.app, provider, token, principal, target.host, self._metrics)
         server = hypercorn_fixes.RelayTCPServer(
-            ASGIWrapper(cast(Any, app)), self.config, self.context, _state(), tls
+            ASGIWrapper(cast(Any, app)), self.config, self.context, _state(), cast(Any, tls)
         )
         await server.run()
 
 
 def _state() -> Any:
     return {}
+
+
+class _OverTLS(trio.abc.Stream):
+    """The client's TLS stream to the proxy, with the ``socket`` hypercorn reads addresses from."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        inner: Any = stream
+        while not isinstance(inner, trio.SocketStream):
+            inner = inner.transport_stream
+        self.socket = inner.socket
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

@@ -1,6 +1,8 @@
 """The AI Gateway Proxy's listener: authenticate, then decrypt, tunnel or refuse.
 
-One connection, one request head (``relay.proxy.head``), read within
+With ``PROXY_TLS_CERT_FILE`` the connection is TLS first (``ProxyServer.tls``;
+the handshake runs on the first read, under the head's deadline). One
+connection, one request head (``relay.proxy.head``), read within
 ``PROXY_HEADER_TIMEOUT`` and at most 16 KiB. ``Proxy-Authorization: Basic``
 carries a relay token as its password (407 otherwise, with
 ``Proxy-Authenticate``, never saying which part was wrong). Then:
@@ -27,6 +29,7 @@ import ipaddress
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -135,7 +138,7 @@ class Interceptor(Protocol):
     def provider_for(self, host: str) -> str | None: ...
 
     async def serve(
-        self, stream: trio.SocketStream, target: Target, token: str, principal: Principal
+        self, stream: trio.abc.Stream, target: Target, token: str, principal: Principal
     ) -> None: ...
 
 
@@ -186,8 +189,10 @@ class ProxyServer:
         resolver: Resolver | None = None,
         interceptor: Interceptor | None = None,
         metrics: Callable[[], ProxyMetrics | None] = lambda: None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
+        self.tls = tls  # PROXY_TLS_CERT_FILE: clients speak TLS to the proxy itself
         self._tokens = tokens
         self.resolver: Resolver = resolver or SystemResolver()
         self.interceptor = interceptor
@@ -224,8 +229,12 @@ class ProxyServer:
         if metrics is not None:
             metrics.proxy_refused(reason)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
         """One client connection, start to end; nothing it does escapes to the listener."""
+        if self.tls is not None:
+            # TLS to the proxy itself: the handshake happens on the first read, under
+            # the head's deadline; a failed one is a connection that sent nothing.
+            stream = trio.SSLStream(stream, self.tls, server_side=True)
         try:
             limit = self.settings.max_connections
             if limit and self.open >= limit:
@@ -243,7 +252,7 @@ class ProxyServer:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         try:
             request = await self._read_head(stream)
             if request is None:
@@ -256,7 +265,7 @@ class ProxyServer:
                 stream, response_bytes(refusal.status, refusal.message, refusal.headers)
             )
 
-    async def _read_head(self, stream: trio.SocketStream) -> ProxyRequest | None:
+    async def _read_head(self, stream: trio.abc.Stream) -> ProxyRequest | None:
         reader = HeadReader(self.settings.head_limit)
         with trio.move_on_after(self.settings.header_timeout):
             try:
@@ -264,7 +273,7 @@ class ProxyServer:
                     data = await stream.receive_some(READ_SIZE)
                     if not data:
                         return None
-                    request = reader.feed(data)
+                    request = reader.feed(bytes(data))
                     if request is not None:
                         return request
             except HeadTooLarge as exc:
@@ -298,7 +307,7 @@ class ProxyServer:
         return checked, token
 
     async def _with_user_slot(
-        self, stream: trio.SocketStream, request: ProxyRequest, principal: Principal, token: str
+        self, stream: trio.abc.Stream, request: ProxyRequest, principal: Principal, token: str
     ) -> None:
         limit = self.settings.max_tunnels_per_user
         user = principal.user_id
@@ -315,7 +324,7 @@ class ProxyServer:
                 del self.per_user[user]
 
     async def _carry(
-        self, stream: trio.SocketStream, request: ProxyRequest, principal: Principal, token: str
+        self, stream: trio.abc.Stream, request: ProxyRequest, principal: Principal, token: str
     ) -> None:
         metrics = self._metrics()
         if request.method == "CONNECT":
@@ -381,7 +390,7 @@ class ProxyServer:
                 502, f"cannot connect to {target.authority}: {exc.strerror or exc}", reason="dial"
             ) from None
 
-    async def _pipe(self, client: trio.SocketStream, upstream: trio.SocketStream) -> None:
+    async def _pipe(self, client: trio.abc.Stream, upstream: trio.abc.Stream) -> None:
         """Copy both ways, one read at a time, until both ends are done or the tunnel idles."""
         idle = self.settings.idle_timeout
         with trio.CancelScope() as scope:
@@ -391,7 +400,7 @@ class ProxyServer:
 
             touched()
 
-            async def copy(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+            async def copy(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
                 try:
                     while True:
                         data = await source.receive_some(READ_SIZE)
@@ -400,7 +409,10 @@ class ProxyServer:
                         touched()
                         await sink.send_all(data)
                         touched()
-                    await sink.send_eof()
+                    if isinstance(sink, trio.abc.HalfCloseableStream):
+                        await sink.send_eof()
+                    else:
+                        scope.cancel()  # a TLS client cannot be half-closed: the tunnel ends
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     # One side is gone: so is the tunnel.
                     scope.cancel()
@@ -446,7 +458,7 @@ def _origin_form_head(request: ProxyRequest, path: str, target: Target) -> bytes
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
     try:
         with trio.move_on_after(1.0):
             await stream.send_all(data)

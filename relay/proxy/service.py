@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -22,7 +23,12 @@ from relay.identity import TokenVerifier
 from relay.metrics import Metrics
 from relay.options import Options
 from relay.providers.registry import ProviderRegistry
-from relay.proxy.ca import CertificateAuthority, LeafContexts, load_or_create_ca
+from relay.proxy.ca import (
+    CertificateAuthority,
+    LeafContexts,
+    listener_context,
+    load_or_create_ca,
+)
 from relay.proxy.mitm import Decryptor
 from relay.proxy.server import (
     ProxyServer,
@@ -38,8 +44,13 @@ def build_proxy(
     *,
     ca: CertificateAuthority | None = None,
     resolver: Resolver | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ProxyServer:
-    """The proxy of ``app``: its tokens, metrics and providers; ``ca`` signs the leaves."""
+    """The proxy of ``app``: its tokens, metrics and providers; ``ca`` signs the leaves.
+
+    ``tls``: the listener's own TLS context (``ca.listener_context(options)``,
+    loaded before anything is bound), None for plain TCP.
+    """
     if ca is None:
         ca = load_or_create_ca(options)
     # Served at /api/v2/ai-gateway/proxy/ca-cert.pem for clients to trust.
@@ -70,6 +81,7 @@ def build_proxy(
         resolver=resolver,
         interceptor=decryptor,
         metrics=metrics,
+        tls=tls,
     )
 
 
@@ -132,13 +144,14 @@ async def run_proxy(
     """``relay proxy``: the proxy alone, against the same database as ``relay serve``."""
     if ca is None:
         ca = await trio.to_thread.run_sync(load_or_create_ca, options)
+    tls = await trio.to_thread.run_sync(listener_context, options)
     listeners = await open_proxy_listeners(options.proxy_listen_addr)
     app = RelayApp(options, env)
     app.report_startup_failure = False
     trigger = shutdown_trigger or _first_signal
     try:
         async with app_lifespan(app):
-            proxy = build_proxy(options, app, ca=ca, resolver=resolver)
+            proxy = build_proxy(options, app, ca=ca, resolver=resolver, tls=tls)
             async with trio.open_nursery() as nursery:
                 await nursery.start(proxy.serve, listeners)
                 where = listening_on(listeners)

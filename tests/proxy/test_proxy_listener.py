@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -112,13 +113,14 @@ async def proxy(**changes: object) -> AsyncIterator[Harness]:
         dest_port = echo.socket.getsockname()[1]
         http_port = web.socket.getsockname()[1]
         resolver = ScriptedResolver()
+        tls: ssl.SSLContext | None = changes.pop("tls", None)  # type: ignore[assignment]
         settings = ProxySettings(
             policy=changes.pop("policy", Policy(allowed=parse_networks("127.0.0.1/32"))),  # type: ignore[arg-type]
             ports=frozenset({443, 80, dest_port, http_port}),
             header_timeout=changes.pop("header_timeout", 2.0),  # type: ignore[arg-type]
             **changes,  # type: ignore[arg-type]
         )
-        server = ProxyServer(settings, lambda: StubTokens(), resolver=resolver)
+        server = ProxyServer(settings, lambda: StubTokens(), resolver=resolver, tls=tls)
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(server.serve, listeners)
         port = listeners[0].socket.getsockname()[1]

@@ -81,11 +81,11 @@ async def relay_and_proxy(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Setup]:
 
 @asynccontextmanager
 async def proxy_beside(
-    relay: RunningRelay, ca: CertificateAuthority
+    relay: RunningRelay, ca: CertificateAuthority, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[tuple[ProxyServer, int]]:
     """The proxy of a running relay, on a loopback port, for the body of the block."""
     assert relay.app.options is not None
-    proxy = build_proxy(relay.app.options, relay.app, ca=ca)
+    proxy = build_proxy(relay.app.options, relay.app, ca=ca, tls=tls)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve, listeners)

@@ -96,6 +96,39 @@ async def test_relay_proxy_runs_alone(pg_dsn: str, tmp_path: Path) -> None:
     assert not any(line.startswith("relay: listening on") for line in lines)
 
 
+async def test_relay_serve_with_tls_on_the_proxy_listener(pg_dsn: str, tmp_path: Path) -> None:
+    from tests.proxy.test_proxy_tls_listener import listener_files, tls_connect
+
+    cert, key, listener_ca = listener_files(tmp_path)
+    env = {
+        **_env(pg_dsn, tmp_path),
+        "CODER_AIBRIDGE_PROXY_TLS_CERT_FILE": str(cert),
+        "CODER_AI_GATEWAY_PROXY_TLS_KEY_FILE": str(key),
+    }
+    options = load_options(env, warn=lambda line: None)
+    lines: list[str] = []
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        app = await nursery.start(
+            lambda task_status: run_server(
+                options, env=env, shutdown_trigger=stop.wait, out=lines.append,
+                task_status=task_status,
+            )
+        )  # fmt: skip
+        port = _proxy_port(lines)
+        await create_user(app.services.db, "carol")
+        token, _ = await create_token(app.services.db, "carol")
+        creds = base64.b64encode(f"me:{token}".encode()).decode()
+        async with await tls_connect(port, listener_ca) as stream:
+            await stream.send_all(
+                f"CONNECT 10.0.0.1:443 HTTP/1.1\r\nProxy-Authorization: Basic {creds}\r\n\r\n".encode()
+            )
+            with trio.fail_after(5):
+                answer = await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+        stop.set()
+
+
 def test_relay_proxy_ca_cert_prints_the_generated_ca(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from cryptography import x509
 
