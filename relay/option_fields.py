@@ -70,6 +70,8 @@ class OptionFields:
     proxy_key_file: str  # CODER_AI_GATEWAY_PROXY_KEY_FILE
     proxy_tls_cert_file: str  # CODER_AI_GATEWAY_PROXY_TLS_CERT_FILE
     proxy_tls_key_file: str  # CODER_AI_GATEWAY_PROXY_TLS_KEY_FILE
+    proxy_upstream: str  # CODER_AI_GATEWAY_PROXY_UPSTREAM
+    proxy_upstream_ca: str  # CODER_AI_GATEWAY_PROXY_UPSTREAM_CA
     proxy_allowed_private_cidrs: str  # CODER_AI_GATEWAY_PROXY_ALLOWED_PRIVATE_CIDRS
     proxy_max_tunnels: int  # CODER_AI_GATEWAY_PROXY_MAX_TUNNELS
     proxy_max_tunnels_per_user: int  # CODER_AI_GATEWAY_PROXY_MAX_TUNNELS_PER_USER

@@ -19,6 +19,7 @@ import difflib
 import re
 import sys
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,38 @@ def parse_address(text: str) -> str:
     port = int(m.group("port"))
     if port > 65535:
         raise ValueError(f"{text!r}: port {port} is out of range (0-65535)")
+    return value
+
+
+def split_proxy_upstream(text: str) -> tuple[str, str, int, tuple[str, str] | None]:
+    """``http(s)://[user:pass@]host:port`` → (scheme, host, port, (user, pass) or None).
+
+    A ValueError never quotes the value: it may hold a password.
+    """
+    shape = "http(s)://[user:pass@]host:port"
+    try:
+        url = urllib.parse.urlsplit(text.strip())
+        port = url.port
+    except ValueError:
+        raise ValueError(f"not a URL of the form {shape}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"the scheme must be http or https ({shape})")
+    if not url.hostname or port is None:
+        raise ValueError(f"needs a host and a port ({shape})")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError(f"no path or query: only {shape}")
+    credentials = None
+    if url.username is not None or url.password is not None:
+        user = urllib.parse.unquote(url.username or "")
+        credentials = (user, urllib.parse.unquote(url.password or ""))
+    return url.scheme, url.hostname, port, credentials
+
+
+def parse_proxy_upstream(text: str) -> str:
+    """Empty, or ``http(s)://[user:pass@]host:port`` (see ``split_proxy_upstream``)."""
+    value = text.strip()
+    if value:
+        split_proxy_upstream(value)
     return value
 
 
@@ -679,6 +712,24 @@ OPTIONS: tuple[Option, ...] = (
         "PEM private key of PROXY_TLS_CERT_FILE.",
         group="AI Gateway Proxy",
         secret=True,
+    ),
+    _opt(
+        "PROXY_UPSTREAM",
+        parse_proxy_upstream,
+        "",
+        "A corporate proxy, http(s)://[user:pass@]host:port, that tunneled (not decrypted) "
+        "traffic goes through by CONNECT (Proxy-Authorization: Basic with user:pass). It "
+        "resolves the names again: the guarantee against DNS rebinding is then its to keep. "
+        "Empty: tunnels connect directly.",
+        group="AI Gateway Proxy",
+        secret=True,
+    ),
+    _opt(
+        "PROXY_UPSTREAM_CA",
+        parse_str,
+        "",
+        "PEM CA bundle to trust for an https:// PROXY_UPSTREAM. Empty: the system's CAs.",
+        group="AI Gateway Proxy",
     ),
     _opt(
         "PROXY_ALLOWED_PRIVATE_CIDRS",

@@ -102,10 +102,13 @@ async def run_server(
     if options.proxy_enabled:
         from relay.proxy.ca import listener_context, load_or_create_ca
         from relay.proxy.server import open_proxy_listeners
+        from relay.proxy.upstream import upstream_from_options
 
         try:
             ca = await trio.to_thread.run_sync(load_or_create_ca, options)
             proxy_tls = await trio.to_thread.run_sync(listener_context, options)
+            # (PROXY_UPSTREAM_CA refused here, before anything is bound, not later.)
+            await trio.to_thread.run_sync(upstream_from_options, options)
             proxy_listeners = await open_proxy_listeners(options.proxy_listen_addr)
         except BaseException:
             for sock in sockets.insecure_sockets:

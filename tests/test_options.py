@@ -32,6 +32,7 @@ from relay.options import (
     parse_optional_address,
     parse_pg_url,
     parse_positive_int,
+    parse_proxy_upstream,
     parse_size,
 )
 
@@ -57,6 +58,7 @@ def sample(key: str) -> tuple[str, object]:
         parse_non_negative_int: ("7", 7),
         parse_positive_int: ("7", 7),
         parse_cidr_list: ("10.1.0.0/16, fd00::1/8", "10.1.0.0/16,fd00::/8"),
+        parse_proxy_upstream: ("http://corp.example:3128", "http://corp.example:3128"),
     }
     if opt.parse in by_parser:
         return by_parser[opt.parse]

@@ -14,7 +14,9 @@ carries a relay token as its password (407 otherwise, with
   absolute-form ``http://`` request: the destination is resolved once, every
   answer checked by the guard (``relay.proxy.guard``), and exactly the checked
   address dialled; the bytes are then copied both ways until either side
-  closes or the tunnel is idle for ``PROXY_IDLE_TIMEOUT``.
+  closes or the tunnel is idle for ``PROXY_IDLE_TIMEOUT``. With
+  ``PROXY_UPSTREAM`` the connection is a ``CONNECT`` by name through that
+  proxy instead (``relay.proxy.upstream``), after the same checks.
 
 Refused: 403 with a one-line reason; a dial failure 502; a timeout 504;
 over ``PROXY_MAX_TUNNELS`` connections 503, over a user's
@@ -59,6 +61,7 @@ from relay.proxy.head import (
     basic_credentials,
     parse_absolute_url,
 )
+from relay.proxy.upstream import UpstreamError, UpstreamProxy, open_via, upstream_from_options
 
 log = logging.getLogger("relay.proxy")
 
@@ -157,6 +160,7 @@ class ProxySettings:
     dial_timeout: float = 10.0
     idle_timeout: float = 300.0
     head_limit: int = 16 * 1024
+    upstream: UpstreamProxy | None = None  # PROXY_UPSTREAM
     # Not an option: tests add the port of their loopback destination.
     ports: frozenset[int] = ALLOWED_PORTS
 
@@ -175,6 +179,7 @@ class ProxySettings:
             header_timeout=options.proxy_header_timeout,
             dial_timeout=options.proxy_dial_timeout,
             idle_timeout=options.proxy_idle_timeout,
+            upstream=upstream_from_options(options),
         )
 
 
@@ -342,9 +347,9 @@ class ProxyServer:
                     metrics.proxy_session("mitm")
                 await interceptor.serve(stream, target, token, principal)
                 return
-            upstream = await self._dial(target)
+            upstream, early = await self._dial(target)
             async with upstream:
-                await stream.send_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                await stream.send_all(b"HTTP/1.1 200 Connection Established\r\n\r\n" + early)
                 if metrics is not None:
                     metrics.proxy_session("tunneled")
                 if request.rest:
@@ -356,31 +361,48 @@ class ProxyServer:
         except BadHead as exc:
             raise ProxyRefusal(400, str(exc), reason="bad_request") from None
         target = _target(url.authority, self.settings.ports, default_port=80)
-        upstream = await self._dial(target)
+        upstream, early = await self._dial(target)
         async with upstream:
             if metrics is not None:
                 metrics.proxy_session("tunneled")
+            if early:
+                await stream.send_all(early)
             await upstream.send_all(_origin_form_head(request, url.path, target) + request.rest)
             await self._pipe(stream, upstream)
 
-    async def _dial(self, target: Target) -> trio.SocketStream:
-        """A connection to the one checked address of ``target`` (refusals as ``ProxyRefusal``)."""
+    async def _dial(self, target: Target) -> tuple[trio.abc.Stream, bytes]:
+        """A connection for ``target`` and the bytes it already sent (refusals as ``ProxyRefusal``).
+
+        Direct: to the one checked address. Through ``PROXY_UPSTREAM``: a
+        ``CONNECT`` by name to that proxy, which resolves the name again; a
+        literal address, and every answer of the relay's own resolver when it
+        has one, are still checked first.
+        """
         policy = self.settings.policy
+        upstream = self.settings.upstream
         try:
             with trio.fail_after(self.settings.dial_timeout):
+                answers: list[IPAddress] = []
                 if target.address is not None:
                     answers = [target.address]
                 else:
                     try:
                         answers = unique(await self.resolver.resolve(target.host, target.port))
                     except OSError as exc:
-                        raise ProxyRefusal(502, str(exc), reason="dial") from None
+                        if upstream is None:
+                            raise ProxyRefusal(502, str(exc), reason="dial") from None
+                        # (The relay's network may resolve no outside name: the upstream's job.)
                 try:
-                    address = policy.check(target, answers)
+                    # (No answer at all: refused when direct, the upstream's to resolve if not.)
+                    checked = answers or upstream is None
+                    address = policy.check(target, answers) if checked else None
                 except Blocked as exc:
                     log.info("proxy: refused %s: %s", target.authority, exc.reason)
                     raise ProxyRefusal(403, exc.reason, reason="blocked") from None
-                return await connect_to(address, target.port)
+                if upstream is not None:
+                    return await self._via_upstream(upstream, target)
+                assert address is not None
+                return await connect_to(address, target.port), b""
         except trio.TooSlowError:
             raise ProxyRefusal(
                 504, f"{target.authority} did not answer in time", reason="timeout"
@@ -388,6 +410,21 @@ class ProxyServer:
         except OSError as exc:
             raise ProxyRefusal(
                 502, f"cannot connect to {target.authority}: {exc.strerror or exc}", reason="dial"
+            ) from None
+
+    async def _via_upstream(
+        self, upstream: UpstreamProxy, target: Target
+    ) -> tuple[trio.abc.Stream, bytes]:
+        try:
+            return await open_via(upstream, target.authority)
+        except UpstreamError as exc:
+            log.info("proxy: %s via %s: %s", target.authority, upstream.where, exc.message)
+            raise ProxyRefusal(exc.status, exc.message, reason="upstream") from None
+        except OSError as exc:
+            raise ProxyRefusal(
+                502,
+                f"cannot connect to the upstream proxy {upstream.where}: {exc.strerror or exc}",
+                reason="upstream",
             ) from None
 
     async def _pipe(self, client: trio.abc.Stream, upstream: trio.abc.Stream) -> None:

@@ -36,6 +36,7 @@ from relay.proxy.server import (
     Resolver,
     open_proxy_listeners,
 )
+from relay.proxy.upstream import upstream_from_options
 
 
 def build_proxy(
@@ -145,6 +146,7 @@ async def run_proxy(
     if ca is None:
         ca = await trio.to_thread.run_sync(load_or_create_ca, options)
     tls = await trio.to_thread.run_sync(listener_context, options)
+    await trio.to_thread.run_sync(upstream_from_options, options)  # refused before binding
     listeners = await open_proxy_listeners(options.proxy_listen_addr)
     app = RelayApp(options, env)
     app.report_startup_failure = False

@@ -352,3 +352,11 @@ async def test_dial_timeout_is_504() -> None:
         h.server.resolver = Slow()
         answer = await h.exchange(connect("slow.test:443", auth()))
         assert answer.startswith(b"HTTP/1.1 504 ")
+
+
+async def test_a_name_with_no_address_is_refused() -> None:
+    async with proxy() as h:
+        h.resolver.answers["empty.test"] = [[]]
+        answer = await h.exchange(connect("empty.test:443", auth()))
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+        assert b"empty.test has no address" in answer
