@@ -249,6 +249,11 @@ class Metrics:
         self.budget_refusals = counter(
             c + "budget_refusals", "Requests refused because a budget was spent.", ("budget",)
         )
+        self.minute_refusals = counter(
+            c + "minute_limit_refusals",
+            "Requests refused by REQUESTS_PER_MINUTE or TOKENS_PER_MINUTE (limit: requests, tokens).",
+            ("limit",),
+        )
         self.budget_warnings = counter(
             c + "budget_soft_limit_warnings",
             "Times a budget was found past its soft limit (once per budget and period per process).",
@@ -447,6 +452,10 @@ class Metrics:
 
     def budget_refused(self, budget: str) -> None:
         self._child(self.budget_refusals, budget).inc()
+
+    def minute_limit_refused(self, limit: str) -> None:
+        """limit: ``requests`` or ``tokens``."""
+        self._child(self.minute_refusals, limit).inc()
 
     def budget_soft_limit(self, budget: str) -> None:
         self._child(self.budget_warnings, budget).inc()

@@ -248,6 +248,7 @@ def refuse_over_minute_limit(req: Request, prepared: Prepared, over: MinuteExcee
     The SDKs may retry it after Retry-After.
     """
     message = over.message()
+    req.services.metrics.minute_limit_refused(over.what)
     record_refusal(req, prepared, "rate_limited", message)
     headers = [(b"retry-after", retry_after_header(over.retry_after))]
     if _native_bedrock(req):

@@ -135,6 +135,7 @@ async def _bridge(
             subject = principal.api_key_id if per_token else principal.user_id
             over = minute.check(subject, minute.clock())
             if over is not None:
+                services.metrics.minute_limit_refused(over.what)
                 return 429, over.message(), "rate_limit_exceeded"
         return None
 

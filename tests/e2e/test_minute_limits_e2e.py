@@ -100,6 +100,8 @@ async def test_two_relays_enforce_one_requests_per_minute_limit(pg_dsn, tmp_path
             assert refused_openai.value.type == "requests"
             assert refused_openai.value.response.headers["retry-after"] == "30"
             assert len(mock.requests) == upstream  # nothing refused went upstream
+            refusals = a.app.services.metrics.minute_refusals.labels("requests")._value.get()
+            assert refusals == 1  # relay a refused the openai request; b the other
 
             # Another user is not limited by alice's minute.
             bob = claude(b.gateway("anthropic"), b.token)
