@@ -53,12 +53,20 @@ def bind_ids(ids: RequestIds | None) -> Callable[[], None]:
     return lambda: _current.reset(token)
 
 
+# The messages that open a response: an HTTP head, a WebSocket's accept (its 101)
+# and the HTTP answer that refuses an upgrade.
+_RESPONSE_HEADS = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.http.response.start"}
+)
+
+
 def send_with_ids(send: Send, ids: RequestIds) -> Send:
     """``send``, with the request id (and the interception id, once there is one)
-    added to the response head. The body is never touched."""
+    added to the response head (a WebSocket's too: its turns' interceptions carry
+    the socket's request id). The body is never touched."""
 
     async def send_ids(message: Message) -> None:
-        if message["type"] == "http.response.start":
+        if message["type"] in _RESPONSE_HEADS:
             message = {**message, "headers": [*message.get("headers", ()), *ids.response_headers()]}
         await send(message)
 

@@ -174,11 +174,12 @@ def response_status(span: Span | None, status: int) -> None:
 
 
 class Trace:
-    """A span begun in one place and ended in another of the same task (``begin``)."""
+    """A span begun in one place and ended in another of the same task (``begin``), or,
+    detached (``begin_detached``, no token), begun and ended by different tasks."""
 
     __slots__ = ("_token", "span")
 
-    def __init__(self, span: Span, token: object) -> None:
+    def __init__(self, span: Span, token: object | None) -> None:
         self.span = span
         self._token = token
 
@@ -186,13 +187,34 @@ class Trace:
         from opentelemetry import context
 
         try:
-            context.detach(self._token)  # type: ignore[arg-type]
+            if self._token is not None:
+                context.detach(self._token)  # type: ignore[arg-type]
         finally:
             self.span.end()
 
 
+@contextlib.contextmanager
+def within(trace: Trace | None) -> Iterator[None]:
+    """Make a detached span the current one for a ``with`` block (its children's parent)."""
+    if trace is None:
+        yield
+        return
+    from opentelemetry import context
+    from opentelemetry import trace as otel_trace
+
+    token = context.attach(otel_trace.set_span_in_context(trace.span))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def begin(
-    name: str, client_headers: Headers, attributes: Mapping[str, Any] | None = None
+    name: str,
+    client_headers: Headers,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    detached: bool = False,
 ) -> Trace | None:
     """Start a server span (``Intercept``, ``Passthrough``) as the current one, its parent
     the client's W3C ``traceparent`` if it sent one; None when tracing is off."""
@@ -220,8 +242,19 @@ def begin(
         if ids.provider is not None:
             attrs["relay.provider"] = ids.provider
     s = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+    if detached:
+        return Trace(s, None)
     token = context.attach(trace.set_span_in_context(s))
     return Trace(s, token)
+
+
+def begin_detached(
+    name: str, client_headers: Headers, attributes: Mapping[str, Any] | None = None
+) -> Trace | None:
+    """``begin``, without making the span current: for a turn of a Responses WebSocket,
+    begun by the task reading the client and ended by the one reading the upstream
+    (``within`` makes it the parent of its record spans)."""
+    return begin(name, client_headers, attributes, detached=True)
 
 
 def passthrough_attributes(method: str, url: str) -> dict[str, Any]:

@@ -27,8 +27,10 @@ from relay.access import upstream_request_headers
 from relay.asgi import Headers, Receive, Scope, Send
 from relay.intercept.responses.websocket import SocketContext, bridge
 from relay.limits import RequestGuards
+from relay.observe.context import RequestIds, bind_ids, current_ids, send_with_ids
 from relay.providers.kinds import kind_for
 from relay.providers.types import Provider
+from relay.record.events import new_id
 from relay.request.admit import UNRECORDABLE_MESSAGE
 from relay.request.authenticate import Caller, check_caller
 from relay.request.context import Gateway, Refused, Request, refuse
@@ -56,6 +58,11 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         return
     raw_path: bytes | None = scope.get("raw_path")
     path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    # One request id for the socket: on its 101 (or its refusal), its log lines,
+    # and every turn's interception row and span.
+    ids = RequestIds(str(new_id()))
+    unbind = bind_ids(ids)
+    send = send_with_ids(send, ids)
     req = Request(scope, receive, send, gateway, path=path, method="GET", style="openai")
     reason = "refused"
     try:
@@ -63,6 +70,7 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
             reason = "failing"
             refuse(503, "the relay is restarting; retry shortly")
         provider, api_path = find_provider(req)
+        ids.provider = provider.name
         req.style = "openai"
         reason = "not_bridged"
         kind = kind_for(provider.type)
@@ -77,7 +85,7 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         if services.options.require_recording and services.recorder.cannot_record:
             reason = "unrecordable"
             refuse(503, UNRECORDABLE_MESSAGE, [(b"retry-after", b"5")])
-        user = caller.principal.user_id
+        user = ids.user_id = caller.principal.user_id
         cap = guards.sockets.try_open(user)
         if cap is not None:
             reason = cap
@@ -90,6 +98,8 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
         if req.gateway.services is not None:
             req.gateway.services.metrics.websocket_refused(reason)
         await deny(send, refusal.status, _refusal_body(refusal, req), refusal.headers)
+    finally:
+        unbind()
 
 
 async def _bridge(
@@ -153,6 +163,7 @@ async def _bridge(
         admit_turn=admit_turn,
         lifetime=options.responses_websocket_lifetime,
         ping_interval=options.responses_websocket_ping_interval,
+        request_id=ids.request_id if (ids := current_ids()) is not None else None,
     )
     accepted = False
     metrics = services.metrics

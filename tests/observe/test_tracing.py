@@ -9,6 +9,7 @@ OpenTelemetry module imported by the relay.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -16,16 +17,19 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import trio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind
+from trio_websocket import open_websocket_url
 
 from relay.observe import tracing
 from relay.testing.mock_upstream import scenarios
 from tests.e2e.test_bedrock_e2e import bedrock_relay
 from tests.e2e.test_mcp_injection import _script, mcp_relay
+from tests.e2e.test_responses_websocket import client_headers, create, ws_relay, ws_url
 from tests.relay_harness import mock_and_relay
 
 pytestmark = pytest.mark.usefixtures("pg_dsn")
@@ -259,3 +263,43 @@ def test_configure_refuses_what_it_cannot_export():
         tracing.shutdown()
     assert not tracing.enabled()
     assert tracing.configure(True, {"OTEL_SDK_DISABLED": "true"}) is False
+
+
+async def test_each_websocket_turn_is_an_intercept_span(pg_dsn, tmp_path, exported):
+    """Two interleaved turns on one Responses WebSocket: each its own Intercept span
+    (under the upgrade's traceparent, with its own interception id and usage, its
+    record spans beneath it), and the socket's request id on the 101 and on both rows."""
+    async with ws_relay(pg_dsn, tmp_path) as (mock_ws, relay):
+        mock_ws.interleave = 2
+        headers = [*client_headers(relay.token), (b"traceparent", TRACEPARENT.encode())]
+        async with open_websocket_url(ws_url(relay), extra_headers=headers) as ws:
+            await ws.send_message(create("mock-tool", "the tool lane", stream_id="lane-b"))
+            await ws.send_message(create("mock-text", "the text lane", stream_id="lane-a"))
+            done = 0
+            with trio.fail_after(10):
+                while done < 2:
+                    event = json.loads(await ws.get_message())
+                    done += event["type"] == "response.completed"
+            head = dict(ws.handshake_headers)
+        request_id = head[b"x-relay-request-id"].decode()
+        rows = await relay.wait_for_rows(
+            "SELECT i.id, i.model, i.request_id, u.output_tokens FROM interceptions i "
+            "JOIN token_usages u ON u.interception_id = i.id ORDER BY i.model",
+            count=2,
+        )
+    assert {r["request_id"] for r in rows} == {request_id}
+    spans = by_name(exported.get_finished_spans())
+    intercepts = sorted(spans["Intercept"], key=lambda s: s.attributes["gen_ai.request.model"])
+    assert [s.attributes["gen_ai.request.model"] for s in intercepts] == ["mock-text", "mock-tool"]
+    for span, row in zip(intercepts, rows, strict=True):
+        trace_id, span_id = hex_ids(span)
+        assert trace_id == TRACE_ID and parent_of(span) == CLIENT_SPAN
+        assert span.kind == SpanKind.SERVER
+        assert span.attributes["relay.interception_id"] == str(row["id"])
+        assert span.attributes["relay.request_id"] == request_id
+        assert span.attributes["relay.transport"] == "websocket"
+        assert span.attributes["gen_ai.usage.output_tokens"] == row["output_tokens"]
+        assert span.attributes["relay.status"] == "completed"
+        children = {s.name for s in exported.get_finished_spans() if parent_of(s) == span_id}
+        assert children == {"Intercept.RecordInterception", "Intercept.RecordInterceptionEnded"}
+    assert intercepts[1].attributes["relay.tool_calls"] == 1

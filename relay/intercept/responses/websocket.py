@@ -58,6 +58,7 @@ from relay.intercept.apis import RESPONSES
 from relay.intercept.base import Accumulator, _is_cancellation, mark_interrupted
 from relay.intercept.ports import InterceptionPorts
 from relay.intercept.session import Prepared, prepare, record_interception
+from relay.observe import tracing
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import InterceptionMeta, interception_started, new_id
 from relay.routes import RouteKind
@@ -125,6 +126,7 @@ class SocketContext:
     admit_turn: Callable[[str], tuple[int, str, str | None] | None]
     lifetime: float  # seconds; then websocket_connection_limit_reached and close 1001
     ping_interval: float  # an upstream ping this often (0: none)
+    request_id: str | None = None  # the socket's (relay.observe.context), on every turn
 
 
 @dataclass(slots=True, eq=False)
@@ -138,6 +140,7 @@ class Turn:
     dumps: list[DumpHandle] = field(default_factory=list)
     response_id: str | None = None
     stream_id: str | None = None  # the lane the client named, if any
+    trace: tracing.Trace | None = None  # its Intercept span (tracing on)
 
 
 class SocketTurns:
@@ -210,12 +213,30 @@ class SocketTurns:
             credential_kind="byok" if credential.byok else "centralized",
             credential_hint=self._credential_hint(),
             instance_id=ctx.instance_id,
+            request_id=ctx.request_id,
         )
-        ports.records.record([interception_started(meta)])
+        # Its Intercept span: begun here, ended where the upstream's task records it.
+        trace = (
+            tracing.begin_detached(
+                "Intercept",
+                ctx.headers,
+                {
+                    **tracing.interception_attributes(str(provider.type), info.model),
+                    "relay.interception_id": str(meta.id),
+                    "relay.transport": "websocket",
+                },
+            )
+            if tracing.enabled()
+            else None
+        )
+        with tracing.within(trace), tracing.span("Intercept.RecordInterception"):
+            ports.records.record([interception_started(meta)])
         timer = ports.metrics.interception_started(
             provider.name, prepared.model_label, prepared.route
         )
-        turn = Turn(prepared, meta, RESPONSES.new_accumulator(), timer, stream_id=stream_id)
+        turn = Turn(
+            prepared, meta, RESPONSES.new_accumulator(), timer, stream_id=stream_id, trace=trace
+        )
         dump = ports.dumps.begin(
             provider.name,
             info.model,
@@ -224,6 +245,7 @@ class SocketTurns:
             ctx.api_path,
             ctx.upstream_headers,
             text.encode(),
+            request_id=ctx.request_id,
         )
         if dump is not None:
             dump.response_start(101, [])
@@ -310,15 +332,26 @@ class SocketTurns:
             outcome.error_type = facts.error_type
             outcome.error_message = facts.error_message
         meta = msgspec.structs.replace(turn.meta, model=facts.model or turn.meta.model)
-        record_interception(
-            self._ctx.ports,
-            meta,
-            self._ctx.principal.user_id,
-            outcome,
-            prepared.prompt,
-            turn.timer,
-            turn.dumps,
-        )
+        try:
+            with tracing.within(turn.trace):
+                record_interception(
+                    self._ctx.ports,
+                    meta,
+                    self._ctx.principal.user_id,
+                    outcome,
+                    prepared.prompt,
+                    turn.timer,
+                    turn.dumps,
+                )
+        finally:
+            if turn.trace is not None:
+                tracing.end_interception(
+                    turn.trace,
+                    facts,
+                    outcome.status,
+                    outcome.error_type or facts.error_type,
+                    outcome.error_message or facts.error_message,
+                )
 
     # --- the socket ends -------------------------------------------------
 
