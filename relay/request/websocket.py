@@ -25,7 +25,7 @@ import trio
 
 from relay.access import upstream_request_headers
 from relay.asgi import Headers, Receive, Scope, Send
-from relay.intercept.responses.websocket import SocketContext, bridge
+from relay.intercept.responses.websocket import SocketContext, TurnRefusal, bridge
 from relay.limits import RequestGuards
 from relay.observe.context import RequestIds, bind_ids, current_ids, send_with_ids
 from relay.providers.kinds import kind_for
@@ -124,21 +124,23 @@ async def _bridge(
     url = join_url(provider.base_url, kind.upstream_path(api_path), req.query_string)
     subprotocols: list[str] = list(req.scope.get("subprotocols") or ())
 
-    def admit_turn(model: str) -> tuple[int, str, str | None] | None:
+    def admit_turn(model: str) -> TurnRefusal | None:
         """The guards of one turn, in the HTTP order (the body is decoded already)."""
         if guards.rate is not None:
             wait = guards.rate.check(principal.api_key_id, trio.current_time())
             if wait is not None:
                 retry = retry_after_header(wait).decode()
-                return 429, f"relay rate limit exceeded; retry after {retry} s", None
+                return TurnRefusal(429, f"relay rate limit exceeded; retry after {retry} s")
         if options.require_recording and services.recorder.cannot_record:
-            return 503, UNRECORDABLE_MESSAGE, None
+            return TurnRefusal(503, UNRECORDABLE_MESSAGE)
         budgets = services.budgets
         if budgets is not None and budgets.budgets and not caller.byok:
             exceeded = budgets.check(principal.user_id, principal.api_key_id, model)
             if exceeded is not None:
                 # As over HTTP: OpenAI's insufficient_quota (it will not pass this period).
-                return 429, exceeded.message(), "insufficient_quota"
+                return TurnRefusal(
+                    429, exceeded.message(), "insufficient_quota", record_as="budget_exceeded"
+                )
         minute = services.minute_limits
         if minute is not None and not caller.byok:
             per_token = options.minute_limits_per == "token"
@@ -146,7 +148,9 @@ async def _bridge(
             over = minute.check(subject, minute.clock())
             if over is not None:
                 services.metrics.minute_limit_refused(over.what)
-                return 429, over.message(), "rate_limit_exceeded"
+                return TurnRefusal(
+                    429, over.message(), "rate_limit_exceeded", record_as="rate_limited"
+                )
         return None
 
     ctx = SocketContext(

@@ -276,3 +276,7 @@ async def test_a_responses_websocket_turn_over_the_minute_is_refused(pg_dsn, tmp
             assert refusal[0]["error"]["code"] == "rate_limit_exceeded"
             assert "requests-per-minute limit exceeded: 1 of 1" in refusal[0]["error"]["message"]
         assert len([m for m in mock.received if "response.create" in m]) == 1
+        [refused] = await relay.wait_for_rows(
+            "SELECT error_type FROM interceptions WHERE status = 'refused'", count=1
+        )
+        assert refused["error_type"] == "rate_limited"

@@ -494,3 +494,14 @@ async def test_a_spent_budget_refuses_the_next_turn(pg_dsn: str, tmp_path: Path)
             assert refusal[0]["status"] == 429
             assert refusal[0]["error"]["code"] == "insufficient_quota"
         assert len([m for m in mock.received if "response.create" in m]) == 1
+        # Recorded as an HTTP request over budget is: a refused row, with its prompt.
+        [refused] = await relay.wait_for_rows(
+            "SELECT i.status, i.error_type, i.client, p.prompt FROM interceptions i "
+            "JOIN user_prompts p ON p.interception_id = i.id WHERE i.status = 'refused'",
+            count=1,
+        )
+        assert (refused["error_type"], refused["client"], refused["prompt"]) == (
+            "budget_exceeded",
+            "codex",
+            "over budget",
+        )

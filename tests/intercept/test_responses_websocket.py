@@ -14,7 +14,12 @@ from typing import Any
 from relay.access import ClientCredential
 from relay.identity import Principal
 from relay.intercept.ports import InterceptionPorts
-from relay.intercept.responses.websocket import SocketContext, SocketTurns, sendable_close_code
+from relay.intercept.responses.websocket import (
+    SocketContext,
+    SocketTurns,
+    TurnRefusal,
+    sendable_close_code,
+)
 from relay.providers.types import Provider, ProviderType
 from relay.record.events import InterceptionRecord, TokenUsageRecord, ToolUsageRecord
 from relay.testing.mock_responses_ws import events_of, in_lane
@@ -44,7 +49,7 @@ class NoDumps:
         return None
 
 
-def turns(refuse: tuple[int, str, str | None] | None = None) -> tuple[SocketTurns, Records]:
+def turns(refuse: TurnRefusal | None = None) -> tuple[SocketTurns, Records]:
     records = Records()
     ctx = SocketContext(
         ports=InterceptionPorts(records, NoMetrics(), NoDumps(), None),  # type: ignore[arg-type]
@@ -129,11 +134,22 @@ async def test_an_error_before_response_created_ends_its_turn() -> None:
 
 
 async def test_a_refused_turn_is_answered_and_not_started() -> None:
-    socket, records = turns(refuse=(429, "spent", "insufficient_quota"))
+    socket, records = turns(refuse=TurnRefusal(429, "slow down"))
     answer = socket.client_text(create())
     assert answer is not None and json.loads(answer)["status"] == 429
+    assert socket.count == 0 and records.rows == []  # the relay's own rate: not recorded
+
+
+async def test_a_turn_over_budget_is_recorded_refused() -> None:
+    refusal = TurnRefusal(429, "spent", "insufficient_quota", record_as="budget_exceeded")
+    socket, records = turns(refuse=refusal)
+    answer = socket.client_text(create(text="over budget"))
+    assert answer is not None and json.loads(answer)["status"] == 429
     assert json.loads(answer)["error"]["code"] == "insufficient_quota"
-    assert socket.count == 0 and records.rows == []
+    assert socket.count == 0 and socket.open_turns == 0
+    [ended] = records.ended()
+    assert ended.status == "refused" and ended.error_type == "budget_exceeded"
+    assert ended.error_message == "spent"
     # Other client messages are not turns.
     assert socket.client_text('{"type":"response.steer","input":"x"}') is None
     assert socket.client_text("not json") is None

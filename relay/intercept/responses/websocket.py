@@ -53,6 +53,7 @@ from relay.access import ClientCredential
 from relay.asgi import Headers, Receive, Send, header_str
 from relay.clients import client_session_id, detect_client
 from relay.dump import DumpHandle
+from relay.facts import Facts
 from relay.identity import Principal
 from relay.intercept.apis import RESPONSES
 from relay.intercept.base import Accumulator, _is_cancellation, mark_interrupted
@@ -60,7 +61,7 @@ from relay.intercept.ports import InterceptionPorts
 from relay.intercept.session import Prepared, prepare, record_interception
 from relay.observe import tracing
 from relay.providers.types import Provider, mask_secret
-from relay.record.events import InterceptionMeta, interception_started, new_id
+from relay.record.events import InterceptionMeta, interception_started, new_id, records_for
 from relay.routes import RouteKind
 from relay.streams.sse import SSEEvent
 from relay.wire.common import InvalidRequestBody
@@ -108,6 +109,18 @@ _CREATE_PROBE = msgspec.json.Decoder(_CreateProbe)
 
 
 @dataclass(frozen=True, slots=True)
+class TurnRefusal:
+    """A ``response.create`` the guards turned away: the ``error`` event it gets, and,
+    for the refusals an HTTP request is recorded for (a spent budget, a per-minute
+    limit), the ``error_type`` of its ``refused`` row."""
+
+    status: int
+    message: str
+    code: str | None = None
+    record_as: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SocketContext:
     """What the request's steps established about an accepted Responses WebSocket."""
 
@@ -122,8 +135,8 @@ class SocketContext:
     max_stored_prompt: int | None
     fold_model: Callable[[str], str]
     # Per turn, with the model it names: None to let a response.create through,
-    # else (status, message, error code or None) of its refusal.
-    admit_turn: Callable[[str], tuple[int, str, str | None] | None]
+    # else its refusal.
+    admit_turn: Callable[[str], TurnRefusal | None]
     lifetime: float  # seconds; then websocket_connection_limit_reached and close 1001
     ping_interval: float  # an upstream ping this often (0: none)
     request_id: str | None = None  # the socket's (relay.observe.context), on every turn
@@ -187,18 +200,28 @@ class SocketTurns:
             return responses_websocket_error(400, str(exc))
         refusal = ctx.admit_turn(prepared.info.model or "")
         if refusal is not None:
-            status, message, code = refusal
-            return responses_websocket_error(status, message, code=code, type_=code)
+            if refusal.record_as is not None:  # as over HTTP: a refused row, never upstream
+                meta = self._meta(prepared)
+                ctx.ports.records.record(
+                    records_for(
+                        meta,
+                        Facts(),
+                        prepared.prompt,
+                        "refused",
+                        (refusal.record_as, refusal.message),
+                    )
+                )
+            code = refusal.code
+            return responses_websocket_error(refusal.status, refusal.message, code=code, type_=code)
         self._start(prepared, text, stream_id)
         return None
 
-    def _start(self, prepared: Prepared, text: str, stream_id: str | None) -> None:
+    def _meta(self, prepared: Prepared) -> InterceptionMeta:
+        """The request side of a turn's interception."""
         ctx = self._ctx
-        ports, provider, principal, credential = (
-            ctx.ports, ctx.provider, ctx.principal, ctx.credential
-        )  # fmt: skip
+        provider, principal, credential = ctx.provider, ctx.principal, ctx.credential
         info = prepared.info
-        meta = InterceptionMeta(
+        return InterceptionMeta(
             id=new_id(),
             initiator_id=uuid.UUID(principal.user_id),
             api_key_id=principal.api_key_id,
@@ -215,6 +238,11 @@ class SocketTurns:
             instance_id=ctx.instance_id,
             request_id=ctx.request_id,
         )
+
+    def _start(self, prepared: Prepared, text: str, stream_id: str | None) -> None:
+        ctx = self._ctx
+        ports, provider, info = ctx.ports, ctx.provider, prepared.info
+        meta = self._meta(prepared)
         # Its Intercept span: begun here, ended where the upstream's task records it.
         trace = (
             tracing.begin_detached(
