@@ -100,8 +100,40 @@ def render_multiprocess(directory: Path | str) -> bytes:
             if pid_text.isdigit() and not _alive(int(pid_text)):
                 prom_multiprocess.mark_process_dead(int(pid_text), path)
     registry = CollectorRegistry()
-    prom_multiprocess.MultiProcessCollector(registry, path=path)
+    registry.register(_SettledFiles(path))
     return generate_latest(registry)
+
+
+class _SettledFiles:
+    """prometheus_client's multiprocess collector, minus the files still being made.
+
+    A worker that is starting creates its ``<kind>_<pid>.db`` empty and sizes
+    it a moment later; prometheus_client reads an empty file's header as a
+    struct and fails, so a scrape while a worker started answered 500. Such a
+    file holds no values yet: it is left out of this scrape.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Iterable[Any]:
+        files = []
+        for entry in os.scandir(self._path):
+            if not entry.name.endswith(".db"):
+                continue
+            try:
+                if entry.stat().st_size >= _MMAP_HEADER:
+                    files.append(entry.path)
+            except FileNotFoundError:
+                continue  # a dead process's live gauges, removed meanwhile
+        merged: Iterable[Any] = prom_multiprocess.MultiProcessCollector.merge(
+            files, accumulate=True
+        )
+        return merged
+
+
+# The first 8 bytes of a metrics file: how much of it is used (then padding).
+_MMAP_HEADER = 8
 
 
 def multiprocess_dir_for(data_dir: Path | None, env: Mapping[str, str]) -> Path | None:

@@ -530,3 +530,19 @@ def test_cost_metrics() -> None:
     assert get("relay_cost_budget_soft_limit_warnings_total", {"budget": "team"}) == 1
     assert get("relay_cost_budget_spend_micros", {"budget": "team"}) == 900
     assert get("relay_cost_budget_limit_micros", {"budget": "team"}) == 1000
+
+
+def test_a_scrape_while_a_worker_creates_its_file_is_answered(tmp_path: Path) -> None:
+    """A worker that is starting has made its metrics file but not sized it yet (0
+    bytes): the scrape leaves that file out instead of failing (it answered 500)."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from relay.metrics.exposition import render_multiprocess
+
+    settled = MmapedDict(str(tmp_path / "counter_1001.db"))
+    key = mmap_key("relay_x", "relay_x_total", ["provider"], ["openai"], "a counter")
+    settled.write_value(key, 3.0, 0.0)
+    settled.close()
+    (tmp_path / "counter_1002.db").touch()  # the starting worker's, still empty
+    samples = parse(render_multiprocess(tmp_path).decode())[0]
+    assert value(samples, "relay_x_total", provider="openai") == 3.0
