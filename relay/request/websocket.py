@@ -31,7 +31,7 @@ from relay.observe.context import RequestIds, bind_ids, current_ids, send_with_i
 from relay.providers.kinds import kind_for
 from relay.providers.types import Provider
 from relay.record.events import new_id
-from relay.request.admit import UNRECORDABLE_MESSAGE
+from relay.request.admit import UNRECORDABLE_MESSAGE, limit_headers
 from relay.request.authenticate import Caller, check_caller
 from relay.request.context import Gateway, Refused, Request, refuse
 from relay.request.dispatch import interception_ports
@@ -71,6 +71,7 @@ async def serve_websocket(gateway: Gateway, scope: Scope, receive: Receive, send
             refuse(503, "the relay is restarting; retry shortly")
         provider, api_path = find_provider(req)
         ids.provider = provider.name
+        limit_headers(req)  # as over HTTP, before a header is read or sent upstream
         req.style = "openai"
         reason = "not_bridged"
         kind = kind_for(provider.type)

@@ -263,6 +263,16 @@ async def test_refusals_of_the_upgrade(pg_dsn: str, tmp_path: Path) -> None:
                 pass
         assert refused.value.status_code == 429
         assert b"refused by the mock" in (refused.value.body or b"")
+        # A header block over the relay's bound (16 KiB), however TCP split it: 431,
+        # as over HTTP, and nothing of it goes upstream.
+        many = {f"x_pad_{i}": "p" * 1000 for i in range(20)}
+        with pytest.raises(ConnectionRejected) as refused:
+            async with open_websocket_url(
+                ws_url(relay), extra_headers=client_headers(relay.token, **many)
+            ):
+                pass
+        assert refused.value.status_code == 431
+        assert json.loads(refused.value.body or b"")["error"]["message"]
         assert mock.upgrades == []
 
 
