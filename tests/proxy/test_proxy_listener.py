@@ -360,3 +360,36 @@ async def test_a_name_with_no_address_is_refused() -> None:
         answer = await h.exchange(connect("empty.test:443", auth()))
         assert answer.startswith(b"HTTP/1.1 403 "), answer
         assert b"empty.test has no address" in answer
+
+
+async def test_the_exemptions_through_the_listener() -> None:
+    """Through a real CONNECT: with no range allowed, loopback is refused except at the
+    relay's own access URL (host and port); an allowed range opens only itself."""
+    from relay.proxy.guard import exempt_from_url
+
+    async with proxy(policy=Policy()) as h:
+        exempt = exempt_from_url(f"http://relay.test:{h.dest_port}")
+        h.server.settings = ProxySettings(
+            policy=Policy(exempt=exempt), ports=h.server.settings.ports, header_timeout=2.0
+        )
+        h.resolver.answers["relay.test"] = [["127.0.0.1"]]
+        h.resolver.answers["other.test"] = [["127.0.0.1"]]
+        async with await h.connect() as stream:
+            await stream.send_all(connect(f"relay.test:{h.dest_port}", auth()))
+            assert (await read_answer(stream)).startswith(b"HTTP/1.1 200 ")
+            await stream.send_all(b"ping")
+            assert await read_answer(stream, b"ping") == b"echo:ping"
+        for target in (f"other.test:{h.dest_port}", f"relay.test:{h.http_port}"):
+            answer = await h.exchange(connect(target, auth()))
+            assert answer.startswith(b"HTTP/1.1 403 "), (target, answer)
+        # An allowed range: 127.0.0.1/32 opens 127.0.0.1, not the rest of loopback.
+        h.server.settings = ProxySettings(
+            policy=Policy(allowed=parse_networks("127.0.0.1/32")),
+            ports=h.server.settings.ports,
+            header_timeout=2.0,
+        )
+        h.resolver.answers["near.test"] = [["127.0.0.2"]]
+        answer = await h.exchange(connect(f"other.test:{h.dest_port}", auth()))
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        answer = await h.exchange(connect(f"near.test:{h.dest_port}", auth()))
+        assert answer.startswith(b"HTTP/1.1 403 ")
