@@ -268,7 +268,11 @@ async def open_services(
             await nursery.start(supervised, "budget totals", on_failure, budget_service.run)
             minute_limits = None
             if options.requests_per_minute or options.tokens_per_minute:
-                minute_limits = MinuteLimits(options.requests_per_minute, options.tokens_per_minute)
+                minute_limits = MinuteLimits(
+                    options.requests_per_minute,
+                    options.tokens_per_minute,
+                    per_token=options.minute_limits_per == "token",
+                )
                 minute_service = MinuteLimitService(
                     db, minute_limits, options.minute_limits_sync_interval
                 )
@@ -314,13 +318,7 @@ async def open_services(
                     budgets,
                     record_sink(
                         options,
-                        ChargingSink(
-                            recorder,
-                            budgets,
-                            metrics,
-                            minute_limits,
-                            per_token=options.minute_limits_per == "token",
-                        ),
+                        ChargingSink(recorder, budgets, metrics, minute_limits),
                     ),
                     mcp,
                     minute_limits,

@@ -71,11 +71,14 @@ Delta = tuple[int, str, int, int]  # (window, subject, requests, tokens)
 class MinuteLimits:
     """Counters of one process (see the module docstring); time is passed in."""
 
-    def __init__(self, rpm: int, tpm: int, *, max_subjects: int = 100_000) -> None:
+    def __init__(
+        self, rpm: int, tpm: int, *, per_token: bool = False, max_subjects: int = 100_000
+    ) -> None:
         if rpm < 0 or tpm < 0:
             raise ValueError("a per-minute limit cannot be negative")
         self.rpm = rpm
         self.tpm = tpm
+        self.per_token = per_token  # MINUTE_LIMITS_PER=token: counted per token, not per user
         self.max_subjects = max_subjects
         self.refused = 0
         # The wall clock the request path and the syncs read (a test may fix it).
@@ -98,6 +101,15 @@ class MinuteLimits:
                 requests += c.requests
                 tokens += c.tokens
         return requests, tokens
+
+    def subject(self, user_id: str | None, api_key_id: str | None) -> str | None:
+        """Whose minute a request counts in: its token's or its user's (``per_token``)."""
+        return api_key_id if self.per_token else user_id
+
+    def admit(self, user_id: str, api_key_id: str) -> MinuteExceeded | None:
+        """``check`` for a request of this user and token, now."""
+        subject = self.subject(user_id, api_key_id)
+        return None if subject is None else self.check(subject, self.clock())
 
     def check(self, subject: str, now: float) -> MinuteExceeded | None:
         """Admit (counting one request) or say which limit the minute has reached."""

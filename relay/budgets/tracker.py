@@ -258,14 +258,11 @@ class ChargingSink:
         tracker: BudgetTracker,
         metrics: CostMetrics,
         minute_limits: MinuteLimits | None = None,
-        *,
-        per_token: bool = False,
     ) -> None:
         self._records = records
         self._tracker = tracker
         self._metrics = metrics
         self._minute = minute_limits if minute_limits is not None and minute_limits.tpm else None
-        self._per_token = per_token
 
     def record(self, records: Sequence[Record]) -> None:
         self._records.record(records)
@@ -286,12 +283,14 @@ class ChargingSink:
                     tracker.charge(user, owner.api_key_id, model, row.cost_micros)
 
     def _count_tokens(self, owner: InterceptionRecord, row: TokenUsageRecord) -> None:
-        assert self._minute is not None
-        subject = owner.api_key_id if self._per_token else owner.initiator_id
+        minute = self._minute
+        assert minute is not None
+        user = str(owner.initiator_id) if owner.initiator_id is not None else None
+        subject = minute.subject(user, owner.api_key_id)
         if subject is None:
             return
         tokens = row.input_tokens + row.output_tokens + row.cache_read_tokens
-        self._minute.add_tokens(str(subject), tokens + row.cache_write_tokens, self._minute.clock())
+        minute.add_tokens(subject, tokens + row.cache_write_tokens, minute.clock())
 
 
 class RecordSink(Protocol):

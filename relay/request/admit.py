@@ -160,10 +160,7 @@ def admit_interception(
             refuse_over_budget(req, prepared, exceeded)
     minute = req.services.minute_limits
     if minute is not None and not caller.credential.byok:
-        principal = caller.principal
-        per_token = req.services.options.minute_limits_per == "token"
-        subject = principal.api_key_id if per_token else principal.user_id
-        over = minute.check(subject, minute.clock())
+        over = minute.admit(caller.principal.user_id, caller.principal.api_key_id)
         if over is not None:
             refuse_over_minute_limit(req, prepared, over)
     if guards.breakers is not None:

@@ -144,9 +144,7 @@ async def _bridge(
                 )
         minute = services.minute_limits
         if minute is not None and not caller.byok:
-            per_token = options.minute_limits_per == "token"
-            subject = principal.api_key_id if per_token else principal.user_id
-            over = minute.check(subject, minute.clock())
+            over = minute.admit(principal.user_id, principal.api_key_id)
             if over is not None:
                 services.metrics.minute_limit_refused(over.what)
                 return TurnRefusal(
