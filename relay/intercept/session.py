@@ -300,14 +300,19 @@ async def run_interception(ctx: InterceptionContext) -> None:
         try:
             record_interception(ports, meta, principal.user_id, outcome, prompt, timer, dumps)
         finally:
-            if trace is not None:
-                tracing.end_interception(
-                    trace,
-                    outcome.facts,
-                    outcome.status,
-                    outcome.error_type or outcome.facts.error_type,
-                    outcome.error_message or outcome.facts.error_message,
-                )
+            end_trace(trace, outcome)
+
+
+def end_trace(trace: tracing.Trace | None, outcome: Outcome) -> None:
+    """The interception's Intercept span (tracing on) ends with what its outcome says."""
+    if trace is not None:
+        tracing.end_interception(
+            trace,
+            outcome.facts,
+            outcome.status,
+            outcome.error_type or outcome.facts.error_type,
+            outcome.error_message or outcome.facts.error_message,
+        )
 
 
 def record_interception(

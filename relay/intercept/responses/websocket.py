@@ -58,7 +58,7 @@ from relay.identity import Principal
 from relay.intercept.apis import RESPONSES
 from relay.intercept.base import Accumulator, _is_cancellation, mark_interrupted
 from relay.intercept.ports import InterceptionPorts
-from relay.intercept.session import Prepared, prepare, record_interception
+from relay.intercept.session import Prepared, end_trace, prepare, record_interception
 from relay.observe import tracing
 from relay.providers.types import Provider, mask_secret
 from relay.record.events import InterceptionMeta, interception_started, new_id, records_for
@@ -372,14 +372,7 @@ class SocketTurns:
                     turn.dumps,
                 )
         finally:
-            if turn.trace is not None:
-                tracing.end_interception(
-                    turn.trace,
-                    facts,
-                    outcome.status,
-                    outcome.error_type or facts.error_type,
-                    outcome.error_message or facts.error_message,
-                )
+            end_trace(turn.trace, outcome)
 
     # --- the socket ends -------------------------------------------------
 
