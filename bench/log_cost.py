@@ -97,10 +97,7 @@ def variants() -> dict[str, Callable[[bool], None]]:
 
         ids = current_ids()
         if ids is not None:
-            event["request_id"] = ids.request_id
-            event["interception_id"] = ids.interception_id
-            event["user_id"] = ids.user_id
-            event["provider"] = ids.provider
+            event.update(ids.log_fields())
         return event
 
     for name, renderer in (

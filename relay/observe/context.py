@@ -32,6 +32,15 @@ class RequestIds:
         self.user_id: str | None = None
         self.provider: str | None = None
 
+    def log_fields(self) -> dict[str, str | None]:
+        """The ids every log line of this request carries."""
+        return {
+            "request_id": self.request_id,
+            "interception_id": self.interception_id,
+            "user_id": self.user_id,
+            "provider": self.provider,
+        }
+
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(REQUEST_ID_HEADER, self.request_id.encode("ascii"))]
         if self.interception_id is not None:

@@ -44,6 +44,9 @@ PLAIN_FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: The logger of the per-record lines.
 RECORD_LOGGER = "relay.interceptions"
 RECORD_MESSAGE = "interception log"
+_NO_IDS: dict[str, str | None] = dict.fromkeys(
+    ("request_id", "interception_id", "user_id", "provider")
+)
 _BASE_KEYS = frozenset(
     {"time", "level", "logger", "message", "request_id", "interception_id", "user_id", "provider"}
 )
@@ -70,14 +73,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         ids = current_ids()
-        if ids is not None:
-            line["request_id"] = ids.request_id
-            line["interception_id"] = ids.interception_id
-            line["user_id"] = ids.user_id
-            line["provider"] = ids.provider
-        else:
-            line["request_id"] = line["interception_id"] = None
-            line["user_id"] = line["provider"] = None
+        line.update(_NO_IDS if ids is None else ids.log_fields())
         fields = getattr(record, "fields", None)
         if fields:
             for key, value in fields.items():
