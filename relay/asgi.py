@@ -13,6 +13,12 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+#: The messages that open a response: an HTTP head, a WebSocket's accept (its 101)
+#: and the HTTP answer that refuses an upgrade. Headers added to a response go there.
+RESPONSE_STARTS = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.http.response.start"}
+)
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus ones the relay always sets itself.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 
-from relay.asgi import Message, Send
+from relay.asgi import RESPONSE_STARTS, Message, Send
 
 #: Every response carries these (the provider's own ``request-id`` /
 #: ``x-request-id`` pass through unchanged beside them).
@@ -62,20 +62,13 @@ def bind_ids(ids: RequestIds | None) -> Callable[[], None]:
     return lambda: _current.reset(token)
 
 
-# The messages that open a response: an HTTP head, a WebSocket's accept (its 101)
-# and the HTTP answer that refuses an upgrade.
-_RESPONSE_HEADS = frozenset(
-    {"http.response.start", "websocket.accept", "websocket.http.response.start"}
-)
-
-
 def send_with_ids(send: Send, ids: RequestIds) -> Send:
     """``send``, with the request id (and the interception id, once there is one)
     added to the response head (a WebSocket's too: its turns' interceptions carry
     the socket's request id). The body is never touched."""
 
     async def send_ids(message: Message) -> None:
-        if message["type"] in _RESPONSE_HEADS:
+        if message["type"] in RESPONSE_STARTS:
             message = {**message, "headers": [*message.get("headers", ()), *ids.response_headers()]}
         await send(message)
 

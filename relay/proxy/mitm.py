@@ -36,7 +36,7 @@ from hypercorn.trio.worker_context import WorkerContext
 
 from relay import hypercorn_fixes
 from relay.access import GOVERNANCE_HEADERS, read_client_credential
-from relay.asgi import Headers, Message, Receive, Scope, Send, send_response
+from relay.asgi import RESPONSE_STARTS, Headers, Message, Receive, Scope, Send, send_response
 from relay.identity import Principal
 from relay.providers.registry import ProviderRegistry
 from relay.proxy.ca import LeafContexts
@@ -47,7 +47,6 @@ log = logging.getLogger("relay.proxy")
 
 GATEWAY_PREFIX = "/api/v2/ai-gateway/"
 REQUEST_ID_HEADER = b"x-relay-proxy-request-id"
-_STARTS = frozenset({"http.response.start", "websocket.http.response.start", "websocket.accept"})
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -122,7 +121,7 @@ class GatewayHandoff:
         async def send_with_id(message: Message) -> None:
             nonlocal status
             # (websocket.http.response.start: a refused upgrade, answered over HTTP)
-            if message["type"] in _STARTS:
+            if message["type"] in RESPONSE_STARTS:
                 status = message.get("status", 101)
                 message = {
                     **message,
