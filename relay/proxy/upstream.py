@@ -14,6 +14,7 @@ address). The credentials are never in a log line, an error or a repr.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ssl
 from dataclasses import dataclass, field
 
@@ -68,19 +69,14 @@ def upstream_from_options(options: object) -> UpstreamProxy | None:
     upstream = parse_upstream_url(options.proxy_upstream)
     if upstream.scheme != "https":
         return upstream
-    context = ssl.create_default_context()
+    try:  # PROXY_UPSTREAM_CA, or else the system's CAs
+        context = ssl.create_default_context(cafile=options.proxy_upstream_ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"cannot load PROXY_UPSTREAM_CA ({options.proxy_upstream_ca}): {exc}"
+        ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if options.proxy_upstream_ca:
-        try:
-            context = ssl.create_default_context(cafile=options.proxy_upstream_ca)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-        except (OSError, ssl.SSLError) as exc:
-            raise StartupError(
-                f"cannot load PROXY_UPSTREAM_CA ({options.proxy_upstream_ca}): {exc}"
-            ) from None
-    return UpstreamProxy(
-        upstream.scheme, upstream.host, upstream.port, upstream.authorization, context
-    )
+    return dataclasses.replace(upstream, tls=context)
 
 
 def connect_request(upstream: UpstreamProxy, authority: str) -> bytes:
