@@ -32,6 +32,17 @@ def clients(relay):  # type: ignore[no-untyped-def]
     return claude, gpt
 
 
+async def long_stream(claude: anthropic.AsyncAnthropic, text: list[str]) -> None:
+    """A 30-event stream that takes ~0.6 s: admitted before a limit is reached, it must finish."""
+    async with claude.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=USER,
+        extra_headers={"x-mock-scenario": "long", "x-mock-events": "30", "x-mock-gap-ms": "20"},
+    ) as stream:
+        text.extend([t async for t in stream.text_stream])
+
+
 async def until(condition, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
     with trio.fail_after(timeout):
         while not condition():
@@ -50,21 +61,8 @@ async def test_a_spent_budget_refuses_in_each_shape_while_a_stream_finishes(pg_d
         claude, gpt = clients(relay)
         stream_text: list[str] = []
 
-        async def long_stream() -> None:
-            async with claude.messages.stream(
-                model="claude-haiku-4-5",
-                max_tokens=100,
-                messages=USER,
-                extra_headers={
-                    "x-mock-scenario": "long",
-                    "x-mock-events": "30",
-                    "x-mock-gap-ms": "20",
-                },
-            ) as stream:
-                stream_text.extend([t async for t in stream.text_stream])
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(long_stream)
+            nursery.start_soon(long_stream, claude, stream_text)
             await until(lambda: len(mock.requests) == 1)  # admitted, under the limit
             for _ in range(3):  # 458 µ$ each: the third is admitted at 916 and ends at 1374
                 await claude.messages.create(model=SONNET, max_tokens=100, messages=USER)

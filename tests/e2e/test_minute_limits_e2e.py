@@ -17,6 +17,7 @@ import trio
 
 from relay.auth import create_token
 from relay.budgets.minute import wall_now, window_of
+from tests.e2e.test_budgets_e2e import long_stream
 from tests.relay_harness import mock_and_relay, mock_providers_env, running_relay
 
 pytestmark = pytest.mark.usefixtures("pg_dsn")
@@ -140,21 +141,8 @@ async def test_two_relays_enforce_one_tokens_per_minute_limit_without_cutting_a_
             via_b = claude(b.gateway("anthropic"), a.token)  # the same token on both relays
             text: list[str] = []
 
-            async def long_stream() -> None:
-                async with via_a.messages.stream(
-                    model="claude-haiku-4-5",
-                    max_tokens=100,
-                    messages=USER,
-                    extra_headers={
-                        "x-mock-scenario": "long",
-                        "x-mock-events": "30",
-                        "x-mock-gap-ms": "20",
-                    },
-                ) as stream:
-                    text.extend([t async for t in stream.text_stream])
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(long_stream)
+                nursery.start_soon(long_stream, via_a, text)
                 await until(lambda: len(mock.requests) == 1)  # admitted: no tokens yet
                 await via_b.messages.create(model=SONNET, max_tokens=100, messages=USER)
                 # b's usage reaches a through PostgreSQL: the token's minute is spent.
