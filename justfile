@@ -12,13 +12,21 @@ serve *ARGS:
 demo:
     relay serve --demo
 
-# Lint, type-check, install the pinned agent CLIs, then run the whole test suite.
-test *ARGS: lint clients
+# Lint, type-check, install the pinned agent CLIs and the browser, then run the whole test suite.
+test *ARGS: lint clients browser
     python -m pytest -q {{ARGS}}
 
 # Codex and Claude Code as clients/package-lock.json pins them (the e2e tests drive them).
 clients:
     bash .ci/clients
+
+# Debian's chromium (/usr/bin/chromium) for the console's browser tests (tests/console/).
+browser:
+    bash .ci/browser
+
+# The console's browser tests, writing a screenshot of each page into docs/img/console/.
+screenshots: browser
+    RELAY_CONSOLE_SCREENSHOTS=docs/img/console python -m pytest -q tests/console
 
 # ruff, mypy, and the import contracts of pyproject.toml (the layers of docs/architecture.md).
 lint:
