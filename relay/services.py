@@ -35,6 +35,7 @@ from relay.errors import RelayError, sole_exception
 from relay.mcp.client import McpServers
 from relay.metrics import Metrics, metrics_for_process, serve_metrics_listener
 from relay.observe.logs import RecordLogSink, RecordSink
+from relay.observe.tail import TailHub, TailSink
 from relay.options import Options
 from relay.pricing.store import PriceCache, seed_default_prices
 from relay.providers.env import providers_from_env
@@ -141,6 +142,8 @@ class Services:
     mcp: McpServers | None = None
     # REQUESTS_PER_MINUTE / TOKENS_PER_MINUTE across the fleet (None: both off).
     minute_limits: MinuteLimits | None = None
+    # The console's live tail: fed by the record sink (relay.observe.tail).
+    tail: TailHub | None = None
 
 
 @asynccontextmanager
@@ -184,11 +187,15 @@ def mcp_servers(options: Options) -> McpServers | None:
     )
 
 
-def record_sink(options: Options, sink: ChargingSink) -> RecordSink:
-    """The request path's record sink: with STRUCTURED_LOGGING each row is logged too."""
-    if not options.structured_logging:
-        return sink
-    return RecordLogSink(sink, content=options.structured_logging_content)
+def record_sink(options: Options, sink: ChargingSink, tail: TailHub | None = None) -> RecordSink:
+    """The request path's record sink: with STRUCTURED_LOGGING each row is logged too,
+    and each finished interception goes to the live tail's viewers (if any watch)."""
+    records: RecordSink = sink
+    if options.structured_logging:
+        records = RecordLogSink(records, content=options.structured_logging_content)
+    if tail is not None:
+        records = TailSink(records, tail)
+    return records
 
 
 @asynccontextmanager
@@ -298,6 +305,7 @@ async def open_services(
                 )
             dumps = DumpWriter(options.dump_dir or None, metrics)
             await nursery.start(supervised, "dump writer", on_failure, dumps.run)
+            tail = TailHub()
             mcp = mcp_servers(options)
             if mcp is not None:
                 # Started once every server's first listing is over (or failed: skipped).
@@ -319,9 +327,11 @@ async def open_services(
                     record_sink(
                         options,
                         ChargingSink(recorder, budgets, metrics, minute_limits),
+                        tail,
                     ),
                     mcp,
                     minute_limits,
+                    tail,
                 )
             finally:
                 with trio.CancelScope(shield=True):
