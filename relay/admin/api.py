@@ -162,30 +162,37 @@ async def list_interceptions(db: ReadDatabase, filters: Filters) -> Interception
     )
     more = len(rows) > filters.limit
     interceptions = [Interception(**dict(row)) for row in rows[: filters.limit]]
-    by_id = {i.id: i for i in interceptions}
-    if by_id:
-        ids = list(by_id)
-        for row in await db.fetch(_TOKENS_SQL, ids):
-            fields = dict(row)
-            owner = by_id[fields.pop("interception_id")]
-            fields["extra"] = msgspec.Raw(fields["extra"].encode())
-            fields["raw"] = msgspec.Raw(fields["raw"].encode())
-            owner.token_usages.append(TokenUsage(**fields))
-        for row in await db.fetch(_TOOLS_SQL, ids):
-            fields = dict(row)
-            by_id[fields.pop("interception_id")].tool_usages.append(ToolUsage(**fields))
-        for row in await db.fetch(_PROMPTS_SQL, ids):
-            owner = by_id[row["interception_id"]]
-            owner.prompt = row["prompt"]
-            owner.prompt_truncated = row["truncated"]
-            owner.prompt_original_bytes = row["original_bytes"]
-        for row in await db.fetch(_THOUGHTS_SQL, ids):
-            by_id[row["interception_id"]].thoughts.append(row["content"])
+    await attach_details(db, interceptions)
     cursor = None
     if more and interceptions:
         last = interceptions[-1]
         cursor = encode_cursor(last.started_at, last.id)
     return InterceptionPage(interceptions, cursor)
+
+
+async def attach_details(db: ReadDatabase, interceptions: list[Interception]) -> None:
+    """Fill in each interception's usage, tool calls, prompt and thoughts (four
+    queries, each by the child table's ``interception_id`` index)."""
+    by_id = {i.id: i for i in interceptions}
+    if not by_id:
+        return
+    ids = list(by_id)
+    for row in await db.fetch(_TOKENS_SQL, ids):
+        fields = dict(row)
+        owner = by_id[fields.pop("interception_id")]
+        fields["extra"] = msgspec.Raw(fields["extra"].encode())
+        fields["raw"] = msgspec.Raw(fields["raw"].encode())
+        owner.token_usages.append(TokenUsage(**fields))
+    for row in await db.fetch(_TOOLS_SQL, ids):
+        fields = dict(row)
+        by_id[fields.pop("interception_id")].tool_usages.append(ToolUsage(**fields))
+    for row in await db.fetch(_PROMPTS_SQL, ids):
+        owner = by_id[row["interception_id"]]
+        owner.prompt = row["prompt"]
+        owner.prompt_truncated = row["truncated"]
+        owner.prompt_original_bytes = row["original_bytes"]
+    for row in await db.fetch(_THOUGHTS_SQL, ids):
+        by_id[row["interception_id"]].thoughts.append(row["content"])
 
 
 def encode_cursor(started_at: datetime, interception_id: uuid.UUID) -> str:

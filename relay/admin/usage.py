@@ -8,8 +8,10 @@ Cost is the sum of the ``cost_micros`` the recorder stored on each usage row
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 
@@ -76,7 +78,10 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
 
 
 # Children are summed per interception before the join, so that an
-# interception with two tool calls does not count its tokens twice.
+# interception with two tool calls does not count its tokens twice. A child row
+# is written when its interception ends, so it is never older than the start:
+# with ``since``, the children are also read by their BRIN index on created_at
+# (only the period's pages), never by a scan of the whole table.
 _SQL = """
 WITH selected AS (
     SELECT i.id, i.initiator_id, i.provider_name, i.model, i.client, i.started_at
@@ -97,10 +102,12 @@ WITH selected AS (
            sum(t.cost_micros) AS cost_micros,
            count(*) FILTER (WHERE t.cost_micros IS NULL) AS unpriced
     FROM token_usages t JOIN selected s ON s.id = t.interception_id
+    WHERE ($3::timestamptz IS NULL OR t.created_at >= $3)
     GROUP BY t.interception_id
 ), tools AS (
     SELECT tu.interception_id, count(*) AS tool_calls
     FROM tool_usages tu JOIN selected s ON s.id = tu.interception_id
+    WHERE ($3::timestamptz IS NULL OR tu.created_at >= $3)
     GROUP BY tu.interception_id
 )
 SELECT {dimensions}
@@ -218,3 +225,88 @@ def _numbers(row: UsageRow | UsageTotals) -> list[str]:
         format_dollars(row.cost_micros),
         f"{row.unpriced:,}",
     ]
+
+
+# --- the console's Spend page (docs/console.md, "Spend") ----------------------------------
+
+#: Without ``since``, a spend report covers this many days, today included.
+DEFAULT_SPEND_DAYS = 7
+
+
+class SpendReport(msgspec.Struct, kw_only=True):
+    group_by: list[str]
+    since: datetime  # the period, [since, until): the default is the last DEFAULT_SPEND_DAYS days
+    until: datetime | None
+    rows: list[UsageRow]
+    totals: UsageTotals
+
+
+def default_since(now: datetime) -> datetime:
+    """Midnight (UTC) DEFAULT_SPEND_DAYS - 1 days before ``now``'s day."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=DEFAULT_SPEND_DAYS - 1)
+
+
+async def spend_report(
+    db: ReadDatabase,
+    *,
+    group_by: Sequence[str],
+    now: datetime,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user: str | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+    client: str | None = None,
+) -> SpendReport:
+    """``usage_report`` over a bounded period (``since`` defaults to the last
+    DEFAULT_SPEND_DAYS days), with its totals."""
+    start = since if since is not None else default_since(now)
+    rows = await usage_report(
+        db, user, provider, start, until, model=model, client=client, group_by=group_by
+    )
+    return SpendReport(
+        group_by=list(group_by), since=start, until=until, rows=rows, totals=totals(rows)
+    )
+
+
+#: A spreadsheet runs a cell that starts with one of these as a formula
+#: (OWASP "CSV injection"): such a text cell gets a leading apostrophe.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, date):
+        return value.isoformat()
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def spend_csv(report: SpendReport) -> str:
+    """The report as CSV (RFC 4180 quoting, CRLF lines): a header, one line per
+    group, a total line. Cost in US dollars (exact: micro-dollars / 10^6)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    counts = [field for _, field in _COUNT_HEADINGS]
+    writer.writerow([*report.group_by, *counts, "cost_usd", "unpriced"])
+    for row in report.rows:
+        writer.writerow(
+            [
+                *(csv_cell(getattr(row, n)) for n in report.group_by),
+                *(getattr(row, f) for f in counts),
+                _usd(row.cost_micros),
+                row.unpriced,
+            ]
+        )
+    t = report.totals
+    label = ["total", *[""] * (len(report.group_by) - 1)] if report.group_by else []
+    writer.writerow([*label, *(getattr(t, f) for f in counts), _usd(t.cost_micros), t.unpriced])
+    return out.getvalue()
+
+
+def _usd(micros: int) -> str:
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"

@@ -1,0 +1,125 @@
+"""The console's queries use indexes on a table of 1M interceptions (issue 20).
+
+The table (bench/console_data.py: generate_series, once per module, in its own
+database, ANALYZEd) has 1M interceptions with their token usages, prompts,
+tool calls and thoughts. Each default view's function runs for real against
+it through a wrapper that records every statement it sends; each statement is
+then EXPLAINed (FORMAT JSON) with the same parameters, and no plan may hold a
+sequential scan of interceptions or token_usages.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from bench.console_data import build_statements
+from relay.admin.sessions import SessionFilters, interception_detail, list_sessions, session_detail
+from relay.admin.usage import spend_report
+from relay.budgets.store import budgets_with_spend
+from relay.db import Database
+from tests.conftest import PgCluster, admin_execute
+
+ROWS = 1_000_000
+NOW = datetime.now(UTC)
+BIG_TABLES = {"interceptions", "token_usages"}
+
+
+@pytest.fixture(scope="module")
+def million(pg_cluster: PgCluster, pg_template: str) -> Iterator[str]:
+    dsn = pg_cluster.create_database(template=pg_template)
+    try:
+        admin_execute(dsn, *build_statements(ROWS, NOW))
+        yield dsn
+    finally:
+        pg_cluster.drop_database(dsn)
+
+
+class Recording:
+    """A Database that remembers what it was asked."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        self.statements.append((sql, args))
+        return await self.db.fetch(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self.statements.append((sql, args))
+        return await self.db.fetchval(sql, *args)
+
+
+def scans(plan: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
+    yield plan["Node Type"], plan.get("Relation Name")
+    for child in plan.get("Plans", ()):
+        yield from scans(child)
+
+
+async def assert_indexed(db: Database, recording: Recording) -> list[set[tuple[str, str | None]]]:
+    assert recording.statements
+    plans = []
+    for sql, args in recording.statements:
+        text = await db.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+        nodes = set(scans(json.loads(text)[0]["Plan"]))
+        seq = {n for n in nodes if n[0] == "Seq Scan" and n[1] in BIG_TABLES}
+        assert not seq, f"{seq} in the plan of {sql}"
+        plans.append(nodes)
+    return plans
+
+
+async def test_every_default_view_uses_indexes(million: str) -> None:
+    async with Database.open(million, max_size=2) as db:
+        assert await db.fetchval("SELECT count(*) FROM interceptions") == ROWS
+
+        # Sessions: the first page, the next one, and a page filtered by user.
+        rec = Recording(db)
+        first = await list_sessions(rec, SessionFilters())
+        assert len(first.sessions) == 50 and first.next_cursor and not first.partial
+        kinds = {s.kind for s in first.sessions}
+        assert kinds == {"client", "grouped"}
+        assert first.sessions[0].last_started_at <= NOW
+        assert all(s.requests >= 1 for s in first.sessions)
+        from relay.admin.api import decode_cursor
+
+        await list_sessions(rec, SessionFilters(after=decode_cursor(first.next_cursor)))
+        await list_sessions(rec, SessionFilters(user=first.sessions[0].user))
+        await assert_indexed(db, rec)
+
+        # A session of each kind, and an interception of each.
+        for kind in ("client", "grouped"):
+            summary = next(s for s in first.sessions if s.kind == kind)
+            rec = Recording(db)
+            detail = await session_detail(rec, summary.key)
+            assert detail is not None and detail.interceptions
+            assert detail.summary.requests == len(detail.interceptions) == 20
+            one = detail.interceptions[0]
+            assert one.prompt and one.token_usages and one.token_usages[0].cost_micros
+            rec_i = Recording(db)
+            found = await interception_detail(rec_i, one.id)
+            assert found is not None and found.session_key == summary.key
+            await assert_indexed(db, rec)
+            await assert_indexed(db, rec_i)
+        rec = Recording(db)
+        assert await interception_detail(rec, uuid.uuid4()) is None
+        await assert_indexed(db, rec)
+
+        # Spend over the default period: the chart (per day and model) and the
+        # table by each dimension; and the budgets.
+        rec = Recording(db)
+        chart = await spend_report(rec, group_by=("day", "model"), now=NOW)
+        assert chart.totals.requests > 0 and chart.totals.cost_micros > 0
+        for dimension in ("model", "user", "provider", "client"):
+            table = await spend_report(rec, group_by=(dimension,), now=NOW)
+            assert table.totals == chart.totals
+        await assert_indexed(db, rec)
+        rec = Recording(db)
+        budgets = await budgets_with_spend(rec)  # type: ignore[arg-type]
+        assert len(budgets) == 20 and any(spent > 0 for _budget, spent in budgets)
+        await assert_indexed(db, rec)
