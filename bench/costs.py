@@ -47,6 +47,17 @@ the same round, the median of those differences (on a ``paced`` stream the
 first body byte is the first event, so this is the added time to first
 token). Results: bench/results/costs-<UTC time>/
 (``costs.md``, ``costs.json``, the processes' logs).
+
+``--instructions N`` counts instead of timing: every relay variant and the
+floor run under valgrind's callgrind (instrumentation switched on once the
+process serves, so start-up is not counted), each round serves exactly
+``N`` streams, and the report gives the user-space instructions each stream
+cost the serving process (all its threads: the event loop and the database
+thread). Instructions do not depend on what else the machine runs, so
+"relay ÷ floor" and before/after ratios are repeatable on a shared machine
+where CPU seconds are not; what they leave out is the kernel's work (the
+same sockets for relay and floor) and PostgreSQL's. Streams/s and latencies
+under callgrind mean nothing and are not reported.
 """
 
 from __future__ import annotations
@@ -131,6 +142,7 @@ class Variant:
     pid: int | None = None
     log: str | None = None
     rounds: list[dict[str, float]] = field(default_factory=list)
+    callgrind_out: Path | None = None  # --instructions: callgrind's output file (dumps add .N)
 
     @property
     def pinned(self) -> bool:
@@ -255,6 +267,37 @@ async def _baseline_trees(revs: list[str]) -> AsyncIterator[dict[str, Path]]:
             )
 
 
+def callgrind_command(out: Path) -> list[str]:
+    """valgrind's callgrind in front of a command, instrumentation off until switched on."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (Debian's valgrind package)")
+    return [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+
+
+async def callgrind_control(option: str, pid: int) -> None:
+    """``callgrind_control OPTION PID``, once the process has taken the command."""
+    done = await trio.run_process(
+        ["callgrind_control", option, str(pid)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    if done.returncode != 0 or b"OK" not in done.stdout:
+        raise RuntimeError(f"callgrind_control {option} {pid}: {done.stdout!r} {done.stderr!r}")
+
+
+def dumped_instructions(out: Path, before: set[Path]) -> int:
+    """The instructions in the dump callgrind wrote since ``before`` (its ``summary:`` line)."""
+    new = sorted(set(out.parent.glob(out.name + ".*")) - before, key=lambda p: p.stat().st_mtime)
+    if not new:
+        raise RuntimeError(f"callgrind wrote no dump next to {out}")
+    for line in new[-1].read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {new[-1]}")
+
+
 @contextlib.asynccontextmanager
 async def _start(
     variant: Variant,
@@ -263,6 +306,8 @@ async def _start(
     tokens: dict[str, bytes],
     work: Path,
     logs: Path,
+    *,
+    counted: bool = False,
 ) -> AsyncIterator[None]:
     port = free_port()
     if variant.kind == "direct":
@@ -304,10 +349,18 @@ async def _start(
         paths = {"openai": "/api/v2/ai-gateway/openai", "anthropic": "/api/v2/ai-gateway/anthropic"}
         key = tokens.get(variant.kind, tokens["default"])
         health = "/healthz"
+    name = variant.label.replace("@", "-")
+    timeout = None
+    if counted:
+        variant.callgrind_out = logs / f"callgrind-{name}.out"
+        command = [*callgrind_command(variant.callgrind_out), *command]
+        timeout = 600.0  # valgrind runs the start-up uninstrumented, still ~5x slower
     async with _subprocess(
-        variant.label.replace("@", "-"), command, port, logs, env=env, health_path=health
+        name, command, port, logs, env=env, health_path=health, timeout_s=timeout
     ) as (pid, log):
         variant.pid, variant.log = pid, str(log)
+        if counted:
+            await callgrind_control("--instr=on", pid)
         variant.endpoint = Endpoint("127.0.0.1", port, paths, _credentials(key, key))
         yield
 
@@ -320,6 +373,7 @@ async def _measure(
     seconds: float,
     pacing: str,
     cold: bool,
+    instructions: int = 0,
 ) -> dict[str, float]:
     assert variant.endpoint is not None
     scenario = scenarios.litellm_stream(pacing)  # type: ignore[arg-type]
@@ -335,6 +389,8 @@ async def _measure(
         for p in [variant.pid, *_descendants(variant.pid)]:
             pin(p, set(cpus))
         pg.pin(set(cpus))
+    if instructions:
+        return await _count(variant, scenario, concurrency, instructions)
     # Warm: connections, the token cache, the upstream pool, the workers.
     await run_load(variant.endpoint, scenario, concurrency, max_requests=300, max_seconds=3)
     pid = variant.pid
@@ -383,6 +439,31 @@ async def _measure(
         "statements": load["statements"],
         "rows_written": load["rows_written"],
         "commits": load["commits"],
+    }
+
+
+async def _count(
+    variant: Variant, scenario: scenarios.Scenario, concurrency: int, streams: int
+) -> dict[str, float]:
+    """``--instructions``: what ``streams`` streams cost in instructions (callgrind)."""
+    assert variant.endpoint is not None
+    out, pid = variant.callgrind_out, variant.pid
+    if out is None or pid is None:  # direct: nothing of ours runs
+        return {"streams": 0, "errors": 0, "instructions": 0.0}
+    # Warm (instrumented, so code is translated once): connections, caches, the pool.
+    await run_load(variant.endpoint, scenario, concurrency, max_requests=64, max_seconds=300)
+    await callgrind_control("--zero", pid)
+    result = await run_load(
+        variant.endpoint, scenario, concurrency, max_requests=streams, max_seconds=3600
+    )
+    before = set(out.parent.glob(out.name + ".*"))
+    await callgrind_control("--dump", pid)
+    done = len(result.samples)
+    total = await trio.to_thread.run_sync(dumped_instructions, out, before)
+    return {
+        "streams": done,
+        "errors": sum(result.errors.values()) + result.unfinished,
+        "instructions": total / done if done else 0.0,
     }
 
 
@@ -436,7 +517,15 @@ async def _run(
                     for variant in variants:
                         try:
                             await stack.enter_async_context(
-                                _start(variant, mock, pg, tokens, work, out)
+                                _start(
+                                    variant,
+                                    mock,
+                                    pg,
+                                    tokens,
+                                    work,
+                                    out,
+                                    counted=bool(args.instructions) and variant.kind != "direct",
+                                )
                             )
                         except TargetError as exc:
                             raise SystemExit(
@@ -452,8 +541,17 @@ async def _run(
                                 args.seconds,
                                 args.pacing,
                                 args.cold,
+                                args.instructions,
                             )
                             variant.rounds.append(figures)
+                            if args.instructions:
+                                print(
+                                    f"round {round_ + 1} {variant.label:>18}: "
+                                    f"{figures['instructions'] / 1e6:.2f} M instructions "
+                                    f"per stream ({figures['streams']:.0f} streams)",
+                                    flush=True,
+                                )
+                                continue
                             print(
                                 f"round {round_ + 1} {variant.label:>18}: {figures['per_s']:7.0f}/s "
                                 f"cpu {figures['cpu_ms']:.3f} ms pg {figures['pg_ms']:.3f} ms "
@@ -503,6 +601,37 @@ def _added_ttfb(variant: Variant, direct: Variant | None) -> str:
         for mine, theirs in zip(variant.rounds, direct.rounds, strict=False)
     ]
     return f"{statistics.median(added):.2f}"
+
+
+def render_counted(variants: list[Variant], args: argparse.Namespace, started: str) -> str:
+    """The ``--instructions`` report: instructions per stream, and as ratios."""
+    by_label = {v.label: v for v in variants}
+    floor, base = by_label.get("floor"), by_label.get("on") or by_label.get("default")
+    lines = [
+        f"# bench.costs --instructions, {started}",
+        "",
+        f"`python -m bench.costs --variants {args.variants} --rounds {args.rounds} "
+        f"--instructions {args.instructions} --concurrency {args.concurrency} "
+        f"--pacing {args.pacing}" + (f" --baseline {args.baseline}`" if args.baseline else "`"),
+        "",
+        f"User-space instructions of the serving process per stream (callgrind; all its "
+        f"threads; kernel and PostgreSQL not counted), median of {args.rounds} rounds of "
+        f"{args.instructions} streams, `{args.pacing}` stream, {args.concurrency} clients.",
+        "",
+        f"| variant | M instructions / stream | ÷ floor | ÷ {base.label if base else 'on'} |",
+        "|---|---|---|---|",
+    ]
+    for v in variants:
+        if v.kind == "direct":
+            continue
+        ir = _median(v, "instructions")
+        to_floor = f"{ir / _median(floor, 'instructions'):.3f}×" if floor and v is not floor else ""
+        to_base = f"{ir / _median(base, 'instructions'):.3f}×" if base and v is not base else ""
+        lines.append(f"| {v.label} | {ir / 1e6:.3f} | {to_floor} | {to_base} |")
+    errors = {v.label: sum(int(r["errors"]) for r in v.rounds) for v in variants}
+    if any(errors.values()):
+        lines += ["", f"Errors or unfinished requests: {errors}"]
+    return "\n".join(lines) + "\n"
 
 
 def render(variants: list[Variant], args: argparse.Namespace, started: str) -> str:
@@ -565,12 +694,19 @@ def main() -> None:
         action="store_true",
         help="every client connects when the clock starts (as wrk does): the accept path counts",
     )
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="count instructions per stream under callgrind over N streams a round (no timing)",
+    )
     args = parser.parse_args()
     started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"costs-{started}"
     out.mkdir(parents=True)
     variants = trio.run(run, args, out)
-    report = render(variants, args, started)
+    report = (render_counted if args.instructions else render)(variants, args, started)
     (out / "costs.md").write_text(report)
     (out / "costs.json").write_bytes(
         msgspec.json.encode(

@@ -196,6 +196,7 @@ async def _subprocess(
     *,
     env: dict[str, str] | None = None,
     health_path: str | None = None,
+    timeout_s: float | None = None,
 ) -> AsyncIterator[tuple[int, Path]]:
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
@@ -213,9 +214,9 @@ async def _subprocess(
                 )
             )
             try:
-                await _wait_ready(
-                    process, port, health_path, log_path, STARTUP_TIMEOUT_S.get(name, 30.0)
-                )
+                if timeout_s is None:
+                    timeout_s = STARTUP_TIMEOUT_S.get(name, 30.0)
+                await _wait_ready(process, port, health_path, log_path, timeout_s)
                 yield serving_pid(process.pid), log_path
             finally:
                 nursery.cancel_scope.cancel()
