@@ -130,8 +130,13 @@ def is_injected_usage_chunk(event: SSEEvent) -> bool:
     what the client receives.
     """
     data = event.data
-    # Cheap test first: nearly every chunk has no usage object.
+    # Cheap tests first: nearly every chunk has no usage object. Under
+    # include_usage every chunk has ``"usage":null``, so the first test passes
+    # on all of them; the pattern then finds no object after a usage key
+    # (a JSON string cannot hold an unescaped quote, so it only matches a key).
     if '"usage"' not in data or '"choices"' not in data:
+        return False
+    if _USAGE_OBJECT.search(data) is None:
         return False
     try:
         probe = _USAGE_PROBE.decode(data)
@@ -139,6 +144,8 @@ def is_injected_usage_chunk(event: SSEEvent) -> bool:
         return False
     return probe.choices == [] and isinstance(probe.usage, dict)
 
+
+_USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
 
 # With include_usage, OpenAI adds ``"usage": null`` to every other chunk. A
 # JSON string cannot hold an unescaped quote, so this pattern only matches the
