@@ -56,6 +56,7 @@ class UserRow(msgspec.Struct, frozen=True):
     id: str
     name: str
     created_at: datetime
+    is_admin: bool = False  # may use the console and the admin API with its tokens
 
 
 class ApiKeyRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,24 +102,50 @@ def mask_token(token: str) -> str:
 # -- users --------------------------------------------------------------------
 
 
-async def create_user(db: Database, name: str) -> UserRow:
+_USER_COLUMNS = "id::text, name, created_at, is_admin"
+
+
+def _user_row(row: Any) -> UserRow:
+    return UserRow(row["id"], row["name"], row["created_at"], row["is_admin"])
+
+
+async def create_user(db: Database, name: str, *, admin: bool = False) -> UserRow:
     if not _USER_NAME_RE.match(name):
         raise AuthError(
             f"user name {name!r}: use letters, digits and . _ @ + - (at most 128, no spaces)"
         )
     row = await db.fetchrow(
-        "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING "
-        "RETURNING id::text, name, created_at",
+        "INSERT INTO users (name, is_admin) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING "
+        f"RETURNING {_USER_COLUMNS}",
         name,
+        admin,
     )
     if row is None:
         raise AuthError(f"a user named {name!r} already exists")
-    return UserRow(row["id"], row["name"], row["created_at"])
+    return _user_row(row)
 
 
 async def list_users(db: Database) -> list[UserRow]:
-    rows = await db.fetch("SELECT id::text, name, created_at FROM users ORDER BY name")
-    return [UserRow(r["id"], r["name"], r["created_at"]) for r in rows]
+    rows = await db.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name")
+    return [_user_row(r) for r in rows]
+
+
+async def set_admin(db: Database, name: str, admin: bool) -> tuple[UserRow, bool]:
+    """Give the user named ``name`` the admin role, or take it away: ``(user, changed)``.
+
+    Taking it away ends the user's console sessions (a trigger of migration 0013).
+    """
+    row = await db.fetchrow(
+        "WITH old AS (SELECT id, is_admin FROM users WHERE name = $1), "
+        "new AS (UPDATE users u SET is_admin = $2 FROM old WHERE u.id = old.id "
+        f"  RETURNING u.{_USER_COLUMNS.replace(', ', ', u.')}) "
+        "SELECT new.*, old.is_admin <> $2 AS changed FROM new, old",
+        name,
+        admin,
+    )
+    if row is None:
+        raise AuthError(f"no user named {name!r} (create it with: relay users create {name})")
+    return _user_row(row), row["changed"]
 
 
 # -- tokens -------------------------------------------------------------------

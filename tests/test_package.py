@@ -178,6 +178,23 @@ def test_the_wheel_runs_from_another_directory(
     )
     assert schemas.returncode == 0, schemas.stderr
 
+    # The console's assets travel in the package, each one the tree holds (no build step).
+    static = ROOT / "relay/console/static"
+    in_tree = sorted(p.relative_to(static).as_posix() for p in static.rglob("*") if p.is_file())
+    assert {"shell.html", "signin.html", "app.js", "ui.js", "style.css"} <= set(in_tree)
+    assets = _run(
+        installed,
+        tmp_path,
+        "python",
+        "-c",
+        "from relay.console.app import STATIC_DIR, static_files, template\n"
+        "print('\\n'.join(sorted(p.relative_to(STATIC_DIR).as_posix()"
+        " for p in STATIC_DIR.rglob('*') if p.is_file())))\n"
+        "assert 'app.js' in static_files() and '{{csrf}}' in template('shell.html')",
+    )
+    assert assets.returncode == 0, assets.stderr
+    assert assets.stdout.split() == in_tree
+
     dsn = pg_cluster.create_database(template=None)
     try:
         migrated = _run(installed, tmp_path, "relay", "migrate", CODER_PG_CONNECTION_URL=dsn)

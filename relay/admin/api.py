@@ -9,7 +9,9 @@ day,user,provider,model), ``user``, ``provider``, ``model``, ``client``,
 ``since``, ``until``.
 
 ``GET /api/v2/ai-gateway/admin/interceptions`` (also under ``/api/v2/aibridge``)
-with ``Authorization: Bearer <ADMIN_TOKEN>``. Query parameters, all optional:
+with ``Authorization: Bearer <ADMIN_TOKEN>``, or the relay token of an admin
+user (``users.is_admin``, checked by the ``check_user`` the caller passes:
+403 for a valid token of a user who is not an admin). Query parameters, all optional:
 ``user`` (name or id), ``provider``, ``model``, ``since``, ``until`` (RFC 3339;
 ``until`` excluded), ``limit`` (1 to 1000, default 50) and ``cursor`` (the
 ``next_cursor`` of the previous page). Newest first.
@@ -265,28 +267,54 @@ def _text(value: str | None, name: str) -> str | None:
     return value
 
 
-def authorized(scope: Scope, admin_token: str) -> bool:
-    if not admin_token:
-        return False  # no token configured: the admin API is closed
+#: Whether a bearer credential (not ADMIN_TOKEN) is an admin user's relay token:
+#: True, False (a valid token, not an admin's), or None (no such token).
+UserCheck = Callable[[str], Awaitable[bool | None]]
+
+
+def bearer_credential(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name.lower() == b"authorization":
-            scheme, _, given = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                return hmac.compare_digest(given.strip().encode(), admin_token.encode())
-    return False
+            text: str = value.decode("latin-1")
+            scheme, _, given = text.partition(" ")
+            return given.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def authorized(scope: Scope, admin_token: str) -> bool:
+    if not admin_token:
+        return False  # no token configured: ADMIN_TOKEN opens nothing
+    given = bearer_credential(scope)
+    return given is not None and hmac.compare_digest(given.encode(), admin_token.encode())
 
 
 async def handle_admin(
-    scope: Scope, receive: Receive, send: Send, db: ReadDatabase, admin_token: str
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    db: ReadDatabase,
+    admin_token: str,
+    check_user: UserCheck | None = None,
 ) -> None:
     """Serve one admin request (an ASGI HTTP scope under ``ADMIN_PREFIXES``)."""
     path: str = scope.get("path", "")
     resource = next((path[len(p) :] for p in ADMIN_PREFIXES if path.startswith(p)), None)
     if not authorized(scope, admin_token):
-        await _send_json(
-            send, 401, {"error": "unauthorized", "message": "admin token required"}, bearer=True
-        )
-        return
+        given = bearer_credential(scope)
+        is_admin = await check_user(given) if check_user is not None and given else None
+        if is_admin is False:
+            await _send_json(
+                send, 403, {"error": "forbidden", "message": "this token is not an admin's"}
+            )
+            return
+        if is_admin is None:
+            await _send_json(
+                send,
+                401,
+                {"error": "unauthorized", "message": "an admin's token required"},
+                bearer=True,
+            )
+            return
     if resource not in ("interceptions", "usage"):
         await _send_json(send, 404, {"error": "not_found", "message": f"no admin API at {path}"})
         return

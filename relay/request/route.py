@@ -1,7 +1,7 @@
 """Step 1, route: which endpoint or provider route a request is for.
 
 ``answer_local`` serves what is the relay's own (health, readiness, metrics,
-the admin API) and what is refused before anything else (a failing relay, an
+the admin API and the console) and what is refused before anything else (a failing relay, an
 ambiguous framing). ``route`` finds the provider and the route kind of a
 gateway path, normalising the path first: what matched is what runs upstream.
 """
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 
 from relay import client_errors
 from relay.admin.api import handle_admin
 from relay.asgi import BodyTimeout, BodyTooLarge, ClientDisconnected, read_body, send_response
+from relay.console.app import handle_console
+from relay.console.auth import admin_api_check
 from relay.limits import ambiguous_framing
 from relay.providers.kinds import error_style_for, kind_for
 from relay.providers.types import Provider
@@ -85,8 +88,16 @@ async def answer_local(req: Request) -> bool:
             return True
         refuse(404, "the AI Gateway Proxy is not running here (PROXY_ENABLED)")
     if split is not None and split[0] == "admin":  # reserved: the admin API, not a provider
+        if split[1] == "/ui" or split[1].startswith("/ui/"):
+            await handle_console(req.scope, req.receive, req.send, services)
+            return True
         await handle_admin(
-            req.scope, req.receive, req.send, services.db, services.options.admin_token
+            req.scope,
+            req.receive,
+            req.send,
+            services.db,
+            services.options.admin_token,
+            check_user=partial(admin_api_check, services.db),
         )
         return True
     return False
