@@ -295,8 +295,9 @@ async def test_admin_api_lists_interceptions_through_the_relay(pg_dsn, tmp_path)
         await relay.wait_for_rows("SELECT id FROM tool_usages")
         url = f"{relay.url}/api/v2/ai-gateway/admin/interceptions?user=alice"
         async with httpx.AsyncClient() as http:
+            # A user's relay token is a credential, but not an admin's.
             refused = await http.get(url, headers={"authorization": f"Bearer {relay.token}"})
-            assert refused.status_code == 401
+            assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
             page = (await http.get(url, headers={"authorization": f"Bearer {admin}"})).json()
         [item] = page["interceptions"]
         assert item["model"] == "mock-tool"
