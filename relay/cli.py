@@ -176,14 +176,26 @@ async def _providers(db: Database, args: argparse.Namespace, out: TextIO) -> Non
 
 async def _users(db: Database, args: argparse.Namespace, out: TextIO) -> None:
     if args.users_action == "create":
-        user = await auth.create_user(db, args.name)
-        print(f"created user {user.name} (id {user.id})", file=out)
+        user = await auth.create_user(db, args.name, admin=args.admin)
+        role = ", an admin" if user.is_admin else ""
+        print(f"created user {user.name} (id {user.id}){role}", file=out)
+        args.audit = ("user.create", user.name, {"id": user.id, "admin": user.is_admin})
+        return
+    if args.users_action == "admin":
+        admin = not args.revoke
+        user, changed = await auth.set_admin(db, args.name, admin)
+        if not changed:
+            print(f"user {user.name} {'is' if admin else 'is not'} an admin already", file=out)
+            return
+        print(f"user {user.name} {'is now' if admin else 'is no longer'} an admin", file=out)
+        args.audit = ("user.admin", user.name, {"id": user.id, "admin": admin})
         return
     users = await auth.list_users(db)
     if not users:
         print("no users", file=out)
         return
-    _table([["NAME", "ID", "CREATED"], *([u.name, u.id, _when(u.created_at)] for u in users)], out)
+    rows = ([u.name, u.id, "admin" if u.is_admin else "user", _when(u.created_at)] for u in users)
+    _table([["NAME", "ID", "ROLE", "CREATED"], *rows], out)
 
 
 async def _tokens(db: Database, args: argparse.Namespace, out: TextIO) -> None:
@@ -194,9 +206,12 @@ async def _tokens(db: Database, args: argparse.Namespace, out: TextIO) -> None:
         # The token alone on stdout, so `TOKEN=$(relay tokens create ...)` works.
         _stderr(f"token {row.id} for user {row.user_name}, {expiry}; it is shown only this once:")
         print(token, file=out)
+        detail = {"user": row.user_name, "expires_at": row.expires_at}
+        args.audit = ("token.create", row.id, detail)
         return
     if action == "revoke":
         row = await auth.revoke_token(db, args.id)
+        args.audit = ("token.revoke", row.id, {"user": row.user_name})
         print(
             f"revoked token {row.id} of user {row.user_name} at {_when(row.revoked_at)}", file=out
         )
@@ -308,11 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub = p_actions.add_parser(action, parents=[db_flags], help=f"{action} a provider")
         sub.add_argument("name")
 
-    users = commands.add_parser("users", help="create and list users")
+    users = commands.add_parser("users", help="create and list users; the admin role")
     u_actions = users.add_subparsers(dest="users_action", required=True, metavar="ACTION")
     create_user = u_actions.add_parser("create", parents=[db_flags], help="create a user")
     create_user.add_argument("name")
-    u_actions.add_parser("list", parents=[db_flags], help="list users")
+    create_user.add_argument(
+        "--admin", action="store_true", help="with the admin role (the console, the admin API)"
+    )
+    u_actions.add_parser("list", parents=[db_flags], help="list users and their role")
+    admin_role = u_actions.add_parser(
+        "admin",
+        parents=[db_flags],
+        help="give a user the admin role (--revoke: take it away)",
+        description="An admin signs in to the console (docs/console.md) and uses the admin API "
+        "with their own relay token. Taking the role away ends their console sessions.",
+    )
+    admin_role.add_argument("name")
+    admin_role.add_argument("--revoke", action="store_true", help="take the admin role away")
 
     tokens = commands.add_parser("tokens", help="create, list and revoke API tokens")
     t_actions = tokens.add_subparsers(dest="tokens_action", required=True, metavar="ACTION")
@@ -754,11 +781,92 @@ def _check_prices_arguments(args: argparse.Namespace) -> None:
             raise CommandError(f"--since: {exc}") from None
 
 
+#: The admin commands that change something, each audited once it succeeded
+#: (``audit_log``, via "cli"; docs/console.md). The option values kept in the
+#: entry's detail, per command: never a key, a secret or a token.
+_AUDITED: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "providers": (
+        frozenset({"add", "update", "enable", "disable", "remove"}),
+        (
+            "type",
+            "base_url",
+            "bedrock_region",
+            "bedrock_model",
+            "bedrock_small_fast_model",
+            "bedrock_base_url",
+            "responses_websocket",
+        ),
+    ),
+    "groups": (frozenset({"create", "delete", "add", "remove"}), ("user",)),
+    "budgets": (
+        frozenset({"set", "remove"}),
+        ("user", "group", "token", "limit", "period", "model", "soft"),
+    ),
+    "prices": (
+        frozenset({"set", "import", "remove"}),
+        (
+            "input",
+            "output",
+            "cache_read",
+            "cache_write",
+            "cache_write_1h",
+            "reasoning",
+            "effective_from_text",
+            "file",
+        ),
+    ),
+}
+
+
+def os_user() -> str:
+    """Who runs the command, as the operating system knows them (the CLI's audit actor)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        return f"uid {os.getuid()}"
+
+
+def cli_audit_entry(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]] | None:
+    """``(action, target, detail)`` of a change a command made, or None for a reading."""
+    explicit: tuple[str, str, dict[str, Any]] | None = getattr(args, "audit", None)
+    if explicit is not None:
+        return explicit
+    audited = _AUDITED.get(args.command)
+    action = getattr(args, f"{args.command}_action", None)
+    if audited is None or action not in audited[0]:
+        return None
+    fields = audited[1]
+    detail = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    if args.command == "providers":
+        # Which secrets changed, never their values.
+        if getattr(args, "key", None) or getattr(args, "keys_stdin", False):
+            detail["keys"] = "replaced"
+        elif getattr(args, "clear_keys", False):
+            detail["keys"] = "cleared"
+        if getattr(args, "bedrock_access_key", None) or getattr(
+            args, "bedrock_access_key_secret", None
+        ):
+            detail["bedrock_credentials"] = "replaced"
+    if args.command == "prices":
+        target = args.file if action == "import" else f"{args.provider_type}/{args.model}"
+    else:
+        target = args.name
+    noun = {"providers": "provider", "groups": "group", "budgets": "budget", "prices": "price"}
+    return f"{noun[args.command]}.{action}", target, detail
+
+
 async def _run_admin(options: Options, args: argparse.Namespace) -> None:
     _check_arguments(args)
     try:
         async with open_admin_database(options) as db:
             await _ADMIN[args.command](db, args, sys.stdout)
+            entry = cli_audit_entry(args)
+            if entry is not None:
+                from relay.console.audit import record_audit
+
+                await record_audit(db, os_user(), None, "cli", *entry)
     except Exception as raised:
         # The database going away is expected here: one line, not a traceback.
         lost = unavailable(sole_exception(raised))

@@ -593,8 +593,9 @@ OPTIONS: tuple[Option, ...] = (
         "ADMIN_TOKEN",
         parse_str,
         "",
-        "Bearer token of the admin API (/api/v2/ai-gateway/admin/...). Empty: the admin "
-        "API answers 401 to everyone.",
+        "Bearer token of the admin API (/api/v2/ai-gateway/admin/...) and a sign-in of the "
+        "console (docs/console.md), beside the relay tokens of admin users (relay users "
+        "admin NAME). Empty: only admin users' tokens are admitted.",
         group="Recording",
         secret=True,
     ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import json
 import subprocess
 import sys
 import uuid
@@ -193,3 +195,68 @@ def test_admin_commands_use_the_embedded_cluster_when_no_url_is_set(pg_cluster):
             return [user.name for user in await list_users(db)]
 
     assert name in trio.run(names)
+
+
+def _audit(pg_dsn: str) -> list[dict[str, object]]:
+    async def read() -> list[dict[str, object]]:
+        async with Database.open(pg_dsn, max_size=1) as db:
+            rows = await db.fetch(
+                "SELECT actor_id, actor_name, via, action, target, detail::text AS detail "
+                "FROM audit_log ORDER BY id"
+            )
+            return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+    return trio.run(read)
+
+
+def test_the_admin_role_is_set_listed_and_audited(admin_env, pg_dsn):
+    assert "an admin" in ok(relay("users", "create", "root", "--admin", env=admin_env))
+    ok(relay("users", "create", "bob", env=admin_env))
+    roles = {
+        line.split()[0]: line.split()[2]
+        for line in ok(relay("users", "list", env=admin_env)).splitlines()[1:]
+    }
+    header = ok(relay("users", "list", env=admin_env)).splitlines()[0].split()
+    assert header == ["NAME", "ID", "ROLE", "CREATED"]
+    assert roles == {"bob": "user", "root": "admin"}
+
+    assert "bob is now an admin" in ok(relay("users", "admin", "bob", env=admin_env))
+    assert "already" in ok(relay("users", "admin", "bob", env=admin_env))  # no change: not audited
+    assert "root is no longer an admin" in ok(
+        relay("users", "admin", "root", "--revoke", env=admin_env)
+    )
+    roles = {
+        line.split()[0]: line.split()[2]
+        for line in ok(relay("users", "list", env=admin_env)).splitlines()[1:]
+    }
+    assert roles == {"bob": "admin", "root": "user"}
+    nobody = relay("users", "admin", "nobody", env=admin_env)
+    assert nobody.returncode == 1 and "no user named 'nobody'" in nobody.stderr
+
+    token = ok(relay("tokens", "create", "--user", "bob", env=admin_env)).strip()
+    key_id = token.split("_")[1]
+    ok(relay("tokens", "revoke", key_id, env=admin_env))
+    ok(relay("providers", "add", "openai-eu", "--type", "openai", "--key", KEY_A, env=admin_env))
+    ok(relay("providers", "disable", "openai-eu", env=admin_env))
+    ok(relay("providers", "list", env=admin_env))  # a reading: not audited
+
+    who = getpass.getuser()
+    entries = _audit(pg_dsn)
+    assert [(e["action"], e["target"]) for e in entries] == [
+        ("user.create", "root"),
+        ("user.create", "bob"),
+        ("user.admin", "bob"),
+        ("user.admin", "root"),
+        ("token.create", key_id),
+        ("token.revoke", key_id),
+        ("provider.add", "openai-eu"),
+        ("provider.disable", "openai-eu"),
+    ]
+    assert {(e["via"], e["actor_name"], e["actor_id"]) for e in entries} == {("cli", who, None)}
+    assert entries[0]["detail"]["admin"] is True and entries[1]["detail"]["admin"] is False
+    assert entries[2]["detail"]["admin"] is True and entries[3]["detail"]["admin"] is False
+    assert entries[4]["detail"] == {"user": "bob", "expires_at": None}
+    assert entries[6]["detail"] == {"type": "openai", "keys": "replaced"}
+    everything = json.dumps(entries)
+    assert token not in everything and token.split("_", 2)[2] not in everything
+    assert KEY_A not in everything
