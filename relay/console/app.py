@@ -68,7 +68,10 @@ CSP = (
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not no-referrer: under it a browser sends "Origin: null" with a form POST
+    # of the console's own page (sign-in, sign-out), which same_origin refuses.
+    # same-origin sends no referrer to any other site.
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
     (b"content-security-policy", CSP.encode()),
 ]

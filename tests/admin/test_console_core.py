@@ -63,7 +63,7 @@ API_POSTS = [
 SECURITY_HEADERS = {
     "cache-control": "no-store",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "content-security-policy": console_app.CSP,
 }
