@@ -49,6 +49,7 @@ CHROMIUM_ARGS = [
 ]
 UI = "/api/v2/ai-gateway/admin/ui/"
 ADMIN_TOKEN = "console-admin-token-0123456789abcdef"
+ADMIN_USER = "ops"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
@@ -60,9 +61,8 @@ needs_chromium = pytest.mark.skipif(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
     for item in items:
-        if here in Path(item.path).parents:
+        if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(needs_chromium)
 
 
@@ -73,7 +73,8 @@ class ConsoleRelay:
     relay: RunningRelay
     mock: MockUpstream
     trio_token: trio.lowlevel.TrioToken
-    admin_token: str = ADMIN_TOKEN  # the legacy ADMIN_TOKEN: an admin credential
+    admin_token: str  # a relay token of the admin user "ops"
+    legacy_admin_token: str = ADMIN_TOKEN  # the relay's ADMIN_TOKEN: an admin credential too
     users: dict[str, str] = field(default_factory=dict)  # name -> token
 
     @property
@@ -128,7 +129,13 @@ def console(pg_cluster: PgCluster, pg_template: str) -> Iterator[ConsoleRelay]:
             async with mock_and_relay(
                 dsn, data_dir, extra_env={"CODER_AI_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
             ) as (mock, relay):
-                started.put(ConsoleRelay(relay, mock, trio.lowlevel.current_trio_token()))
+                # The operator: a user with the admin role (`relay users admin ops`).
+                await create_user(relay.db, ADMIN_USER, admin=True)
+                admin_user_token, _ = await create_token(relay.db, ADMIN_USER)
+                await config_settled(relay.app)
+                started.put(
+                    ConsoleRelay(relay, mock, trio.lowlevel.current_trio_token(), admin_user_token)
+                )
                 await stop.wait()
         except BaseException as exc:
             started.put(exc)
