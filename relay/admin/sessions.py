@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from relay.admin import ReadDatabase
+from relay.admin import ReadDatabase, Where
 from relay.admin.api import (
     BadRequest,
     Interception,
@@ -241,30 +241,8 @@ def bounded_int(query: Mapping[str, str], name: str, default: int, most: int) ->
     return value
 
 
-class _Where:
-    """SQL conditions on ``interceptions i`` with their parameters, numbered from
-    ``start``: only the filters given, so each query's plan can use an index."""
-
-    def __init__(self, start: int = 1) -> None:
-        self.conditions: list[str] = []
-        self.params: list[Any] = []
-        self._next = start
-
-    def param(self, value: Any) -> str:
-        self.params.append(value)
-        self._next += 1
-        return f"${self._next - 1}"
-
-    def add(self, condition: str, *values: Any) -> None:
-        names = [self.param(v) for v in values]
-        self.conditions.append(condition.format(*names))
-
-    def sql(self) -> str:
-        return " AND ".join(self.conditions) if self.conditions else "true"
-
-
-def _filter_where(f: SessionFilters, users: list[uuid.UUID] | None, start: int = 1) -> _Where:
-    where = _Where(start)
+def _filter_where(f: SessionFilters, users: list[uuid.UUID] | None, start: int = 1) -> Where:
+    where = Where(start)
     if users is not None:
         where.add("i.initiator_id = ANY({}::uuid[])", users)
     for column, value in (
@@ -513,7 +491,7 @@ async def _client_session_rows(
 ) -> dict[tuple[uuid.UUID | None, str], list[WalkRow]]:
     """Each client session's matching interceptions, newest first, at most
     SUMMARY_CAP + 1 each (by interceptions_client_session_idx)."""
-    where = _filter_where(f, None, start=3) if f is not None else _Where(3)
+    where = _filter_where(f, None, start=3) if f is not None else Where(3)
     cap = where.param(SUMMARY_CAP + 1)
     sql = (
         "SELECT s.n, r.* FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS s(sid, uid, n)"
@@ -636,7 +614,7 @@ async def session_detail(
         if row is None or row["client_session_id"] is None:
             return None
         key = ClientKey(row["initiator_id"], row["client_session_id"])
-    where = _Where()
+    where = Where()
     if isinstance(key, ClientKey):
         where.add("i.client_session_id = {}", key.client_session_id)
     else:
@@ -646,7 +624,7 @@ async def session_detail(
         where.add("i.initiator_id IS NULL")
     else:
         where.add("i.initiator_id = {}", key.user_id)
-    page_where = _Where(len(where.params) + 1)
+    page_where = Where(len(where.params) + 1)
     if after is not None:
         page_where.add("(i.started_at, i.id) > ({}, {})", *after)
     sql = (
@@ -670,7 +648,7 @@ async def session_detail(
 
 
 async def _session_summary(
-    db: ReadDatabase, key: ClientKey | GroupedKey, where: _Where
+    db: ReadDatabase, key: ClientKey | GroupedKey, where: Where
 ) -> SessionSummary | None:
     if isinstance(key, ClientKey):
         found = await _client_session_rows(db, None, [(key.user_id, key.client_session_id)])

@@ -12,10 +12,11 @@ import csv
 import io
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import msgspec
 
-from relay.admin import ReadDatabase
+from relay.admin import ReadDatabase, Where
 from relay.pricing.book import format_dollars
 
 #: What a report can be grouped by, and the SQL of each.
@@ -77,24 +78,23 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
     return names
 
 
-# Children are summed per interception before the join, so that an
-# interception with two tool calls does not count its tokens twice. A child row
-# is written when its interception ends, so it is never older than the start:
-# with ``since``, the children are also read by their BRIN index on created_at
-# (only the period's pages), never by a scan of the whole table.
+# Each of requests, usage and tool calls is summed per group on its own, then
+# the three are joined on the group: an interception with two tool calls never
+# counts its tokens twice, and no per-interception aggregate is built (the
+# join of a week's interceptions to their usage rows is hashed once). A child
+# row is written when its interception ends, so it is never older than the
+# start: with ``since``, the children are also read by their BRIN index on
+# created_at (only the period's pages), never by a scan of the whole table.
 _SQL = """
 WITH selected AS (
-    SELECT i.id, i.initiator_id, i.provider_name, i.model, i.client, i.started_at
-    FROM interceptions i
-    LEFT JOIN users u ON u.id = i.initiator_id
-    WHERE ($1::text IS NULL OR u.name = $1 OR i.initiator_id::text = $1)
-      AND ($2::text IS NULL OR i.provider_name = $2)
-      AND ($3::timestamptz IS NULL OR i.started_at >= $3)
-      AND ($4::timestamptz IS NULL OR i.started_at < $4)
-      AND ($5::text IS NULL OR i.model = $5)
-      AND ($6::text IS NULL OR i.client = $6)
+    SELECT s.id, {keys}
+    FROM interceptions s
+    LEFT JOIN users u ON u.id = s.initiator_id
+    WHERE {where}
+), requests AS (
+    SELECT {group_keys} count(*) AS requests FROM selected s {group}
 ), tokens AS (
-    SELECT t.interception_id,
+    SELECT {group_keys}
            sum(t.input_tokens) AS input_tokens,
            sum(t.output_tokens) AS output_tokens,
            sum(t.cache_read_tokens) AS cache_read_tokens,
@@ -102,40 +102,87 @@ WITH selected AS (
            sum(t.cost_micros) AS cost_micros,
            count(*) FILTER (WHERE t.cost_micros IS NULL) AS unpriced
     FROM token_usages t JOIN selected s ON s.id = t.interception_id
-    WHERE ($3::timestamptz IS NULL OR t.created_at >= $3)
-    GROUP BY t.interception_id
+    WHERE {tokens_since}
+    {group}
 ), tools AS (
-    SELECT tu.interception_id, count(*) AS tool_calls
+    SELECT {group_keys} count(*) AS tool_calls
     FROM tool_usages tu JOIN selected s ON s.id = tu.interception_id
-    WHERE ($3::timestamptz IS NULL OR tu.created_at >= $3)
-    GROUP BY tu.interception_id
+    WHERE {tools_since}
+    {group}
 )
 SELECT {dimensions}
-       count(*) AS requests,
-       coalesce(sum(tk.input_tokens), 0)::bigint AS input_tokens,
-       coalesce(sum(tk.output_tokens), 0)::bigint AS output_tokens,
-       coalesce(sum(tk.cache_read_tokens), 0)::bigint AS cache_read_tokens,
-       coalesce(sum(tk.cache_write_tokens), 0)::bigint AS cache_write_tokens,
-       coalesce(sum(tl.tool_calls), 0)::bigint AS tool_calls,
-       coalesce(sum(tk.cost_micros), 0)::bigint AS cost_micros,
-       coalesce(sum(tk.unpriced), 0)::bigint AS unpriced
-FROM selected s
-LEFT JOIN users u ON u.id = s.initiator_id
-LEFT JOIN tokens tk ON tk.interception_id = s.id
-LEFT JOIN tools tl ON tl.interception_id = s.id
-{group}
+       r.requests,
+       coalesce(tk.input_tokens, 0)::bigint AS input_tokens,
+       coalesce(tk.output_tokens, 0)::bigint AS output_tokens,
+       coalesce(tk.cache_read_tokens, 0)::bigint AS cache_read_tokens,
+       coalesce(tk.cache_write_tokens, 0)::bigint AS cache_write_tokens,
+       coalesce(tl.tool_calls, 0)::bigint AS tool_calls,
+       coalesce(tk.cost_micros, 0)::bigint AS cost_micros,
+       coalesce(tk.unpriced, 0)::bigint AS unpriced
+FROM requests r
+LEFT JOIN tokens tk ON {on_tokens}
+LEFT JOIN tools tl ON {on_tools}
+{order}
 """
 
 
-def usage_sql(group_by: Sequence[str]) -> str:
-    """The report's query for ``group_by`` (names checked against ``DIMENSIONS``)."""
+def usage_sql(
+    group_by: Sequence[str],
+    *,
+    user: str | None = None,
+    provider: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model: str | None = None,
+    client: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The report's query for ``group_by`` (names checked against ``DIMENSIONS``)
+    and its parameters: a condition for each filter given, none for the others."""
     for name in group_by:
         if name not in DIMENSIONS:
             raise ValueError(f"cannot group by {name!r}")
-    dimensions = "".join(f"{DIMENSIONS[n]} AS {_column(n)}, " for n in group_by)
-    positions = ", ".join(str(i) for i in range(1, len(group_by) + 1))
-    group = f"GROUP BY {positions} ORDER BY {positions}" if group_by else ""
-    return _SQL.format(dimensions=dimensions, group=group)
+    where = Where()
+    if user is not None:
+        where.add("(u.name = {0} OR s.initiator_id::text = {0})", user)
+    if provider is not None:
+        where.add("s.provider_name = {}", provider)
+    if since is not None:
+        where.add("s.started_at >= {}", since)
+    if until is not None:
+        where.add("s.started_at < {}", until)
+    if model is not None:
+        where.add("s.model = {}", model)
+    if client is not None:
+        where.add("s.client = {}", client)
+    since_param = where.param(since) if since is not None else None
+    keys = [f"k{n}" for n in range(len(group_by))]
+    # In ``selected`` the dimensions' SQL reads interceptions as s and users as u.
+    selected_keys = "".join(
+        f", {DIMENSIONS[name]} AS {key}" for name, key in zip(group_by, keys, strict=True)
+    )
+    group_keys = "".join(f"s.{key}, " for key in keys)
+    group = f"GROUP BY {', '.join(f's.{key}' for key in keys)}" if keys else ""
+
+    def on(alias: str) -> str:
+        return " AND ".join(f"{alias}.{key} = r.{key}" for key in keys) or "true"
+
+    dimensions = "".join(
+        f"r.{key} AS {_column(name)}, " for name, key in zip(group_by, keys, strict=True)
+    )
+    order = f"ORDER BY {', '.join(f'r.{key}' for key in keys)}" if keys else ""
+    sql = _SQL.format(
+        where=where.sql(),
+        tokens_since=f"t.created_at >= {since_param}" if since_param else "true",
+        tools_since=f"tu.created_at >= {since_param}" if since_param else "true",
+        keys=selected_keys.removeprefix(", ") or "1 AS k",
+        group_keys=group_keys,
+        group=group,
+        dimensions=dimensions,
+        on_tokens=on("tk"),
+        on_tools=on("tl"),
+        order=order,
+    )
+    return sql, where.params
 
 
 def _column(name: str) -> str:
@@ -159,7 +206,16 @@ async def usage_report(
     start (``until`` excluded). Without ``group_by`` there is one row of totals
     (none when nothing matches).
     """
-    rows = await db.fetch(usage_sql(group_by), user, provider, since, until, model, client)
+    sql, params = usage_sql(
+        group_by,
+        user=user,
+        provider=provider,
+        since=since,
+        until=until,
+        model=model,
+        client=client,
+    )
+    rows = await db.fetch(sql, *params)
     report = [UsageRow(**dict(row)) for row in rows]
     if not group_by and report and report[0].requests == 0:
         return []
