@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 from relay.asgi import header_str
-from relay.console import auth
+from relay.console import auth, read
 from relay.console.auth import AdminIdentity, ConsoleSession
 from relay.console.http import (
     Actor,
@@ -116,6 +116,7 @@ async def whoami(req: ConsoleRequest) -> Response:
 #: The JSON API. Each feature module adds its own list here (one line each).
 ROUTES: list[Route] = [
     Route("GET", "api/whoami", whoami),
+    *read.ROUTES,
 ]
 
 
