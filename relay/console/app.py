@@ -451,9 +451,12 @@ async def _csrf_ok(req: ConsoleRequest, expected: str) -> bool:
 
 
 def _next_page(value: str | None) -> str:
-    """Where a sign-in goes on to: a page path below the prefix, else the default page."""
+    """Where a sign-in goes on to: a page path below the prefix, else the default page.
+
+    ``value`` is the path as it was requested (its escapes kept: ``%`` stays);
+    anything else a header or URL could not hold is escaped."""
     if value and find_page(value.split("/")) is not None:
-        return quote(value, safe="/")
+        return quote(value, safe="/%")
     return DEFAULT_PAGE
 
 

@@ -160,6 +160,20 @@ async def test_signing_in_sets_a_strict_http_only_cookie_and_opens_the_console(
             "name": "admin-token",
             "via": "console",
         }
+        # A page path keeps its escapes on the way through the sign-in form.
+        async with httpx.AsyncClient(base_url=console.relay.url) as fresh:  # signed out
+            bounced = await fresh.get(P + "sessions/a%20b")
+            assert bounced.headers["location"] == P + "signin?next=sessions/a%2520b"
+            form = await fresh.get(bounced.headers["location"])
+            assert '<input type="hidden" name="next" value="sessions/a%20b">' in form.text
+        signin = await other.post(
+            P + "signin", data={"token": ADMIN_TOKEN, "next": "sessions/a%20b"}
+        )
+        assert signin.headers["location"] == P + "sessions/a%20b"
+        crlf = await other.post(
+            P + "signin", data={"token": ADMIN_TOKEN, "next": "sessions/x\r\nX: y"}
+        )
+        assert crlf.headers["location"] == P + "sessions/x%0D%0AX%3A%20y"
         # next is a page of the console or nothing: never another site.
         for hostile in ("//evil.example/x", "https://evil.example/", "../../x", "api/whoami"):
             again = await other.post(P + "signin", data={"token": ADMIN_TOKEN, "next": hostile})
