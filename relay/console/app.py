@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 from relay.asgi import header_str
-from relay.console import auth, read
+from relay.console import auth, manage, read, tail
 from relay.console.auth import AdminIdentity, ConsoleSession
 from relay.console.http import (
     Actor,
@@ -117,6 +117,8 @@ async def whoami(req: ConsoleRequest) -> Response:
 ROUTES: list[Route] = [
     Route("GET", "api/whoami", whoami),
     *read.ROUTES,
+    *manage.ROUTES,
+    *tail.ROUTES,
 ]
 
 
