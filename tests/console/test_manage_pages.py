@@ -100,6 +100,18 @@ def test_access_page_creates_a_token_once_and_revokes_it(page: Any, console: Con
     expect(page.get_by_test_id(f"token-row-{token_id}")).to_be_visible()
     assert token not in page.content()  # shown once, never again
 
+    # A budget for the user, set from the page, shows how much of it is used.
+    page.get_by_test_id("budget-name").fill("pages-user-monthly")
+    page.get_by_test_id("budget-scope").select_option("user")
+    page.get_by_test_id("budget-subject").fill("pages-user")
+    page.get_by_test_id("budget-limit").fill("5")
+    page.get_by_test_id("budget-set-submit").click()
+    expect(page.get_by_test_id("budget-row-pages-user-monthly")).to_contain_text("$5.0000")
+    expect(page.get_by_test_id("budget-used-pages-user-monthly")).to_have_text("0%")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("budget-remove-pages-user-monthly").click()
+    expect(page.get_by_test_id("budget-row-pages-user-monthly")).to_have_count(0)
+
     def refused() -> bool:
         answer = httpx.get(
             console.gateway("openai") + "/v1/models", headers={"authorization": f"Bearer {token}"}

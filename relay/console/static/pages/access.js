@@ -126,11 +126,14 @@ export async function render(root, ctx) {
     budgets.replaceChildren(table(
       [
         { key: "name", label: "Budget" },
-        { key: "scope", label: "For", render: (b) => `${b.scope} ${b.subject_name ?? b.subject ?? ""}` },
+        { key: "scope", label: "For", render: (b) => `${b.scope === "key" ? "token" : b.scope} ${b.subject_name}` },
         { key: "model", label: "Model", render: (b) => b.model || "(all)" },
         { key: "period", label: "Period" },
         { key: "limit_micros", label: "Limit", numeric: true, render: (b) => formatCost(b.limit_micros) },
-        { key: "spent_micros", label: "Spent", numeric: true, render: (b) => formatCost(b.spent_micros ?? b.spent ?? 0) },
+        { key: "spent_micros", label: "Spent", numeric: true, render: (b) => formatCost(b.spent_micros) },
+        { key: "percent", label: "Used", numeric: true, render: (b) => el("span",
+          { class: b.state === "ok" ? "badge ok" : "badge bad", "data-testid": `budget-used-${b.name}` },
+          `${b.percent}%${b.state === "over" ? " (over)" : b.state === "soft" ? " (soft limit)" : ""}`) },
         { key: "actions", label: "Actions", render: (b) => el("button", {
           type: "button", class: "danger", "data-testid": `budget-remove-${b.name}`,
           onclick: () => post(`budgets/${encodeURIComponent(b.name)}/remove`, {}, `Removed budget ${b.name}.`,
