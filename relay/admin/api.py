@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from relay.admin import ReadDatabase
+from relay.admin import ReadDatabase, Where
 from relay.admin.usage import UsageReport, parse_group_by, totals, usage_report
 
 Scope = MutableMapping[str, Any]
@@ -112,6 +112,9 @@ class BadRequest(ValueError):
     pass
 
 
+# Only the filters given become conditions (relay.admin.Where: a generic plan of
+# "$n IS NULL OR ..." cannot use an index, and PostgreSQL switches a prepared
+# statement to its generic plan after five runs on a connection).
 _PAGE_SQL = """
 SELECT i.id, i.initiator_id, u.name AS initiator_name, i.api_key_id, i.provider_name,
        i.provider_type, i.model, i.route, i.started_at, i.ended_at, i.status,
@@ -119,14 +122,9 @@ SELECT i.id, i.initiator_id, u.name AS initiator_name, i.api_key_id, i.provider_
        i.credential_kind, i.credential_hint
 FROM interceptions i
 LEFT JOIN users u ON u.id = i.initiator_id
-WHERE ($1::text IS NULL OR u.name = $1 OR i.initiator_id::text = $1)
-  AND ($2::text IS NULL OR i.provider_name = $2)
-  AND ($3::text IS NULL OR i.model = $3)
-  AND ($4::timestamptz IS NULL OR i.started_at >= $4)
-  AND ($5::timestamptz IS NULL OR i.started_at < $5)
-  AND ($6::timestamptz IS NULL OR (i.started_at, i.id) < ($6, $7::uuid))
+WHERE {where}
 ORDER BY i.started_at DESC, i.id DESC
-LIMIT $8
+LIMIT {limit}
 """
 _TOKENS_SQL = """
 SELECT interception_id, id, provider_response_id, input_tokens, output_tokens,
@@ -150,18 +148,21 @@ WHERE interception_id = ANY($1::uuid[]) ORDER BY created_at, id
 
 
 async def list_interceptions(db: ReadDatabase, filters: Filters) -> InterceptionPage:
-    after_time, after_id = filters.after if filters.after else (None, None)
-    rows = await db.fetch(
-        _PAGE_SQL,
-        filters.user,
-        filters.provider,
-        filters.model,
-        filters.since,
-        filters.until,
-        after_time,
-        after_id,
-        filters.limit + 1,
-    )
+    where = Where()
+    if filters.user is not None:
+        where.add("(u.name = {0} OR i.initiator_id::text = {0})", filters.user)
+    if filters.provider is not None:
+        where.add("i.provider_name = {}", filters.provider)
+    if filters.model is not None:
+        where.add("i.model = {}", filters.model)
+    if filters.since is not None:
+        where.add("i.started_at >= {}", filters.since)
+    if filters.until is not None:
+        where.add("i.started_at < {}", filters.until)
+    if filters.after is not None:
+        where.add("(i.started_at, i.id) < ({}, {})", *filters.after)
+    limit = where.param(filters.limit + 1)
+    rows = await db.fetch(_PAGE_SQL.format(where=where.sql(), limit=limit), *where.params)
     more = len(rows) > filters.limit
     interceptions = [Interception(**dict(row)) for row in rows[: filters.limit]]
     await attach_details(db, interceptions)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from bench.console_data import build_statements
+from relay.admin.api import Filters, decode_cursor, list_interceptions
 from relay.admin.sessions import SessionFilters, interception_detail, list_sessions, session_detail
 from relay.admin.usage import spend_report
 from relay.budgets.store import budgets_with_spend
@@ -119,8 +120,6 @@ async def test_every_default_view_uses_indexes(million: str) -> None:
         assert kinds == {"client", "grouped"}
         assert first.sessions[0].last_started_at <= NOW
         assert all(s.requests >= 1 for s in first.sessions)
-        from relay.admin.api import decode_cursor
-
         await list_sessions(rec, SessionFilters(after=decode_cursor(first.next_cursor)))
         await list_sessions(rec, SessionFilters(user=first.sessions[0].user))
         await assert_indexed(db, rec)
@@ -141,6 +140,13 @@ async def test_every_default_view_uses_indexes(million: str) -> None:
             await assert_indexed(db, rec_i)
         rec = Recording(db)
         assert await interception_detail(rec, uuid.uuid4()) is None
+        await assert_indexed(db, rec)
+
+        # The admin API's interceptions, first page and the next (its default view).
+        rec = Recording(db)
+        listed = await list_interceptions(rec, Filters())
+        assert len(listed.interceptions) == 50 and listed.next_cursor
+        await list_interceptions(rec, Filters(after=decode_cursor(listed.next_cursor)))
         await assert_indexed(db, rec)
 
         # Spend over the default period: the chart (per day and model) and the
