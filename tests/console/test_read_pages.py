@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.console.conftest import ConsoleRelay, sign_in
+from tests.console.pagecheck import check_page
 
 
 def claude_code_requests(console: ConsoleRelay, session: str, n: int) -> None:
@@ -56,6 +57,7 @@ def test_from_the_sessions_list_to_a_tool_call_and_the_spend_of_its_model(
     row = page.locator(f'[data-testid="session-row"][data-session-id="{session}"]')
     expect(row).to_have_count(1)
     expect(row).to_contain_text("claude-code")
+    check_page(page, row)
     row.get_by_test_id("session-link").click()
 
     expect(page.get_by_test_id("session-summary")).to_contain_text(session)
@@ -63,6 +65,7 @@ def test_from_the_sessions_list_to_a_tool_call_and_the_spend_of_its_model(
     requests = page.get_by_test_id("session-interception-row")
     expect(requests).to_have_count(2)
     expect(requests.first).to_contain_text("get_weather")
+    check_page(page, requests.first)
     requests.first.get_by_test_id("interception-link").click()
 
     tool = page.get_by_test_id("interception-tool-call")
@@ -72,6 +75,7 @@ def test_from_the_sessions_list_to_a_tool_call_and_the_spend_of_its_model(
     expect(page.get_by_test_id("interception-prompt")).to_have_text("weather in Paris? (0)")
     expect(page.get_by_test_id("interception-token-row")).to_have_count(1)
     expect(page.get_by_test_id("interception-status")).to_contain_text("completed")
+    check_page(page, tool)
     page.get_by_test_id("interception-session-link").click()
     expect(page.get_by_test_id("session-interception-row")).to_have_count(2)
 
@@ -91,6 +95,7 @@ def test_from_the_sessions_list_to_a_tool_call_and_the_spend_of_its_model(
         "href", "/api/v2/ai-gateway/admin/ui/api/spend.csv?model=mock-tool&group_by=model"
     )
     expect(page.get_by_test_id("budgets-table")).to_be_visible()
+    check_page(page, page.get_by_test_id("spend-chart").locator("canvas"))
     page.reload()  # the filter survives a reload: it is in the URL
     expect(model).to_have_value("mock-tool")
     expect(page.get_by_test_id("spend-row")).to_have_count(1)

@@ -145,6 +145,8 @@ export async function render(root, ctx) {
       };
       const plot = new uPlot(opts, [xs, ...values], box);
       box.querySelector("canvas")?.setAttribute("aria-hidden", "true");
+      // uPlot's legend is a table whose series names are <th>: they head their rows.
+      for (const th of box.querySelectorAll("th")) th.setAttribute("scope", "row");
       box.setAttribute("aria-label", `${title}: the table below holds the same figures`);
       plots.push(plot);
     };
