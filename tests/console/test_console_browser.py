@@ -102,6 +102,9 @@ def test_a_non_admin_token_is_refused_on_every_page_and_api_call(
 
 def test_a_change_without_the_csrf_token_is_refused(page: Any, console: ConsoleRelay) -> None:
     sign_in(page, console)
+    # The sessions page fetches its list as it loads: were that answered 401 after the
+    # sign-out below, app.js would navigate to sign-in in the middle of the evaluate.
+    page.wait_for_load_state("networkidle")
     # From the page itself (its cookie, its origin): sign-out without its CSRF
     # field is refused, and the session lives on; with it, it signs out.
     refused, done = page.evaluate(
