@@ -157,6 +157,8 @@ async def test_every_default_view_uses_indexes(million: str) -> None:
         for dimension in ("model", "user", "provider", "client"):
             table = await spend_report(rec, group_by=(dimension,), now=NOW)
             assert table.totals == chart.totals
+            per_day = await spend_report(rec, group_by=("day", dimension), now=NOW)
+            assert per_day.totals == chart.totals
         await assert_indexed(db, rec)
         rec = Recording(db)
         budgets = await budgets_with_spend(rec)  # type: ignore[arg-type]
