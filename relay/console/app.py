@@ -210,7 +210,10 @@ class _Context:
         self.services = services
         self.method: str = scope.get("method", "GET")
         self.headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
-        self.secure = scope.get("scheme") == "https"
+        proto, self.forwarded_host = forwarded(self.headers)
+        # Over TLS: the relay's own (the AI Gateway Proxy's hand-over), or a
+        # TLS-terminating proxy in front that says so.
+        self.secure = scope.get("scheme") == "https" or proto == "https"
         self.base = ""  # the prefix the request came under, with its final "/"
         self.below = ""  # the raw path below it
 
@@ -249,21 +252,50 @@ def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
     return credential.strip() if scheme.lower() == "bearer" else ""
 
 
+def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """``(proto, host)`` a proxy in front says the browser used: the first element of
+    ``Forwarded`` (RFC 7239), else ``X-Forwarded-Proto`` / ``X-Forwarded-Host``.
+
+    A browser never sends these itself, and a cross-site page cannot make it
+    (custom headers need CORS, which the console never grants): they come from a
+    proxy, or from a client speaking for itself. They are used only to make the
+    cookie ``Secure`` and to accept the browser's origin as the proxy's host.
+    """
+    proto = host = None
+    standard = header_str(headers, b"forwarded")
+    if standard:
+        for pair in standard.split(",")[0].split(";"):
+            name, _, value = pair.strip().partition("=")
+            value = value.strip().strip('"')
+            if name.lower() == "proto":
+                proto = value.lower()
+            elif name.lower() == "host":
+                host = value
+    x_proto = header_str(headers, b"x-forwarded-proto")
+    if proto is None and x_proto:
+        proto = x_proto.split(",")[0].strip().lower()
+    x_host = header_str(headers, b"x-forwarded-host")
+    if host is None and x_host:
+        host = x_host.split(",")[0].strip()
+    return proto, host or None
+
+
 def same_origin(ctx: _Context) -> bool:
     """Whether a change may go on: no ``Origin`` (not a browser's cross-site
-    request), or one naming this request's own host (and https when it came
-    over TLS). Host only: behind a TLS-terminating proxy the browser's https
-    origin reaches the relay as plain http."""
+    request), or one naming this request's own host (``Host``, or the host a
+    proxy in front forwards: ``forwarded``), and https when it came over TLS.
+    The scheme is not compared otherwise: behind a TLS-terminating proxy the
+    browser's https origin reaches the relay as plain http."""
     origin = ctx.header(b"origin")
     if origin is None:
         return True
-    host = ctx.header(b"host")
     parts = urlsplit(origin)
-    if host is None or parts.scheme not in ("http", "https") or parts.path:
+    if parts.scheme not in ("http", "https") or parts.path or not parts.netloc:
         return False
     if ctx.secure and parts.scheme != "https":
         return False
-    return parts.netloc.lower() == host.lower()
+    hosts = {h.lower() for h in (ctx.header(b"host"), ctx.forwarded_host) if h}
+    return parts.netloc.lower() in hosts
 
 
 class _Forbidden(Exception):

@@ -219,6 +219,32 @@ async def test_the_cookie_is_secure_over_tls(console: Console) -> None:
     assert headers[b"set-cookie"].endswith(b"; HttpOnly; SameSite=Strict")
 
 
+async def test_behind_a_tls_terminating_proxy_the_cookie_is_secure_and_its_host_accepted(
+    console: Console,
+) -> None:
+    """The relay speaks plain HTTP to a proxy in front that says what the browser used."""
+    token = {"token": console.admin_token}
+    browser_origin = {"origin": "https://relay.example"}
+    client = console.client
+    for proxy in (
+        {"x-forwarded-proto": "https", "x-forwarded-host": "relay.example"},
+        {"forwarded": 'for=10.0.0.1;proto=https;host="relay.example", proto=http'},
+    ):
+        signin = await client.post(P + "signin", data=token, headers={**proxy, **browser_origin})
+        assert signin.status_code == 303, (proxy, signin.text)
+        assert signin.headers["set-cookie"].endswith("; HttpOnly; SameSite=Strict; Secure")
+        # Over TLS, an http origin is another origin.
+        downgraded = await client.post(
+            P + "signin", data=token, headers={**proxy, "origin": "http://relay.example"}
+        )
+        assert downgraded.status_code == 403
+    # Without the proxy's word, the browser's origin is not this request's host.
+    refused = await client.post(P + "signin", data=token, headers=browser_origin)
+    assert refused.status_code == 403
+    plain = await client.post(P + "signin", data=token, headers={"x-forwarded-proto": "http"})
+    assert plain.status_code == 303 and not plain.headers["set-cookie"].endswith("Secure")
+
+
 async def test_a_non_admin_is_refused_everywhere_and_no_credential_is_sent_to_sign_in(
     console: Console,
 ) -> None:
