@@ -114,6 +114,10 @@ export function filtersForm(fields, onChange) {
     input.value = query.get(f.name) || "";
     form.append(el("div", { class: "field" }, el("label", { for: id }, f.label), input));
   }
+  // Enter in a field fires "change" and then "submit", and a click on Apply
+  // after typing fires "change" (on blur) and then "submit": the filters are
+  // applied once for each set of values, not once for each event.
+  let applied = query.toString();
   const changed = () => {
     const current = values();
     const next = new URLSearchParams(location.search);
@@ -122,6 +126,8 @@ export function filtersForm(fields, onChange) {
       else next.delete(f.name);
     }
     const qs = next.toString();
+    if (qs === applied) return;
+    applied = qs;
     history.replaceState(null, "", location.pathname + (qs ? "?" + qs : ""));
     onChange(current);
   };

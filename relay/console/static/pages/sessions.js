@@ -64,24 +64,28 @@ export async function render(root, ctx) {
     more.hidden = !cursor;
   }
 
+  // Only the newest load draws: an older one still on its way (filters changed
+  // while it ran) is dropped, so no session is listed twice or under old filters.
+  let generation = 0;
+
   async function load(fresh) {
+    const mine = ++generation;
     const values = currentFilters(FILTERS);
     values.since = asUtc(values.since);
     values.until = asUtc(values.until);
-    if (fresh) {
-      rows = [];
-      cursor = null;
-    }
+    const from = fresh ? null : cursor;
     note.textContent = "Loading…";
     try {
-      const page = await ctx.api("sessions" + queryOf(FILTERS, values, { cursor }));
-      rows = rows.concat(page.sessions);
+      const page = await ctx.api("sessions" + queryOf(FILTERS, values, { cursor: from }));
+      if (mine !== generation) return;
+      rows = fresh ? page.sessions : rows.concat(page.sessions);
       cursor = page.next_cursor;
       note.textContent = page.partial
         ? `Read ${formatTokens(page.scanned)} requests for this page; older sessions may follow.`
         : "";
       draw();
     } catch (error) {
+      if (mine !== generation) return;
       note.textContent = "";
       list.replaceChildren(el("p", { role: "alert", class: "error", "data-testid": "sessions-error" }, error.message));
     }
