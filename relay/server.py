@@ -136,6 +136,10 @@ async def run_server(
 
                     waiting.start_soon(first, trigger)
                     waiting.start_soon(first, app.failed.wait)
+                # Open live tails never end by themselves: end them now rather
+                # than let them hold the grace period (their browsers reconnect).
+                if app.services is not None and app.services.tail is not None:
+                    app.services.tail.close()
 
             async with trio.open_nursery() as nursery:
 

@@ -15,7 +15,10 @@ query per viewer). The viewer's filters (``provider``, ``model``, ``user``,
 
 Beyond ``TailHub.max_viewers`` open tails a new one is answered 503. A
 viewer that leaves ends its task at once (the disconnect watcher cancels the
-stream), and its slot is given back in a ``finally``.
+stream), and its slot is given back in a ``finally``. At shutdown
+(``TailHub.close``, called by ``relay.server`` when the signal comes) every
+stream ends at once instead of holding the grace period; the browser's
+EventSource reconnects by itself.
 """
 
 from __future__ import annotations
@@ -35,7 +38,15 @@ from relay.console.http import (
     error_response,
 )
 from relay.db.bridge import UNAVAILABLE_ERRORS
-from relay.observe.tail import TAIL_STATUSES, TailEvent, TailFilter, TailHub, TooManyViewers, Viewer
+from relay.observe.tail import (
+    TAIL_STATUSES,
+    TailClosed,
+    TailEvent,
+    TailFilter,
+    TailHub,
+    TooManyViewers,
+    Viewer,
+)
 
 #: The most characters a filter value may have.
 MAX_FILTER = 256
@@ -79,6 +90,8 @@ async def tail(req: ConsoleRequest) -> Response | None:
         response = error_response(503, "too_many_viewers", str(exc))
         response.headers.append((b"retry-after", b"30"))
         return response
+    except TailClosed as exc:
+        return error_response(503, "shutting_down", str(exc))
     try:
         from relay.console.app import SECURITY_HEADERS  # app imports this module
 
@@ -96,6 +109,10 @@ async def tail(req: ConsoleRequest) -> Response | None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, req.receive, nursery.cancel_scope)
             await _stream(req, hub, viewer)
+            # The hub closed (shutdown): the response ends; the browser reconnects.
+            nursery.cancel_scope.cancel()
+        if hub.closed:
+            await req.send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         hub.unsubscribe(viewer)
     return None
@@ -116,10 +133,12 @@ async def _stream(req: ConsoleRequest, hub: TailHub, viewer: Viewer) -> None:
 
     # The retry hint and a first line at once, so the browser knows it is open.
     await send(b"retry: 5000\n: tail open\n\n")
-    while True:
+    while not hub.closed:
         with trio.move_on_after(hub.heartbeat):
             await viewer.ready.wait()
         events, missed = viewer.take()
+        if hub.closed and not events:
+            return
         if not events and not missed:
             await send(b": heartbeat\n\n")
             continue

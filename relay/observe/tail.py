@@ -138,6 +138,10 @@ class TooManyViewers(Exception):
     """Every viewer slot of this process is taken."""
 
 
+class TailClosed(Exception):
+    """The process is shutting down: no new tail opens."""
+
+
 class Viewer:
     """One open tail: the events it has not taken yet (at most ``capacity``)."""
 
@@ -182,6 +186,7 @@ class TailHub:
         self.heartbeat = heartbeat
         self._viewers: list[Viewer] = []
         self.user_names = UserNames()
+        self.closed = False
 
     @property
     def watched(self) -> bool:
@@ -191,6 +196,8 @@ class TailHub:
         return len(self._viewers)
 
     def subscribe(self, tail_filter: TailFilter) -> Viewer:
+        if self.closed:
+            raise TailClosed("the relay is shutting down")
         if len(self._viewers) >= self.max_viewers:
             raise TooManyViewers(f"at most {self.max_viewers} live tails are open at once")
         viewer = Viewer(tail_filter, self.queue_size)
@@ -204,6 +211,17 @@ class TailHub:
     def publish(self, event: TailEvent) -> None:
         for viewer in self._viewers:
             viewer.offer(event)
+
+    def close(self) -> None:
+        """The process is shutting down: every open tail is woken to end its stream.
+
+        An open tail never ends by itself; left open it would hold the
+        shutdown for the whole grace period. The browser reconnects (to
+        another process behind the load balancer) on its own.
+        """
+        self.closed = True
+        for viewer in self._viewers:
+            viewer.ready.set()
 
 
 class UserNames:

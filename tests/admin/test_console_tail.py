@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 import anthropic
@@ -13,6 +14,8 @@ import openai
 import pytest
 import trio
 
+from relay.options import load_options
+from relay.server import run_server
 from tests.relay_harness import RunningRelay, mock_and_relay
 
 ADMIN = "admin-console-test-token-0123456789"
@@ -129,3 +132,40 @@ async def test_an_idle_stream_gets_heartbeats(admin_api) -> None:
                 if "heartbeat" in comments:
                     break
         assert comments[0] == "tail open"
+
+
+async def test_shutdown_ends_an_open_tail_instead_of_waiting_out_the_grace(
+    pg_dsn, tmp_path
+) -> None:
+    """relay serve's shutdown closes the hub: the stream ends whole (not cut after the grace)."""
+    env = {
+        "CODER_PG_CONNECTION_URL": pg_dsn,
+        "CODER_AI_GATEWAY_DATA_DIR": str(tmp_path),
+        "CODER_AI_GATEWAY_HTTP_ADDRESS": "127.0.0.1:0",
+        "CODER_AI_GATEWAY_ADMIN_TOKEN": ADMIN,
+        # Far longer than the fail_after below: a tail left to the grace would fail the test.
+        "CODER_AI_GATEWAY_SHUTDOWN_GRACE": "120s",
+    }
+    options = load_options(env, warn=lambda line: None)
+    lines: list[str] = []
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        app = await nursery.start(
+            partial(run_server, options, env=env, shutdown_trigger=stop.wait, out=lines.append)
+        )
+        url = next(line for line in lines if "listening on" in line).split("listening on ")[1]
+        url = url.split()[0].rstrip(",")
+        async with httpx.AsyncClient(
+            base_url=url + P,
+            headers={"authorization": f"Bearer {ADMIN}"},
+            timeout=httpx.Timeout(10, read=None),
+        ) as http:
+            async with http.stream("GET", "api/tail") as stream:
+                assert stream.status_code == 200
+                await wait_until(lambda: len(app.services.tail) == 1)
+                stop.set()
+                with trio.fail_after(30):
+                    comments = [
+                        text async for kind, text in sse_events(stream) if kind == "comment"
+                    ]
+                assert comments == ["tail open"]  # and the body ended whole: no protocol error

@@ -1,4 +1,4 @@
-"""The live tail's hub and sink, fed records (no server, no database)."""
+"""The live tail's hub and sink, fed records; and once through the real relay."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import trio
 
 from relay.facts import Facts, ToolCall, Usage
 from relay.observe.tail import (
+    TailClosed,
     TailEvent,
     TailFilter,
     TailHub,
@@ -219,3 +220,12 @@ async def test_a_request_through_the_relay_reaches_a_viewer_of_the_hub(pg_dsn, t
         user_id = await relay.db.fetchval("SELECT id::text FROM users WHERE name = 'alice'")
         assert event.user_id == user_id
         services.tail.unsubscribe(viewer)
+
+
+def test_closing_the_hub_wakes_every_viewer_and_refuses_new_ones() -> None:
+    hub = TailHub()
+    viewers = [hub.subscribe(TailFilter()), hub.subscribe(TailFilter(provider="x"))]
+    hub.close()
+    assert all(v.ready.is_set() for v in viewers)
+    with pytest.raises(TailClosed):
+        hub.subscribe(TailFilter())
