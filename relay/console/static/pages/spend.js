@@ -9,6 +9,16 @@ const DIMENSIONS = ["model", "user", "provider", "client", "day"];
 const COLOURS = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7ea4", "#57606a"];
 const MOST_SERIES = 7; // then "other"
 
+// An axis tick in dollars: below a cent, two significant digits (a day of a few
+// small requests is $0.0004, which two decimals would show as $0.00 on every tick).
+function dollars(v) {
+  const n = Number(v);
+  if (n === 0) return "$0";
+  if (Math.abs(n) >= 100) return "$" + n.toFixed(0);
+  if (Math.abs(n) >= 0.01) return "$" + n.toFixed(2);
+  return "$" + n.toPrecision(2);
+}
+
 export async function render(root, ctx) {
   readStyles(ctx.base);
   const charts = el("div", { class: "charts" });
@@ -150,7 +160,7 @@ export async function render(root, ctx) {
       box.setAttribute("aria-label", `${title}: the table below holds the same figures`);
       plots.push(plot);
     };
-    make(`Cost per day by ${dim} (US $)`, "spend-chart", cost, (v) => "$" + Number(v).toFixed(v >= 100 ? 0 : 2));
+    make(`Cost per day by ${dim} (US $)`, "spend-chart", cost, dollars);
     make(`Tokens per day by ${dim}`, "spend-tokens-chart", tokens, (v) => formatTokens(Math.round(v)));
   }
 
