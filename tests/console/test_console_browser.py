@@ -21,7 +21,7 @@ from relay.console import app as console_app
 from relay.testing.mock_upstream.tool_script import round_usage
 from tests.agent_clis import CLAUDE
 from tests.console.claude_run import MODEL, run_claude_code
-from tests.console.conftest import UI, ConsoleRelay, sign_in
+from tests.console.conftest import PHONE, UI, ConsoleRelay, sign_in
 from tests.console.pagecheck import check_page
 from tests.relay_harness import config_settled
 
@@ -359,8 +359,21 @@ TOUR: dict[str, tuple[str, str]] = {
 }
 
 
+# Also shown at a phone's width in docs/console.md.
+PHONE_SHOTS = {"sessions", "interception"}
+
+
 def test_the_tour_names_every_page() -> None:
     assert {module for _pattern, module in console_app.PAGES} | {"signin"} == set(TOUR)
+
+
+def test_docs_console_md_shows_every_page_of_the_tour() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "console.md").read_text()
+    shots = [*TOUR, *(f"{name}-phone" for name in PHONE_SHOTS)]
+    for shot in shots:
+        assert f"](img/console/{shot}.png)" in text, shot
+        assert (docs / "img" / "console" / f"{shot}.png").is_file(), shot
 
 
 @pytest.mark.parametrize("name", list(TOUR))
@@ -386,5 +399,13 @@ def test_each_page_fits_a_phone_and_a_desktop_is_accessible_and_is_shot(
         assert ask(console, "openai").status_code == 200
         expect(page.get_by_test_id("tail-item")).to_have_count(2)
         ready = "tail-item"
-    check_page(page, page.get_by_test_id(ready))
+    # The picture first, as drawn at 1280 px (after the resizes of the checks a
+    # page may still be redrawing its plots for the last width).
+    expect(page.get_by_test_id(ready).first).to_be_visible()
     page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
+    check_page(page, page.get_by_test_id(ready))
+    if name in PHONE_SHOTS:
+        page.set_viewport_size(PHONE)
+        page.goto(page.url)
+        expect(page.get_by_test_id(ready).first).to_be_visible()
+        page.screenshot(path=str(screenshots / f"{name}-phone.png"), full_page=True)
