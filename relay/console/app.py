@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 from relay.asgi import header_str
+from relay.auth import mask_token
 from relay.console import auth, manage, read, tail
 from relay.console.auth import AdminIdentity, ConsoleSession
 from relay.console.http import (
@@ -484,6 +485,11 @@ async def _csrf_ok(req: ConsoleRequest, expected: str) -> bool:
 # -- sign-in and sign-out -----------------------------------------------------------
 
 
+def auth_hint(credential: str) -> str:
+    """What a log line may say of a credential: a relay token's public id, else nothing."""
+    return mask_token(credential) if credential.startswith("relay_") else "not a relay token"
+
+
 def _next_page(value: str | None) -> str:
     """Where a sign-in goes on to: a page path below the prefix, else the default page.
 
@@ -524,6 +530,8 @@ async def _signin(ctx: _Context, query: dict[str, str]) -> Response:
             ctx.services.db, ctx.services.options.admin_token, credential
         )
     if not isinstance(found, AdminIdentity):
+        # Never the credential itself; a relay token's public id at most.
+        log.info("console: sign-in refused (%s, %s)", found, auth_hint(credential))
         status, error, message = (
             (403, "forbidden", "This token is not an admin's: the console is for admins only.")
             if found == "forbidden"

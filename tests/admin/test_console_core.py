@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -246,8 +247,9 @@ async def test_behind_a_tls_terminating_proxy_the_cookie_is_secure_and_its_host_
 
 
 async def test_a_non_admin_is_refused_everywhere_and_no_credential_is_sent_to_sign_in(
-    console: Console,
+    console: Console, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="relay.console")
     client = console.client
     # Sign-in: a user's valid token that is not an admin's is 403, an unknown one 401.
     refused = await client.post(P + "signin", data={"token": console.user_token})
@@ -258,6 +260,11 @@ async def test_a_non_admin_is_refused_everywhere_and_no_credential_is_sent_to_si
     for wrong in ("relay_0123456789ab_" + "A" * 43, "nonsense", ""):
         unknown = await client.post(P + "signin", data={"token": wrong})
         assert unknown.status_code == 401 and "set-cookie" not in unknown.headers
+    # Refusals are logged with a token's public id at most, never the token.
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "relay.console")
+    assert "sign-in refused (forbidden, relay_" in logged
+    assert "sign-in refused (unknown, relay_0123456789ab_…)" in logged
+    assert console.user_token not in logged and "A" * 43 not in logged and "nonsense" not in logged
 
     user = bearer(console.user_token)
     for page in PAGES:
