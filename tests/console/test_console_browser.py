@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from relay.auth import set_admin
 from relay.console import app as console_app
 from relay.testing.mock_upstream.tool_script import round_usage
 from tests.agent_clis import CLAUDE
@@ -52,6 +53,26 @@ def test_a_wrong_token_is_refused_at_sign_in(page: Any, console: ConsoleRelay) -
     page.get_by_test_id("signin-submit").click()
     expect(page.get_by_test_id("signin-error")).to_contain_text("not valid")
     assert not [c for c in page.context.cookies() if c["name"] == "relay_console"]
+
+
+def test_a_signed_in_admin_whose_role_is_taken_away_is_signed_out(
+    page: Any, console: ConsoleRelay
+) -> None:
+    token = console.user_token("dave")
+    console.run(set_admin, console.relay.db, "dave", True)
+    sign_in(page, console, token)
+    expect(page.get_by_test_id("actor")).to_have_text("dave")
+    # The sessions page's own fetch done first (a 401 to it would navigate on its own).
+    page.wait_for_load_state("networkidle")
+    console.run(set_admin, console.relay.db, "dave", False)  # relay users admin dave --revoke
+    page.goto(console.ui("providers"))
+    expect(page).to_have_url(console.ui("signin?next=providers"))
+    status = page.evaluate("async (u) => (await fetch(u)).status", console.ui("api/providers"))
+    assert status == 401
+    # Given back, the role does not revive the ended session.
+    console.run(set_admin, console.relay.db, "dave", True)
+    page.goto(console.ui("providers"))
+    expect(page).to_have_url(console.ui("signin?next=providers"))
 
 
 def _page_paths() -> list[str]:
