@@ -10,6 +10,7 @@ and no error message quotes a key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from relay.providers.types import (
     mask_secret,
 )
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MASK = "…"  # what mask_secret puts in a mask: a key holding it was pasted back from a listing
 
 
@@ -115,11 +117,16 @@ def _changes(fields: ProviderFields) -> dict[str, Any]:
                     raise BadRequest(
                         f"keys: key {i} is a mask, not a key (leave keys out to keep them)"
                     )
+                if not key or _CONTROL.search(key):
+                    # A key goes into a request header upstream: no CR, LF or other control.
+                    raise BadRequest(f"keys: key {i} is empty or holds a control character")
             value = tuple(keys)
         elif isinstance(value, str):
             value = value.strip()
             if name in ("bedrock_access_key", "bedrock_access_key_secret") and _MASK in value:
                 raise BadRequest(f"{name}: that is a mask, not the value (leave it out to keep it)")
+            if _CONTROL.search(value):
+                raise BadRequest(f"{name}: no control characters")
         changes[name] = value
     return changes
 
