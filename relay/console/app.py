@@ -27,18 +27,19 @@ import functools
 import hmac
 import html
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from relay.asgi import header_str
+from relay.asgi import ClientDisconnected, header_str
 from relay.auth import mask_token
 from relay.console import auth, manage, read, tail
 from relay.console.auth import AdminIdentity, ConsoleSession
 from relay.console.http import (
     Actor,
     BadRequest,
+    BodyRefused,
     ConsoleRequest,
     NotFound,
     Receive,
@@ -207,7 +208,6 @@ class _Context:
     def __init__(self, scope: Scope, receive: Receive, send: Send, services: Services) -> None:
         self.scope = scope
         self.receive = receive
-        self.send = send
         self.services = services
         self.method: str = scope.get("method", "GET")
         self.headers: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
@@ -217,6 +217,14 @@ class _Context:
         self.secure = scope.get("scheme") == "https" or proto == "https"
         self.base = ""  # the prefix the request came under, with its final "/"
         self.below = ""  # the raw path below it
+        self.started = False  # a response head has been sent (by respond, or a stream)
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.started = True
+            await send(message)
+
+        self.send: Send = tracked
 
     def header(self, name: bytes) -> str | None:
         return header_str(self.headers, name)
@@ -330,13 +338,26 @@ async def handle_console(scope: Scope, receive: Receive, send: Send, services: S
     ctx = _Context(scope, receive, send, services)
     try:
         response = await _serve(ctx)
+    except BodyRefused as exc:
+        # Answered before the rest of the body is read: the connection cannot go on.
+        response = _error(ctx, exc.status, exc.error, str(exc))
+        response.headers.append((b"connection", b"close"))
     except BadRequest as exc:
         response = _error(ctx, 400, "bad_request", str(exc))
     except NotFound as exc:
         response = _error(ctx, 404, "not_found", str(exc))
+    except ClientDisconnected:
+        return  # the client left while its body was read: no one to answer
     except UNAVAILABLE_ERRORS:
         log.warning("console: the database is unavailable", exc_info=True)
         response = _error(ctx, 503, "unavailable", "the database is unavailable; retry shortly")
+    except Exception:
+        # A handler's bug: logged here, answered in the console's shape with its
+        # headers, and nothing of it (message, SQL, values) sent to the client.
+        log.exception("console: %s %.200s failed", ctx.method, ctx.base + ctx.below)
+        if ctx.started:
+            raise  # a stream already under way (the tail): only the connection can end
+        response = _error(ctx, 500, "internal", "the console failed to answer; see the relay's log")
     if response is not None:
         await ctx.respond(response)
 
@@ -379,7 +400,9 @@ async def _serve(ctx: _Context) -> Response | None:
     query = parse_fields(ctx.scope.get("query_string", b"").decode("latin-1"), "query")
 
     if segments[0] == "static":
-        return _static(ctx, "/".join(segments[1:]))
+        # By the name as sent: an asset's name has no escapes, so an escaped
+        # separator or dot (pages%2Fx.js, %2e%2e) names no file.
+        return _static(ctx, below[len("static/") :] if below.startswith("static/") else "")
     if below == "":
         return ctx.redirect(DEFAULT_PAGE)
     if below == "signin":

@@ -32,6 +32,9 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024
 #: The most query or form parameters one request may carry.
 MAX_FIELDS = 100
+#: Seconds a whole request body may take, and the longest silence within one.
+BODY_TOTAL = 30.0
+BODY_IDLE = 10.0
 
 
 class BadRequest(Exception):
@@ -40,6 +43,16 @@ class BadRequest(Exception):
 
 class NotFound(Exception):
     """Raised by a handler: answered 404 ``{"error": "not_found", "message": str(exc)}``."""
+
+
+class BodyRefused(BadRequest):
+    """A request body over ``MAX_BODY`` (413 ``too_large``) or too slow (408
+    ``timeout``): answered before the rest of it is read, and the connection closed."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
 
 
 class Actor(msgspec.Struct, frozen=True):
@@ -113,18 +126,26 @@ class ConsoleRequest:
         """The request body (at most ``MAX_BODY`` bytes; read once)."""
         if self._body is None:
             try:
-                self._body = await read_body(self.receive, MAX_BODY, total=30.0, idle=10.0)
+                self._body = await read_body(
+                    self.receive, MAX_BODY, total=BODY_TOTAL, idle=BODY_IDLE
+                )
             except BodyTooLarge:
-                raise BadRequest(f"the request body is over {MAX_BODY} bytes") from None
+                raise BodyRefused(
+                    413, "too_large", f"the request body is over {MAX_BODY} bytes"
+                ) from None
             except BodyTimeout as exc:
-                raise BadRequest(str(exc)) from None
+                raise BodyRefused(408, "timeout", str(exc)) from None
         return self._body
 
     async def json(self, type: type[T]) -> T:
         """The body decoded as ``type`` (msgspec); BadRequest when it does not fit."""
         body = await self.body()
         try:
-            return msgspec.json.decode(body, type=type)
+            decoded = msgspec.json.decode(body, type=type)
+            if b"\\u0000" in body and _holds_nul(msgspec.json.decode(body)):
+                # PostgreSQL text cannot hold one: refused here, not a 500 from the store.
+                raise BadRequest("the request body must not contain NUL characters")
+            return decoded
         except msgspec.ValidationError as exc:
             raise BadRequest(f"request body: {exc}") from None
         except msgspec.DecodeError as exc:
@@ -138,6 +159,22 @@ class ConsoleRequest:
         except UnicodeDecodeError:
             raise BadRequest("a form body must be URL-encoded ASCII") from None
         return parse_fields(text, "form")
+
+
+def _holds_nul(value: object) -> bool:
+    """Whether a decoded JSON value has a NUL in any string (key or value)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 Handler = Callable[..., Awaitable[Response | None]]
