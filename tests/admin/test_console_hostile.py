@@ -329,13 +329,17 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_the_audit(
             await client.post(P + "signin", data={"token": ADMIN_TOKEN})
             bad = await client.post(P + "signin", data={"token": ADMIN_TOKEN + "x"})
             answers.append(bad.text)
+            secrets.append(console.user_token)  # refused sign-ins are logged: not their token
+            not_admin = await client.post(P + "signin", data={"token": console.user_token})
+            assert not_admin.status_code == 403
+            answers.append(not_admin.text)
     # The relay's and hypercorn's lines (the test's own HTTP client logs the cookie it got).
     relay_log = "\n".join(
         f"{r.getMessage()} {r.exc_text or ''}"
         for r in caplog.records
         if not r.name.startswith(("httpx", "httpcore"))
     )
-    assert "signed in" in relay_log
+    assert "signed in" in relay_log and "sign-in refused (forbidden" in relay_log
     detail = await console.relay.db.fetchval("SELECT string_agg(detail::text, ' ') FROM audit_log")
     for secret in secrets:
         assert secret not in relay_log, secret[:12]
