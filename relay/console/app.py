@@ -489,12 +489,25 @@ async def _api(
         ctx.scope, ctx.receive, ctx.send, path=below, query=query, actor=actor,
         services=ctx.services,
     )  # fmt: skip
+    req.still_admin = functools.partial(_still_admin, ctx, actor)
     if ctx.method != "GET":
         if not same_origin(ctx):
             return error_response(403, "forbidden", "a change must come from the console's origin")
         if session is not None and not await _csrf_ok(req, session.csrf):
             return error_response(403, "csrf", "the CSRF token is missing or wrong")
     return await route.handler(req, **params)
+
+
+async def _still_admin(ctx: _Context, actor: Actor) -> bool:
+    """Whether the request's credential is still ``actor``'s, an admin's (the
+    database away counts as no: the stream ends, and its reconnection is told)."""
+    try:
+        authed = await authenticate(ctx)
+    except _Forbidden:
+        return False
+    except UNAVAILABLE_ERRORS:
+        return False
+    return authed is not None and authed[0] == actor
 
 
 async def _csrf_ok(req: ConsoleRequest, expected: str) -> bool:

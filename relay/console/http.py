@@ -118,6 +118,10 @@ class ConsoleRequest:
         self.actor = actor
         self.services = services
         self._body: bytes | None = None
+        #: Whether the credential of this request is still an admin's, checked
+        #: again now (a long stream asks it from time to time: a revoked token,
+        #: a role taken away or a sign-out must end it too).
+        self.still_admin: Callable[[], Awaitable[bool]] = _always
 
     def header(self, name: bytes) -> str | None:
         return header_str(self.scope.get("headers", ()), name)
@@ -159,6 +163,10 @@ class ConsoleRequest:
         except UnicodeDecodeError:
             raise BadRequest("a form body must be URL-encoded ASCII") from None
         return parse_fields(text, "form")
+
+
+async def _always() -> bool:
+    return True
 
 
 def _holds_nul(value: object) -> bool:

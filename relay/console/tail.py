@@ -50,6 +50,9 @@ from relay.observe.tail import (
 
 #: The most characters a filter value may have.
 MAX_FILTER = 256
+#: Seconds between two checks that an open tail's viewer is still an admin (at
+#: a heartbeat or a batch of events, so at most this plus the heartbeat late).
+RECHECK = 30.0
 _encode = msgspec.json.Encoder().encode
 
 
@@ -106,12 +109,15 @@ async def tail(req: ConsoleRequest) -> Response | None:
                 ],
             }
         )
+        ended = False  # by the stream itself, not by the viewer leaving
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, req.receive, nursery.cancel_scope)
             await _stream(req, hub, viewer)
-            # The hub closed (shutdown): the response ends; the browser reconnects.
+            # The hub closed (shutdown), or the viewer is no longer an admin:
+            # the response ends; the browser reconnects.
+            ended = True
             nursery.cancel_scope.cancel()
-        if hub.closed:
+        if ended:
             await req.send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         hub.unsubscribe(viewer)
@@ -133,9 +139,16 @@ async def _stream(req: ConsoleRequest, hub: TailHub, viewer: Viewer) -> None:
 
     # The retry hint and a first line at once, so the browser knows it is open.
     await send(b"retry: 5000\n: tail open\n\n")
+    checked = trio.current_time()
     while not hub.closed:
         with trio.move_on_after(hub.heartbeat):
             await viewer.ready.wait()
+        if trio.current_time() - checked >= RECHECK:
+            # Signed out, its token revoked or its role taken away since the
+            # tail opened: the stream ends (the browser's reconnection is refused).
+            if not await req.still_admin():
+                return
+            checked = trio.current_time()
         events, missed = viewer.take()
         if hub.closed and not events:
             return

@@ -14,6 +14,8 @@ import openai
 import pytest
 import trio
 
+from relay.auth import create_token, create_user, revoke_token, set_admin
+from relay.console import tail as console_tail
 from relay.options import load_options
 from relay.server import run_server
 from tests.relay_harness import RunningRelay, mock_and_relay
@@ -169,3 +171,45 @@ async def test_shutdown_ends_an_open_tail_instead_of_waiting_out_the_grace(
                         text async for kind, text in sse_events(stream) if kind == "comment"
                     ]
                 assert comments == ["tail open"]  # and the body ended whole: no protocol error
+
+
+async def test_a_tail_ends_when_its_viewer_is_no_longer_an_admin(
+    admin_api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay, _http = admin_api
+    monkeypatch.setattr(console_tail, "RECHECK", 0.0)
+    hub(relay).heartbeat = 0.05
+    db = relay.db
+    await create_user(db, "ops", admin=True)
+    token, row = await create_token(db, "ops")
+    for end in ("revoke", "role", "signout"):
+        async with httpx.AsyncClient(
+            base_url=relay.url + P, timeout=httpx.Timeout(10, read=None)
+        ) as c:
+            if end == "signout":
+                signed = await c.post("signin", data={"token": token})
+                assert signed.status_code == 303
+                headers = {}
+            else:
+                headers = {"authorization": f"Bearer {token}"}
+            async with c.stream("GET", "api/tail", headers=headers) as stream:
+                assert stream.status_code == 200
+                lines = stream.aiter_lines()
+                with trio.fail_after(10):
+                    async for line in lines:
+                        if "heartbeat" in line:
+                            break  # still an admin: heartbeats flow
+                if end == "revoke":
+                    await revoke_token(db, row.id)
+                elif end == "role":
+                    await set_admin(db, "ops", False)
+                else:
+                    await db.execute("DELETE FROM console_sessions")
+                with trio.fail_after(10):
+                    async for _line in lines:
+                        pass  # the stream ends by itself
+            await wait_until(lambda: len(hub(relay)) == 0)
+            if end == "revoke":
+                token, row = await create_token(db, "ops")
+            elif end == "role":
+                await set_admin(db, "ops", True)
