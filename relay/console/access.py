@@ -9,6 +9,7 @@ refused by every relay process within a second (the ``api_keys`` trigger).
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -106,26 +107,26 @@ async def create_group(req: ConsoleRequest) -> Response:
     return json_response({"group": {"name": name, "members": []}}, 201)
 
 
-async def add_member(req: ConsoleRequest, name: str) -> Response:
-    body = await req.json(Member)
-    try:
-        added = await budgets.add_member(req.services.db, name, body.user)
-    except CommandError as exc:
-        return refused(exc)
-    if added:
-        await audit_change(req, "group.add", name, {"user": body.user})
-    return json_response({"group": name, "user": body.user, "changed": added})
+def _membership(add: bool) -> Callable[[ConsoleRequest, str], Awaitable[Response]]:
+    """The handler that adds a user to a group (``add``) or takes one out."""
+    change = budgets.add_member if add else budgets.remove_member
+    action = "group.add" if add else "group.remove"
+
+    async def handler(req: ConsoleRequest, name: str) -> Response:
+        body = await req.json(Member)
+        try:
+            changed = await change(req.services.db, name, body.user)
+        except CommandError as exc:
+            return refused(exc)
+        if changed:
+            await audit_change(req, action, name, {"user": body.user})
+        return json_response({"group": name, "user": body.user, "changed": changed})
+
+    return handler
 
 
-async def remove_member(req: ConsoleRequest, name: str) -> Response:
-    body = await req.json(Member)
-    try:
-        removed = await budgets.remove_member(req.services.db, name, body.user)
-    except CommandError as exc:
-        return refused(exc)
-    if removed:
-        await audit_change(req, "group.remove", name, {"user": body.user})
-    return json_response({"group": name, "user": body.user, "changed": removed})
+add_member = _membership(True)
+remove_member = _membership(False)
 
 
 async def remove_group(req: ConsoleRequest, name: str) -> Response:
