@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import trio
@@ -161,3 +162,23 @@ async def mock_and_relay(
         async with running_relay(pg_dsn, data_dir, env) as relay:
             yield mock, relay
         nursery.cancel_scope.cancel()
+
+
+def claude_code_turn(gateway: str, token: str, session: str, content: str) -> dict[str, Any]:
+    """The keyword arguments of an httpx POST of one streamed Messages turn as
+    Claude Code sends it: its user agent and its session header."""
+    return {
+        "url": gateway + "/v1/messages?beta=true",
+        "headers": {
+            "x-api-key": token,
+            "anthropic-version": "2023-06-01",
+            "user-agent": "claude-cli/2.0.14 (external, cli)",
+            "x-claude-code-session-id": session,
+        },
+        "json": {
+            "model": "mock-tool",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": content}],
+        },
+    }

@@ -16,7 +16,7 @@ import pytest
 
 from relay.auth import create_token, create_user
 from relay.budgets.store import set_budget
-from tests.relay_harness import RunningRelay, config_settled, mock_and_relay
+from tests.relay_harness import RunningRelay, claude_code_turn, config_settled, mock_and_relay
 
 ADMIN_TOKEN = "read-api-admin-token-0123456789abcdef"
 API = "/api/v2/ai-gateway/admin/ui/api/"
@@ -39,19 +39,9 @@ async def claude_code_turns(relay: RunningRelay, n: int) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         for turn in range(n):
             response = await client.post(
-                relay.gateway("anthropic") + "/v1/messages?beta=true",
-                headers={
-                    "x-api-key": relay.token,
-                    "anthropic-version": "2023-06-01",
-                    "user-agent": "claude-cli/2.0.14 (external, cli)",
-                    "x-claude-code-session-id": SESSION,
-                },
-                json={
-                    "model": "mock-tool",
-                    "max_tokens": 64,
-                    "stream": True,
-                    "messages": [{"role": "user", "content": f"weather in Paris? ({turn})"}],
-                },
+                **claude_code_turn(
+                    relay.gateway("anthropic"), relay.token, SESSION, f"weather in Paris? ({turn})"
+                )
             )
             assert response.status_code == 200
     await relay.wait_for_rows(

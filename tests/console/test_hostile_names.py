@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from tests.console.conftest import ConsoleRelay, sign_in
+from tests.relay_harness import claude_code_turn
 
 MARKUP = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 
@@ -25,19 +26,7 @@ def test_markup_in_a_session_id_and_a_prompt_is_text(page: Any, console: Console
     prompt = f'{MARKUP} & "quoted" </td></tr></table>'
     with httpx.Client(timeout=30) as client:
         response = client.post(
-            console.gateway("anthropic") + "/v1/messages?beta=true",
-            headers={
-                "x-api-key": console.token,
-                "anthropic-version": "2023-06-01",
-                "user-agent": "claude-cli/2.0.14 (external, cli)",
-                "x-claude-code-session-id": session,
-            },
-            json={
-                "model": "mock-tool",
-                "max_tokens": 64,
-                "stream": True,
-                "messages": [{"role": "user", "content": prompt}],
-            },
+            **claude_code_turn(console.gateway("anthropic"), console.token, session, prompt)
         )
         assert response.status_code == 200
     found = console.run(

@@ -12,25 +12,19 @@ import httpx
 
 from tests.console.conftest import ConsoleRelay, sign_in
 from tests.console.pagecheck import check_page
+from tests.relay_harness import claude_code_turn
 
 
 def claude_code_requests(console: ConsoleRelay, session: str, n: int) -> None:
     with httpx.Client(timeout=30) as client:
         for turn in range(n):
             response = client.post(
-                console.gateway("anthropic") + "/v1/messages?beta=true",
-                headers={
-                    "x-api-key": console.token,
-                    "anthropic-version": "2023-06-01",
-                    "user-agent": "claude-cli/2.0.14 (external, cli)",
-                    "x-claude-code-session-id": session,
-                },
-                json={
-                    "model": "mock-tool",
-                    "max_tokens": 64,
-                    "stream": True,
-                    "messages": [{"role": "user", "content": f"weather in Paris? ({turn})"}],
-                },
+                **claude_code_turn(
+                    console.gateway("anthropic"),
+                    console.token,
+                    session,
+                    f"weather in Paris? ({turn})",
+                )
             )
             assert response.status_code == 200
     found = console.run(
